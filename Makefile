@@ -1,0 +1,57 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# zennit 1.0 needs Python >= 3.11.11: a second environment on pyenv's Python 3.12.
+Z1PY ?= $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
+Z1VENV ?= .venv-zennit1
+Z1STAMP := $(Z1VENV)/.installed
+
+.PHONY: demo test bench data test-zennit1 lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,data]'
+	touch $@
+
+data: $(STAMP)
+	$(BIN)/python -m benchmarks.data.fetch
+
+demo: $(STAMP) data
+	$(BIN)/python -m benchmarks all --quick
+
+# pytest exits 5 when it collects nothing: say so instead of a bare make error.
+define run_pytest
+	$(1) -m pytest $(2) $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests in '$(2)'" >&2; fi; exit $$rc
+endef
+
+test: $(STAMP) data
+	$(call run_pytest,$(BIN)/python,tests)
+
+bench: $(STAMP) data
+	$(BIN)/python -m benchmarks all
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+$(Z1VENV)/bin/python:
+	@test -n "$(Z1PY)" || { echo "no pyenv Python 3.12 found (set Z1PY)"; exit 1; }
+	$(Z1PY) -m venv $(Z1VENV)
+
+$(Z1STAMP): pyproject.toml | $(Z1VENV)/bin/python
+	$(Z1VENV)/bin/python -m pip install -q --upgrade pip
+	$(Z1VENV)/bin/python -m pip install -q -e '.[dev,data]' 'zennit==1.0.*'
+	touch $@
+
+test-zennit1: $(Z1STAMP) data
+	$(call run_pytest,$(Z1VENV)/bin/python,tests/zennit_ext)
+
+clean:
+	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .hypothesis
