@@ -16,7 +16,6 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,data]'
 	touch $@
 
@@ -46,7 +45,6 @@ $(Z1VENV)/bin/python:
 	$(Z1PY) -m venv $(Z1VENV)
 
 $(Z1STAMP): pyproject.toml | $(Z1VENV)/bin/python
-	$(Z1VENV)/bin/python -m pip install -q --upgrade pip
 	$(Z1VENV)/bin/python -m pip install -q -e '.[dev,data]' 'zennit==1.0.*'
 	touch $@
 
