@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cache_dir"]
+__all__ = ["cache_dir", "sources_dir"]
 
 _DEFAULT = Path(__file__).resolve().parents[1] / ".cache"
 
@@ -27,5 +27,17 @@ def cache_dir(*parts: str) -> Path:
     """
     root = Path(os.environ.get("NEURON_XAI_CACHE", _DEFAULT))
     path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sources_dir(*parts: str) -> Path:
+    """Return (and create) the folder of raw sources fetched at set-up (``make data``).
+
+    Kept apart from :func:`cache_dir` so that redirecting the derived cache (tests do) still
+    finds the fetched files. The root is ``$NEURON_XAI_SOURCES`` when set, else
+    ``.cache/sources/`` beside ``pyproject.toml``.
+    """
+    path = Path(os.environ.get("NEURON_XAI_SOURCES", _DEFAULT / "sources")).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
