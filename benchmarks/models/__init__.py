@@ -1,0 +1,19 @@
+"""Reference models: small architectures, cached training, and a pretrained ImageNet net."""
+
+from benchmarks.models.architectures import DNACNN, MNISTMLP, SynergyMLP, VGGSmall
+from benchmarks.models.pretrained import imagenet_classes, load_efficientnet_lite0, load_photos
+from benchmarks.models.training import MODEL_NAMES, evaluate, fit, get_trained
+
+__all__ = [
+    "DNACNN",
+    "MNISTMLP",
+    "MODEL_NAMES",
+    "SynergyMLP",
+    "VGGSmall",
+    "evaluate",
+    "fit",
+    "get_trained",
+    "imagenet_classes",
+    "load_efficientnet_lite0",
+    "load_photos",
+]

@@ -1,0 +1,161 @@
+"""Small reference architectures, one per experiment."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["SynergyMLP", "VGGSmall", "DNACNN", "MNISTMLP"]
+
+
+class SynergyMLP(nn.Sequential):
+    """SynXAI's MLP: Linear → BN → ReLU → Linear → BN → ReLU → Linear.
+
+    The paper's sigmoid is applied outside (``p = torch.sigmoid(model(x))``) so that BCE can be
+    computed stably from logits; ``logits=2`` gives the two-logit variant Quantus needs.
+
+    Parameters
+    ----------
+    in_features : int
+        Input features (16 in the paper).
+    hidden : sequence of int
+        Hidden widths (128, 64 in the paper).
+    logits : int
+        Output units: 1 (binary, sigmoid outside) or 2 (softmax classes).
+
+    Notes
+    -----
+    Modules are named ``fc1, bn1, relu1, fc2, bn2, relu2, out``; SynXAI masks units at the
+    ReLUs (``model.relu1``, ``model.relu2``). Input (N, in_features) → output (N, logits).
+    """
+
+    def __init__(
+        self, in_features: int = 16, hidden: Sequence[int] = (128, 64), logits: int = 1
+    ) -> None:
+        if logits not in (1, 2):
+            raise ValueError(f"logits must be 1 or 2, got {logits}")
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        width = in_features
+        for i, units in enumerate(hidden, start=1):
+            layers[f"fc{i}"] = nn.Linear(width, units)
+            layers[f"bn{i}"] = nn.BatchNorm1d(units)
+            layers[f"relu{i}"] = nn.ReLU()
+            width = units
+        layers["out"] = nn.Linear(width, logits)
+        super().__init__(layers)
+
+
+class VGGSmall(nn.Module):
+    """A VGG-style CNN for 64-px images: 4 conv blocks with max-pooling, 2 dense layers.
+
+    Parameters
+    ----------
+    num_classes : int
+        Output logits.
+    in_channels : int
+        Image channels.
+    widths : sequence of int
+        Channels of the four conv blocks.
+    batch_norm : bool
+        Insert BatchNorm2d after each convolution.
+
+    Notes
+    -----
+    ``features`` is an ``nn.Sequential`` (Conv3x3 → [BN] → ReLU → MaxPool2d(2)) and
+    ``classifier`` an ``nn.Sequential`` (Flatten → Linear → ReLU → Linear), so layer names read
+    like torchvision's VGG (``features.0``, ``classifier.3``). Input (N, C, 64, 64) → (N, K).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: Sequence[int] = (16, 32, 64, 64),
+        batch_norm: bool = False,
+        image_size: int = 64,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for width in widths:
+            layers.append(nn.Conv2d(channels, width, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        side = image_size // 2 ** len(widths)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * side * side, 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class DNACNN(nn.Sequential):
+    """PLRP's genomics CNN: Conv1d(4 → filters) → ReLU → global max-pool → dense → 2 logits.
+
+    Parameters
+    ----------
+    filters : int
+        Convolution filters (4 or 32 in the paper).
+    length : int
+        Sequence length (only checked by the caller; the global pool makes the net length-free).
+    kernel_size : int
+        Filter width (19, the longest planted motif).
+
+    Notes
+    -----
+    Input (N, 4, L) one-hot → output (N, 2). Modules: ``conv, relu, pool, flatten, fc1,
+    relu_fc, out``.
+    """
+
+    def __init__(self, filters: int = 4, length: int = 250, kernel_size: int = 19) -> None:
+        if filters < 1:
+            raise ValueError(f"filters must be >= 1, got {filters}")
+        if length < kernel_size:
+            raise ValueError(f"length must be >= kernel_size={kernel_size}, got {length}")
+        super().__init__(
+            OrderedDict(
+                conv=nn.Conv1d(4, filters, kernel_size),
+                relu=nn.ReLU(),
+                pool=nn.AdaptiveMaxPool1d(1),
+                flatten=nn.Flatten(),
+                fc1=nn.Linear(filters, 32),
+                relu_fc=nn.ReLU(),
+                out=nn.Linear(32, 2),
+            )
+        )
+
+
+class MNISTMLP(nn.Sequential):
+    """NRM's MLP for MNIST: Flatten → (Linear → ReLU) × 3 → Linear.
+
+    Parameters
+    ----------
+    hidden : sequence of int
+        The three hidden widths.
+    bias : bool
+        Biases in every Linear (NRM's normalization makes them irrelevant to relevance).
+
+    Notes
+    -----
+    Input (N, 1, 28, 28) → (N, 10). Modules: ``flatten, fc1, relu1, fc2, relu2, fc3, relu3,
+    out``; NRM sets sit on ``relu1 … relu3``.
+    """
+
+    def __init__(self, hidden: Sequence[int] = (256, 128, 64), bias: bool = True) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+        width = 28 * 28
+        for i, units in enumerate(hidden, start=1):
+            layers[f"fc{i}"] = nn.Linear(width, units, bias=bias)
+            layers[f"relu{i}"] = nn.ReLU()
+            width = units
+        layers["out"] = nn.Linear(width, 10, bias=bias)
+        super().__init__(layers)

@@ -1,0 +1,92 @@
+"""Reference models: shapes, one training step, caching, and the pretrained ImageNet net."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.models import (
+    DNACNN,
+    MNISTMLP,
+    SynergyMLP,
+    VGGSmall,
+    evaluate,
+    fit,
+    get_trained,
+    imagenet_classes,
+    load_efficientnet_lite0,
+    load_photos,
+)
+
+ARCHITECTURES = [
+    (lambda: SynergyMLP(), (8, 16), 1),
+    (lambda: SynergyMLP(logits=2), (8, 16), 2),
+    (lambda: VGGSmall(num_classes=10), (4, 3, 64, 64), 10),
+    (lambda: VGGSmall(num_classes=4, batch_norm=True), (4, 3, 64, 64), 4),
+    (lambda: DNACNN(4), (4, 4, 250), 2),
+    (lambda: DNACNN(32), (4, 4, 250), 2),
+    (lambda: MNISTMLP(), (4, 1, 28, 28), 10),
+]
+
+
+@pytest.mark.parametrize(("build", "shape", "outputs"), ARCHITECTURES)
+def test_forward_shape_and_one_training_step(build, shape, outputs):
+    model = build()
+    x = torch.rand(shape)
+    y = torch.randint(0, 2, (shape[0],)) if outputs <= 2 else torch.randint(0, outputs, (shape[0],))
+    assert model(x).shape == (shape[0], outputs)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_before = evaluate(model, x, y)["loss"]
+    fit(model, (x, y.float() if outputs == 1 else y), epochs=10, lr=1e-3, batch_size=4,
+        progress=False)  # fmt: skip
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "no parameter changed"
+    assert not model.training
+    assert evaluate(model, x, y)["loss"] < loss_before
+
+
+def test_synergy_mlp_names_its_relus():
+    model = SynergyMLP()
+    names = [name for name, _ in model.named_children()]
+    assert names == ["fc1", "bn1", "relu1", "fc2", "bn2", "relu2", "out"]
+    assert model.fc2.in_features == 128 and model.out.in_features == 64
+
+
+@pytest.mark.parametrize(("build", "word"), [(lambda: SynergyMLP(logits=3), "logits"),
+                                             (lambda: DNACNN(0), "filters")])  # fmt: skip
+def test_architectures_reject_bad_arguments(build, word):
+    with pytest.raises(ValueError, match=word):
+        build()
+
+
+def test_fit_early_stopping_needs_validation():
+    with pytest.raises(ValueError, match="val"):
+        fit(SynergyMLP(), (torch.rand(4, 16), torch.rand(4)), patience=2, progress=False)
+
+
+def test_get_trained_caches_and_reloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURON_XAI_CACHE", str(tmp_path))
+    model, info = get_trained("fish_mlp", quick=True, progress=False)
+    assert not info["cached"] and info["roc_auc"] > 0.85 and info["quick"]
+    again, info_again = get_trained("fish_mlp", quick=True, progress=False)
+    assert info_again["cached"] and info_again["roc_auc"] == info["roc_auc"]
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert not again.training
+    with pytest.raises(ValueError, match="name"):
+        get_trained("resnet")
+
+
+def test_efficientnet_lite0_recognises_real_photos():
+    model = load_efficientnet_lite0()
+    x, names = load_photos()
+    assert x.shape == (6, 3, 224, 224) and -1.0 <= x.min() and x.max() <= 1.0
+    with torch.no_grad():
+        top5 = model(x).topk(5).indices
+    classes = imagenet_classes()
+    expected = {"chelsea": "cat", "coffee": "espresso", "rocket": "missile", "flower": "daisy"}
+    for name, word in expected.items():
+        labels = [classes[i] for i in top5[names.index(name)]]
+        assert any(word in label.lower() for label in labels), (name, labels)
+    assert not model.training
