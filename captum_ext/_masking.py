@@ -79,20 +79,25 @@ class Scorer:
 def split_after(forward_func: Any, layer: nn.Module) -> tuple[nn.Linear, nn.Module] | None:
     """(next Linear, suffix) when ``layer`` feeds a Linear directly in an ``nn.Sequential``.
 
-    Returns None when the fast path does not apply: the forward function is not an
-    ``nn.Sequential``, the layer is not one of its direct children exactly once, or the next
-    child is not an ``nn.Linear``.
+    Identity and Dropout modules between them are skipped (the model is in eval mode, where
+    both pass their input on unchanged). Returns None when the fast path does not apply: the
+    forward function is not an ``nn.Sequential``, the layer is not one of its direct children
+    exactly once, or the next other child is not an ``nn.Linear``.
     """
     if not isinstance(forward_func, nn.Sequential):
         return None
     children = list(forward_func)
     where = [k for k, child in enumerate(children) if child is layer]
-    if len(where) != 1 or where[0] + 1 >= len(children):
+    if len(where) != 1:
         return None
-    k = where[0]
-    if not isinstance(children[k + 1], nn.Linear):
+    k = where[0] + 1
+    while k < len(children) and isinstance(
+        children[k], nn.Identity | nn.modules.dropout._DropoutNd
+    ):
+        k += 1
+    if k >= len(children) or not isinstance(children[k], nn.Linear):
         return None
-    return children[k + 1], nn.Sequential(*children[k + 2 :])
+    return children[k], nn.Sequential(*children[k + 1 :])
 
 
 def _in_chunks(fn: Callable[[Tensor], Tensor], n: int, like: Tensor) -> Tensor:
