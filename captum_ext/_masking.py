@@ -112,8 +112,9 @@ class LowRankEvaluator:
 
     Masking units S of the layer output ``a`` changes the next Linear's pre-activation by
     ``-Σ_{k∈S} (a_k - m_k) W[:, k]``. A unit whose activation already equals the mask value
-    changes nothing, so for each pair only the rows where both units are active go through
-    the suffix; the other rows take the single-mask or unmasked score.
+    changes nothing, so single masks only run the suffix on the rows where the unit is
+    active, and pairs (i, j) only on the rows where i is active (all j of a block at once, as
+    one broadcast); the other rows take the single-mask score of j.
 
     Parameters
     ----------
@@ -157,18 +158,19 @@ class LowRankEvaluator:
         return p, p_single
 
     def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
-        i, j = index[:, 0], index[:, 1]
-        on_i, on_j = self._active[:, i], self._active[:, j]
-        out = torch.where(on_i, p_single[:, i], p[:, None].expand(-1, len(index)))
-        out = torch.where(on_j & ~on_i, p_single[:, j], out)
-        rows, pairs = torch.nonzero(on_i & on_j, as_tuple=True)
-
-        def masked(chunk: Tensor) -> Tensor:
-            r, a, b = rows[chunk], i[pairs[chunk]], j[pairs[chunk]]
-            z = self._z[r] - self._delta[r, a, None] * self._weight_t[a]
-            return self._scores(r, z - self._delta[r, b, None] * self._weight_t[b])
-
-        out[rows, pairs] = _in_chunks(masked, len(rows), p)
+        out = p_single[:, index[:, 1]].clone()  # rows where unit i is inactive: p_j
+        for i in index[:, 0].unique().tolist():
+            columns = torch.nonzero(index[:, 0] == i)[:, 0]
+            j = index[columns, 1]
+            rows = torch.nonzero(self._active[:, i])[:, 0]
+            if len(rows) == 0:
+                continue
+            # (rows, pairs, m): one broadcast, no per-entry gathers; inactive j add nothing
+            base = self._z[rows] - self._delta[rows, i, None] * self._weight_t[i]
+            z = base[:, None, :] - self._delta[rows][:, j, None] * self._weight_t[j][None]
+            flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
+            scores = self._scores(flat_rows, z.reshape(-1, z.shape[-1]))
+            out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
         return out
 
 

@@ -10,7 +10,9 @@ from torch import nn
 __all__ = ["SynergyMLP", "VGGSmall", "DNACNN", "MNISTMLP"]
 
 
-class SynergyMLP(nn.Sequential):
+def SynergyMLP(  # noqa: N802  (a constructor, named like the class it stands for)
+    in_features: int = 16, hidden: Sequence[int] = (128, 64), logits: int = 1
+) -> nn.Sequential:
     """SynXAI's MLP: Linear → BN → ReLU → Linear → BN → ReLU → Linear.
 
     The paper's sigmoid is applied outside (``p = torch.sigmoid(model(x))``) so that BCE can be
@@ -29,22 +31,19 @@ class SynergyMLP(nn.Sequential):
     -----
     Modules are named ``fc1, bn1, relu1, fc2, bn2, relu2, out``; SynXAI masks units at the
     ReLUs (``model.relu1``, ``model.relu2``). Input (N, in_features) → output (N, logits).
+    A plain ``nn.Sequential`` is returned, so slicing (``model[:3]``) works.
     """
-
-    def __init__(
-        self, in_features: int = 16, hidden: Sequence[int] = (128, 64), logits: int = 1
-    ) -> None:
-        if logits not in (1, 2):
-            raise ValueError(f"logits must be 1 or 2, got {logits}")
-        layers: OrderedDict[str, nn.Module] = OrderedDict()
-        width = in_features
-        for i, units in enumerate(hidden, start=1):
-            layers[f"fc{i}"] = nn.Linear(width, units)
-            layers[f"bn{i}"] = nn.BatchNorm1d(units)
-            layers[f"relu{i}"] = nn.ReLU()
-            width = units
-        layers["out"] = nn.Linear(width, logits)
-        super().__init__(layers)
+    if logits not in (1, 2):
+        raise ValueError(f"logits must be 1 or 2, got {logits}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    width = in_features
+    for i, units in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Linear(width, units)
+        layers[f"bn{i}"] = nn.BatchNorm1d(units)
+        layers[f"relu{i}"] = nn.ReLU()
+        width = units
+    layers["out"] = nn.Linear(width, logits)
+    return nn.Sequential(layers)
 
 
 class VGGSmall(nn.Module):
@@ -98,7 +97,7 @@ class VGGSmall(nn.Module):
         return self.classifier(self.features(x))
 
 
-class DNACNN(nn.Sequential):
+def DNACNN(filters: int = 4, length: int = 250, kernel_size: int = 19) -> nn.Sequential:  # noqa: N802
     """PLRP's genomics CNN: Conv1d(4 → filters) → ReLU → global max-pool → dense → 2 logits.
 
     Parameters
@@ -115,26 +114,24 @@ class DNACNN(nn.Sequential):
     Input (N, 4, L) one-hot → output (N, 2). Modules: ``conv, relu, pool, flatten, fc1,
     relu_fc, out``.
     """
-
-    def __init__(self, filters: int = 4, length: int = 250, kernel_size: int = 19) -> None:
-        if filters < 1:
-            raise ValueError(f"filters must be >= 1, got {filters}")
-        if length < kernel_size:
-            raise ValueError(f"length must be >= kernel_size={kernel_size}, got {length}")
-        super().__init__(
-            OrderedDict(
-                conv=nn.Conv1d(4, filters, kernel_size),
-                relu=nn.ReLU(),
-                pool=nn.AdaptiveMaxPool1d(1),
-                flatten=nn.Flatten(),
-                fc1=nn.Linear(filters, 32),
-                relu_fc=nn.ReLU(),
-                out=nn.Linear(32, 2),
-            )
+    if filters < 1:
+        raise ValueError(f"filters must be >= 1, got {filters}")
+    if length < kernel_size:
+        raise ValueError(f"length must be >= kernel_size={kernel_size}, got {length}")
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv1d(4, filters, kernel_size),
+            relu=nn.ReLU(),
+            pool=nn.AdaptiveMaxPool1d(1),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(filters, 32),
+            relu_fc=nn.ReLU(),
+            out=nn.Linear(32, 2),
         )
+    )
 
 
-class MNISTMLP(nn.Sequential):
+def MNISTMLP(hidden: Sequence[int] = (256, 128, 64), bias: bool = True) -> nn.Sequential:  # noqa: N802
     """NRM's MLP for MNIST: Flatten → (Linear → ReLU) × 3 → Linear.
 
     Parameters
@@ -149,13 +146,11 @@ class MNISTMLP(nn.Sequential):
     Input (N, 1, 28, 28) → (N, 10). Modules: ``flatten, fc1, relu1, fc2, relu2, fc3, relu3,
     out``; NRM sets sit on ``relu1 … relu3``.
     """
-
-    def __init__(self, hidden: Sequence[int] = (256, 128, 64), bias: bool = True) -> None:
-        layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        width = 28 * 28
-        for i, units in enumerate(hidden, start=1):
-            layers[f"fc{i}"] = nn.Linear(width, units, bias=bias)
-            layers[f"relu{i}"] = nn.ReLU()
-            width = units
-        layers["out"] = nn.Linear(width, 10, bias=bias)
-        super().__init__(layers)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width = 28 * 28
+    for i, units in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Linear(width, units, bias=bias)
+        layers[f"relu{i}"] = nn.ReLU()
+        width = units
+    layers["out"] = nn.Linear(width, 10, bias=bias)
+    return nn.Sequential(layers)
