@@ -1,0 +1,96 @@
+"""Figures of the synergy suite (SynXAI Fig. 3, 4, A.3–A.5 and §5.5)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def importance_histograms(deltas: dict[str, torch.Tensor]) -> plt.Figure:
+    """One histogram of Δ_i per (data set, layer) key."""
+    fig, axes = plt.subplots(1, len(deltas), figsize=(3.2 * len(deltas), 2.6))
+    for ax, (name, delta) in zip(np.atleast_1d(axes), deltas.items(), strict=True):
+        ax.hist(delta.numpy(), bins=30, color="tab:blue")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("Δ_i (mean |p − p_masked|)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def synergy_matrices(matrices: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> plt.Figure:
+    """S ordered by ascending R_i, one panel per key: value (S, R)."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.4 * len(matrices), 3.0))
+    for ax, (name, (synergy, ranking)) in zip(np.atleast_1d(axes), matrices.items(), strict=True):
+        order = torch.argsort(ranking)
+        bound = float(synergy.abs().max()) or 1.0
+        image = ax.imshow(synergy[order][:, order], cmap="RdBu_r", vmin=-bound, vmax=bound)
+        ax.set_title(f"{name}\nS_ij ordered by R_i", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def pruning_curves(curves: dict[str, dict], title: str) -> plt.Figure:
+    """ROC-AUC and accuracy vs pruned fraction, one line per ranking."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for name, curve in curves.items():
+        for ax, metric in zip(axes, ("roc_auc", "accuracy"), strict=True):
+            ax.plot(curve["fraction"], curve[metric], marker=".", label=name)
+            ax.set_xlabel("fraction of units pruned")
+            ax.set_ylabel(metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def beeswarm(attributions: np.ndarray, values: np.ndarray, names: list[str]) -> plt.Figure:
+    """SHAP-style summary: per feature, each row's attribution coloured by its feature value."""
+    order = np.argsort(np.abs(attributions).mean(0))
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1))
+    for row, feature in enumerate(order):
+        v = values[:, feature]
+        colour = (v - v.min()) / (np.ptp(v) or 1.0)
+        jitter = rng.uniform(-0.3, 0.3, len(v))
+        ax.scatter(attributions[:, feature], row + jitter, c=colour, cmap="coolwarm", s=4)
+    ax.set_yticks(range(len(names)), [names[f] for f in order], fontsize=7)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("Shapley value (effect on p), colour = feature value (blue low, red high)")
+    fig.tight_layout()
+    return fig
+
+
+def waterfall(attribution: np.ndarray, names: list[str], base: float) -> plt.Figure:
+    """One row's Shapley values as a waterfall from the baseline score to the prediction."""
+    order = np.argsort(np.abs(attribution))[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1))
+    level = base
+    for row, feature in enumerate(order):
+        value = attribution[feature]
+        ax.barh(row, value, left=level, color="tab:red" if value > 0 else "tab:blue")
+        level += value
+    ax.set_yticks(range(len(order)), [names[f] for f in order], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(base, color="grey", lw=0.5)
+    ax.set_xlabel(f"p: baseline {base:.3f} → prediction {level:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def decision_boundary(grid_lat, grid_lon, p_grid, points, labels, names) -> plt.Figure:
+    """p over a lat/lon grid (other features at their means) with test points."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    contour = ax.contourf(grid_lon, grid_lat, p_grid, levels=20, cmap="viridis")
+    ax.contour(grid_lon, grid_lat, p_grid, levels=[0.5], colors="white")
+    ax.scatter(points[:, 1], points[:, 0], c=labels, cmap="coolwarm", s=3, alpha=0.5)
+    fig.colorbar(contour, ax=ax, label="p(present)")
+    ax.set_xlabel(names[1])
+    ax.set_ylabel(names[0])
+    fig.tight_layout()
+    return fig
