@@ -194,7 +194,8 @@ class HookEvaluator:
     mask_value : torch.Tensor
         (n,) value a masked unit takes.
     masks_per_eval : int
-        Masks per forward pass.
+        Masks per forward pass at most; fewer when the repeated batch would exceed 65,536
+        rows (so memory stays bounded for large N).
     """
 
     def __init__(
@@ -204,7 +205,8 @@ class HookEvaluator:
         self.n = n
         self._forward, self._layer, self._inputs = forward, layer, inputs
         self._args = additional_args or ()
-        self._scorer, self._mask_value, self._per_eval = scorer, mask_value, masks_per_eval
+        self._scorer, self._mask_value = scorer, mask_value
+        self._per_eval = max(1, min(masks_per_eval, _ROWS_PER_CALL // len(inputs[0])))
 
     def _run(self, masks: Tensor | None) -> Tensor:
         """Scores (N, K) for K boolean masks (K, n); None → unmasked (N, 1)."""
