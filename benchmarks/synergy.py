@@ -10,7 +10,7 @@ import resource
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from benchmarks import synergy_plots as plots
 from benchmarks.data import load_fish, load_storms
@@ -71,7 +71,7 @@ def _explanations(report: Report, name: str, model, splits, quick: bool, progres
     lime_rows = splits.test.x[: 20 if quick else 500]
     coefficients = torch.stack([
         lime.attribute(row[None], baselines=0.0, n_samples=50 if quick else 200)[0]
-        for row in tqdm(lime_rows, desc="LIME", disable=not progress)
+        for row in tqdm(lime_rows, desc="LIME", disable=None if progress else True)
     ]).numpy()  # fmt: skip
     stats = [{"feature": f, "mean": float(coefficients[:, i].mean()),
               "std": float(coefficients[:, i].std()),

@@ -1,6 +1,36 @@
-"""Captum plugins: neuron synergy (SynXAI) and synergy-based pruning."""
+"""Captum plugins: neuron synergy (SynXAI) and synergy-based pruning.
 
-from captum_ext.scores import synergistic_importance, synergy_ranking
-from captum_ext.synergy import NeuronSynergy
+Captum's ``captum.attr`` imports matplotlib for its visualisation helpers, so the public names
+load on first access (PEP 562): ``import captum_ext`` stays cheap and pulls in neither
+matplotlib, Quantus nor scikit-learn; ``from captum_ext import NeuronSynergy`` costs what
+importing ``captum.attr`` costs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from captum_ext.scores import synergistic_importance, synergy_ranking
+    from captum_ext.synergy import NeuronSynergy
+
+_HOMES = {
+    "NeuronSynergy": "captum_ext.synergy",
+    "synergistic_importance": "captum_ext.scores",
+    "synergy_ranking": "captum_ext.scores",
+}
 
 __all__ = ["NeuronSynergy", "synergistic_importance", "synergy_ranking"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'captum_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

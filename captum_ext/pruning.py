@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_ext._masking import Scorer
 
@@ -118,7 +118,7 @@ def pruning_curve(
     batch_size : int
         Rows per forward pass.
     progress : bool
-        Progress bar over fractions.
+        Progress bar over fractions (shown only on a terminal).
 
     Returns
     -------
@@ -143,7 +143,7 @@ def pruning_curve(
     curve: dict[str, list[float]] = {"fraction": [], "pruned": [], "roc_auc": [], "accuracy": []}
     try:
         model.eval()
-        for fraction in tqdm(fractions, desc="pruning", disable=not progress):
+        for fraction in tqdm(fractions, desc="pruning", disable=None if progress else True):
             k = int(n * fraction)
             ranking = torch.randperm(n, generator=generator) if isinstance(scores, str) else (
                 torch.argsort(scores, stable=True))  # fmt: skip

@@ -15,7 +15,7 @@ from captum._utils.gradient import _forward_layer_eval
 from captum.attr._utils.attribution import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from captum_ext import scores
 from captum_ext._masking import HookEvaluator, LowRankEvaluator, Scorer, split_after

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from benchmarks.cache import cache_dir
 from benchmarks.models.architectures import DNACNN, MNISTMLP, SynergyMLP, VGGSmall
 
 __all__ = ["fit", "evaluate", "get_trained", "MODEL_NAMES"]
-
-
-def _show(progress: bool) -> bool:
-    return progress and sys.stderr.isatty()
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
@@ -99,7 +95,7 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state, waited, history = float("inf"), None, 0, []
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=type(model).__name__, disable=not _show(progress))
+    bar = tqdm(range(epochs), desc=type(model).__name__, disable=None if progress else True)
     for _epoch in bar:
         model.train()
         for index in torch.randperm(len(x), generator=generator).split(batch_size):
@@ -250,7 +246,7 @@ def get_trained(
         **{"n_train": len(train[0]), "n_test": len(test[0]), "seed": seed, "quick": quick},
     }
     _atomic(lambda path: torch.save(model.state_dict(), path), stem.with_suffix(".pt"))
-    _atomic(lambda path: open(path, "w").write(json.dumps(info)), stem.with_suffix(".json"))
+    _atomic(lambda path: Path(path).write_text(json.dumps(info)), stem.with_suffix(".json"))
     return model, {**info, "cached": False}
 
 

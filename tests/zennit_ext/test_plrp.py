@@ -1,0 +1,273 @@
+"""PLRP-λ / PLRP-M composites: exactness against plain LRP, per-layer laws, model hygiene."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from zennit.attribution import Gradient, IntegratedGradients, SmoothGrad
+from zennit.composites import COMPOSITES, EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite
+from zennit.core import Hook
+from zennit.rules import Pass, ZPlus
+from zennit.types import Activation
+from zennit.types import Linear as LinearTypes
+
+from zennit_ext import PLRPM, PLRPLambda
+from zennit_ext.plrp import ModuleState, PruningSpec, pruned_hook
+from zennit_ext.pruning import mass_threshold_mask
+
+VARIANTS = (PLRPLambda, PLRPM)
+
+
+def _attribute(model, x, composite, attributor=Gradient, seed=0, **kwargs):
+    """Relevance of x for a random mixed-sign output relevance (both signs occur)."""
+    out = model(x)
+    g = torch.Generator().manual_seed(11)
+    grad_out = torch.randn(out.shape, generator=g, dtype=out.dtype)
+    torch.manual_seed(seed)
+    with attributor(model=model, composite=composite, **kwargs) as attr:
+        _, relevance = attr(x, grad_out)
+    return relevance
+
+
+class Recorder:
+    """Records (name, unpruned, pruned) relevance of every pruned layer."""
+
+    def __init__(self):
+        self.records = []
+
+    def __call__(self, name, before, after):
+        self.records.append((name, before.clone(), after.clone()))
+
+
+def _zplus():
+    """A conservative composite: z+ on every dense/conv layer, activations passed."""
+    return LayerMapComposite(layer_map=[(Activation, Pass()), (LinearTypes, ZPlus())])
+
+
+def _bias_free_mlp():
+    torch.manual_seed(3)
+    layers = [nn.Linear(10, 12, bias=False), nn.ReLU(), nn.Linear(12, 9, bias=False), nn.ReLU()]
+    layers += [nn.Linear(9, 7, bias=False), nn.ReLU(), nn.Linear(7, 4, bias=False)]
+    return nn.Sequential(*layers).double().eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_p_zero_equals_base(plrp_zoo_model, variant):
+    model, x, canonizers = plrp_zoo_model
+    base = _attribute(model, x, EpsilonGammaBox(low=-4.0, high=4.0, canonizers=canonizers))
+    ours = _attribute(model, x, variant(p=0.0, low=-4.0, high=4.0, canonizers=canonizers))
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    ("attributor", "kwargs"),
+    [(SmoothGrad, {"noise_level": 0.1, "n_iter": 3}), (IntegratedGradients, {"n_iter": 4})],
+)
+def test_other_attributors_drop_in(variant, attributor, kwargs):
+    model, shape, _ = _bias_free_mlp(), (10,), None
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    base = _attribute(model, x, EpsilonPlusFlat(), attributor, **kwargs)
+    ours = _attribute(model, x, variant(p=0.0), attributor, **kwargs)
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-6)
+    pruned = _attribute(model, x, variant(p=0.4), attributor, **kwargs)
+    assert torch.isfinite(pruned).all() and not torch.allclose(pruned, base)
+
+
+def test_lambda_conserves_each_sign_on_bias_free_zplus_net():
+    model = _bias_free_mlp()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    plain = _attribute(model, x, _zplus())
+    recorder = Recorder()
+    pruned = _attribute(model, x, PLRPLambda(p=0.3, composite=_zplus(), recorder=recorder))
+    assert [name for name, *_ in recorder.records] == ["6", "4", "2"]  # backward order, never "0"
+    for name, before, after in recorder.records:
+        assert (after == 0).sum() > (before == 0).sum(), f"layer {name} pruned nothing"
+        for sign in (1, -1):
+            torch.testing.assert_close(
+                (sign * after).clamp(min=0).sum(1),
+                (sign * before).clamp(min=0).sum(1),
+                rtol=1e-9,
+                atol=1e-12,
+            )
+    # z+ conserves the total layer by layer, so the input sums agree with plain LRP
+    torch.testing.assert_close(pruned.sum(1), plain.sum(1), rtol=1e-6, atol=1e-9)
+    assert not torch.allclose(pruned, plain)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.6])
+def test_lambda_per_layer_laws(plrp_zoo_model, p):
+    model, x, canonizers = plrp_zoo_model
+    recorder = Recorder()
+    _attribute(model, x, PLRPLambda(p=p, canonizers=canonizers, recorder=recorder))
+    assert recorder.records
+    for name, before, after in recorder.records:
+        keep = after != 0
+        assert torch.equal(keep, mass_threshold_mask(before, p) & (before != 0)), name
+        assert torch.all(after * before >= 0), f"{name}: a sign flipped"
+        for sign in (before.clamp(min=0), (-before).clamp(min=0)):
+            flat, kept = sign.flatten(1), (sign * keep).flatten(1)
+            assert torch.all(kept.sum(1) >= (1 - p) * flat.sum(1) - 1e-12)
+            largest_pruned = torch.where(kept == 0, flat, 0).amax(1)
+            smallest_kept = torch.where(kept > 0, flat, torch.inf).amin(1)
+            assert torch.all(largest_pruned <= smallest_kept), name
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_m_pruned_neurons_get_exactly_zero(plrp_zoo_model, p):
+    model, x, canonizers = plrp_zoo_model
+    recorder = Recorder()
+    _attribute(model, x, PLRPM(p=p, canonizers=canonizers, recorder=recorder))
+    pruned_any = False
+    for name, before, after in recorder.records:
+        pruned = ~mass_threshold_mask(before, p)
+        assert torch.all(after[pruned] == 0), name
+        pruned_any |= bool(pruned.any())
+    assert pruned_any
+
+
+def test_sparsity_gain_prunes_and_per_layer_p():
+    model = _bias_free_mlp()
+    x = torch.randn(4, 10, dtype=torch.float64)
+    recorder = Recorder()
+    _attribute(model, x, PLRPLambda(sparsity_gain=0.5, composite=_zplus(), recorder=recorder))
+    assert any((after == 0).sum() > (before == 0).sum() for _, before, after in recorder.records)
+    recorder = Recorder()
+    comp = PLRPLambda(p=0.5, layer_p={"2": 0.0}, composite=_zplus(), recorder=recorder)
+    _attribute(model, x, comp)
+    records = {name: (before, after) for name, before, after in recorder.records}
+    torch.testing.assert_close(records["2"][1], records["2"][0], rtol=0, atol=0)
+    assert not torch.equal(records["4"][1], records["4"][0])
+
+
+def test_first_layer_is_never_pruned():
+    model = _bias_free_mlp()
+    comp = PLRPM(p=0.5, composite=_zplus())
+    with comp.context(model):
+        assert comp.pruned_names == ["2", "4", "6"]
+    assert type(comp.base.module_map({}, "0", model[0])).__name__ == "ZPlus"
+
+
+def test_registry_and_hook_copy():
+    assert COMPOSITES["plrp_lambda"] is PLRPLambda and COMPOSITES["plrp_m"] is PLRPM
+    hook = pruned_hook(ZPlus(), PruningSpec(p=0.2), "m", "layer", None)
+    copy = hook.copy()
+    assert isinstance(copy, ZPlus) and copy.spec == PruningSpec(p=0.2) and copy.variant == "m"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_unchanged_after_use_and_errors(plrp_zoo_model, plrp_unchanged, variant):
+    model, x, canonizers = plrp_zoo_model
+    verify = plrp_unchanged(model)
+    out = model(x)
+    _attribute(model, x, variant(p=0.3, canonizers=canonizers))
+    verify()
+    torch.testing.assert_close(model(x), out, rtol=0, atol=0)
+
+    def explode(*args):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        _attribute(model, x, variant(p=0.3, canonizers=canonizers, recorder=explode))
+    verify()
+    with pytest.raises(ValueError, match="layer_p names"):
+        _attribute(model, x, variant(p=0.3, canonizers=canonizers, layer_p={"nope": 0.1}))
+    verify()
+    torch.testing.assert_close(model(x), out, rtol=0, atol=0)
+
+
+def test_m_rejects_non_basic_rule(plrp_unchanged):
+    model = _bias_free_mlp()
+    verify = plrp_unchanged(model)
+    comp = PLRPM(p=0.2, composite=LayerMapComposite(layer_map=[(LinearTypes, Pass())]))
+    with pytest.raises(TypeError, match="BasicHook"):
+        _attribute(model, torch.randn(2, 10, dtype=torch.float64), comp)
+    verify()
+    assert isinstance(pruned_hook(Pass(), PruningSpec(p=0.1), "lambda"), Hook)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"p": 1.0}, ValueError, "p must be in"),
+        ({"p": -0.5}, ValueError, "p must be in"),
+        ({"p": 0.1, "p_neg": 2.0}, ValueError, "p_neg must be in"),
+        ({"p": 0.1, "sparsity_gain": 1.0}, ValueError, "either p/p_neg or sparsity_gain"),
+        ({"sparsity_gain": -1.0}, ValueError, "sparsity_gain must be >= 0"),
+        ({"p": "a lot"}, TypeError, "p must be a float"),
+        ({"p": 0.1, "composite": "epsilon_plus"}, TypeError, "composite must be a zennit"),
+        ({"p": 0.1, "composite": EpsilonPlusFlat, "low": None}, TypeError, "composite must be"),
+        ({"p": 0.1, "low": -1.0}, ValueError, "both low and high"),
+        ({"p": 0.1, "composite": EpsilonPlusFlat(), "canonizers": []}, ValueError, "canonizers"),
+        ({"p": 0.1, "layer_p": {"2": 1.5}}, ValueError, r"layer_p\['2'\] must be in"),
+    ],
+)
+def test_invalid_settings(variant, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        variant(**kwargs)
+
+
+def test_default_is_sparsity_gain_and_bounds_pick_base():
+    assert PLRPLambda().spec == PruningSpec(sparsity_gain=1.0)
+    assert isinstance(PLRPLambda(p=0.1).base, EpsilonPlusFlat)
+    assert isinstance(PLRPM(p=0.1, low=0.0, high=1.0).base, EpsilonGammaBox)
+
+
+def _resnet18():
+    from torchvision.models import resnet18
+    from zennit.torchvision import ResNetCanonizer
+
+    torch.manual_seed(0)
+    return resnet18(weights=None).eval(), ResNetCanonizer
+
+
+def _efficientnet_lite0():
+    models = pytest.importorskip("benchmarks.models")
+    if not hasattr(models, "load_efficientnet_lite0"):
+        pytest.skip("benchmarks.models.load_efficientnet_lite0 is not available")
+    from zennit_ext.canonizers import EfficientNetLiteCanonizer
+
+    return models.load_efficientnet_lite0(), EfficientNetLiteCanonizer
+
+
+@pytest.mark.parametrize("build", [_resnet18, _efficientnet_lite0], ids=["resnet18", "effnet"])
+def test_real_architectures(build, plrp_unchanged):
+    model, canonizer = build()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    verify = plrp_unchanged(model)
+    out = model(x)
+    bounds = {"low": -3.0, "high": 3.0}
+    state = ModuleState(model)  # zennit 1.0's own BN merge leaves added biases behind (#237)
+    base = _attribute(model, x, EpsilonGammaBox(canonizers=[canonizer()], **bounds))
+    state.restore()
+    same = _attribute(model, x, PLRPLambda(p=0.0, canonizers=[canonizer()], **bounds))
+    torch.testing.assert_close(same, base, rtol=0, atol=1e-6)
+    recorder = Recorder()
+    pruned = _attribute(
+        model, x, PLRPM(p=0.2, canonizers=[canonizer()], recorder=recorder, **bounds)
+    )
+    assert torch.isfinite(pruned).all() and not torch.allclose(pruned, base)
+    assert len(recorder.records) == sum(isinstance(m, LinearTypes) for m in model.modules()) - 1
+    for name, before, after in recorder.records:
+        assert torch.all(after[~mass_threshold_mask(before, 0.2)] == 0), name
+    verify()
+    torch.testing.assert_close(model(x), out, rtol=0, atol=0)
+
+
+def test_efficientnet_canonizer_keeps_function(plrp_unchanged):
+    model, canonizer = _efficientnet_lite0()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    verify = plrp_unchanged(model)
+    out = model(x)
+    handles = canonizer().apply(model)
+    try:
+        names = [name for name, _ in model.named_modules()]
+        assert sum(name.endswith("canonizer_sum") for name in names) > 0
+        assert all(m.eps == 0 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+        torch.testing.assert_close(model(x), out, rtol=1e-3, atol=1e-3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    verify()

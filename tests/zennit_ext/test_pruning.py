@@ -1,0 +1,196 @@
+"""Pure math of PLRP against brute-force references (float64, hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from zennit_ext.pruning import (
+    gini_index,
+    mass_threshold_mask,
+    prefix_gini,
+    rescale_kept,
+    sparsity_gain_mask,
+)
+
+finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=64)
+# small vectors with ties and exact zeros: rounding to 1 decimal makes both likely
+vectors = arrays(np.float64, st.tuples(st.integers(1, 3), st.integers(1, 12)), elements=finite).map(
+    lambda a: np.round(a, 1)
+)
+fractions = st.floats(0.0, 0.99)
+# distinct magnitudes: the exact masks do not depend on how ties are ordered
+distinct = st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(0, 2**31)).map(
+    lambda s: _distinct(*s)
+)
+
+
+def _distinct(batch: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 10.0, size=(batch, n))  # distinct and off mass boundaries a.s.
+    x *= rng.choice([-1.0, 1.0], size=x.shape)
+    x[rng.random(x.shape) < 0.2] = 0.0
+    return x
+
+
+def _gini_reference(c: np.ndarray) -> float:
+    """Gini index of a non-negative vector, as in quantus.Sparseness."""
+    c = np.sort(c)
+    n = c.size
+    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * c) / (n * np.sum(c)))
+
+
+def _parts(row: np.ndarray) -> list[np.ndarray]:
+    return [np.clip(row, 0, None), np.clip(-row, 0, None)]
+
+
+def _mask_from_prefix(part: np.ndarray, count: int) -> np.ndarray:
+    """True where an entry with non-zero mass lies in the first ``count`` of the stable order."""
+    order = np.argsort(part, kind="stable")
+    pruned = np.zeros(part.size, bool)
+    pruned[order[:count]] = True
+    return pruned & (part > 0)
+
+
+def _threshold_reference(row: np.ndarray, p: float, p_neg: float) -> np.ndarray:
+    """Eq. (3.2) with a Python loop: longest ascending prefix with mass <= p * total."""
+    pruned = np.zeros(row.size, bool)
+    for part, frac in zip(_parts(row), (p, p_neg), strict=True):
+        ordered = np.sort(part, kind="stable")
+        count, mass = 0, 0.0
+        for value in ordered:
+            if mass + value > frac * part.sum():
+                break
+            mass += value
+            count += 1
+        pruned |= _mask_from_prefix(part, count)
+    return ~pruned
+
+
+def _gain_reference(row: np.ndarray, min_gain: float) -> tuple[np.ndarray, list[float]]:
+    """Eq. (3.3) by brute force: zero entries one by one, recompute the Gini index each time."""
+    pruned = np.zeros(row.size, bool)
+    margins = []
+    for part in _parts(row):
+        if part.sum() == 0:
+            continue
+        order = np.argsort(part, kind="stable")
+        support = part > 0  # the Gini index is taken over the entries of this sign
+        current, count = part.copy(), 0
+        for index in order[:-1]:
+            if part[index] > 0:
+                nxt = current.copy()
+                nxt[index] = 0.0
+                step = _gini_reference(nxt[support]) - _gini_reference(current[support])
+                gain = part.sum() * step / part[index]
+                margins.append(gain - min_gain)
+                if gain < min_gain:
+                    break
+                current = nxt
+            count += 1
+        pruned |= _mask_from_prefix(part, count)
+    return ~pruned, margins
+
+
+@settings(max_examples=150, deadline=None)
+@given(distinct, fractions, fractions)
+def test_mass_threshold_matches_loop(x, p, p_neg):
+    keep = mass_threshold_mask(torch.from_numpy(x), p, p_neg).numpy()
+    expected = np.stack([_threshold_reference(row, p, p_neg) for row in x])
+    np.testing.assert_array_equal(keep, expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(vectors, fractions)
+def test_mass_threshold_keeps_mass_and_prunes_smallest(x, p):
+    r = torch.from_numpy(x)
+    keep = mass_threshold_mask(r, p)
+    for sign in (r.clamp(min=0), (-r).clamp(min=0)):
+        kept = (sign * keep).sum(1)
+        assert torch.all(kept >= (1 - p) * sign.sum(1) - 1e-9)
+        # every pruned entry is no larger than every kept entry of the same sign
+        largest_pruned = torch.where(~keep & (sign > 0), sign, 0).amax(1)
+        smallest_kept = torch.where(keep & (sign > 0), sign, torch.inf).amin(1)
+        assert torch.all(largest_pruned <= smallest_kept)
+
+
+@settings(max_examples=150, deadline=None)
+@given(distinct, st.floats(0.0, 3.0))
+def test_sparsity_gain_matches_prefix_search(x, min_gain):
+    expected, margins = zip(*(_gain_reference(row, min_gain) for row in x), strict=True)
+    # a gain equal to the threshold up to rounding could go either way in both codes
+    assume(all(abs(m) > 1e-9 for ms in margins for m in ms))
+    keep = sparsity_gain_mask(torch.from_numpy(x), min_gain).numpy()
+    np.testing.assert_array_equal(keep, np.stack(expected))
+
+
+@settings(max_examples=100, deadline=None)
+@given(vectors)
+def test_prefix_gini_matches_direct(x):
+    values = torch.sort(torch.from_numpy(np.abs(x)), dim=-1).values
+    fast = prefix_gini(values).numpy()
+    for row, got in zip(values.numpy(), fast, strict=True):
+        for k in range(row.size):
+            rest = row.copy()
+            rest[:k] = 0
+            if rest.sum() > 0:
+                assert got[k] == pytest.approx(_gini_reference(rest), abs=1e-9)
+            else:
+                assert np.isnan(got[k])
+
+
+def test_gini_extremes():
+    x = torch.tensor([[0.0, 0, 0, 5], [1, 1, 1, 1], [-2, 2, -2, 2]], dtype=torch.float64)
+    torch.testing.assert_close(gini_index(x), torch.tensor([0.75, 0.0, 0.0], dtype=torch.float64))
+
+
+@settings(max_examples=100, deadline=None)
+@given(vectors, fractions)
+def test_rescale_conserves_each_sign_and_keeps_signs(x, p):
+    r = torch.from_numpy(x)
+    out = rescale_kept(r, mass_threshold_mask(r, p))
+    for sign in (1, -1):
+        before, after = (r * sign).clamp(min=0).sum(1), (out * sign).clamp(min=0).sum(1)
+        torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-12)
+    assert torch.all(out * r >= 0)
+
+
+def test_p_zero_keeps_everything():
+    r = torch.randn(3, 4, 5, dtype=torch.float64)
+    assert mass_threshold_mask(r, 0.0).all()
+    torch.testing.assert_close(rescale_kept(r, mass_threshold_mask(r, 0.0)), r)
+
+
+def test_masks_are_per_sample_and_keep_shape():
+    r = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    both = mass_threshold_mask(r, 0.3)
+    assert both.shape == r.shape
+    assert torch.equal(both[1:], mass_threshold_mask(r[1:], 0.3))
+    assert torch.equal(sparsity_gain_mask(r)[1:], sparsity_gain_mask(r[1:]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"p": 1.0}, ValueError, "p must be in"),
+        ({"p": -0.1}, ValueError, "p must be in"),
+        ({"p": "0.1"}, TypeError, "p must be a float"),
+        ({"p": 0.1, "p_neg": 1.5}, ValueError, "p_neg must be in"),
+    ],
+)
+def test_threshold_rejects_bad_fractions(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        mass_threshold_mask(torch.ones(1, 3), **kwargs)
+
+
+def test_gain_and_shape_errors():
+    with pytest.raises(ValueError, match="sparsity_gain must be >= 0"):
+        sparsity_gain_mask(torch.ones(1, 3), -1.0)
+    with pytest.raises(ValueError, match="ndim >= 2"):
+        mass_threshold_mask(torch.ones(3), 0.1)
+    with pytest.raises(ValueError, match="keep must have the shape"):
+        rescale_kept(torch.ones(1, 3), torch.ones(1, 2, dtype=torch.bool))

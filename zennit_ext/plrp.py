@@ -1,0 +1,381 @@
+"""Pruned LRP (PLRP-λ, PLRP-M) as Zennit composites that wrap the rules of a base composite.
+
+A base composite (default: Zennit's ``EpsilonGammaBox`` with input bounds, else
+``EpsilonPlusFlat``) assigns a rule hook to each layer. :class:`PLRPLambda` and :class:`PLRPM`
+keep those rules and canonizers and wrap the hook of every parameterised layer except the
+first in a :class:`PruningHook`, which prunes the relevance the rule returns for the layer's
+input (paper, section 3.2):
+
+- PLRP-λ: drop the smallest entries of each sign and rescale the kept ones (conservative per
+  sign, signs preserved).
+- PLRP-M: zero the input activations of the pruned neurons and recompute the same rule (eq.
+  3.4–3.6): pruned neurons get exactly 0, their mass is redistributed LRP-style.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, register_composite
+from zennit.core import BasicHook, Composite, Hook
+from zennit.types import Linear
+
+from zennit_ext.pruning import (
+    check_fraction,
+    mass_threshold_mask,
+    rescale_kept,
+    sparsity_gain_mask,
+)
+
+__all__ = [
+    "PruningSpec",
+    "PruningHook",
+    "pruned_hook",
+    "PLRPLambda",
+    "PLRPM",
+    "ModuleState",
+]
+
+Recorder = Callable[[str, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class PruningSpec:
+    """How one layer's relevance is pruned: a fixed mass fraction or a minimal sparsity gain.
+
+    Parameters
+    ----------
+    p : float, optional
+        Fraction in [0, 1) of the positive relevance mass to prune (eq. 3.2).
+    p_neg : float, optional
+        Fraction in [0, 1) of the absolute negative mass to prune; defaults to ``p``.
+    sparsity_gain : float, optional
+        Minimal sparsity gain ≥ 0 (eq. 3.3); exclusive with ``p``.
+    """
+
+    p: float | None = None
+    p_neg: float | None = None
+    sparsity_gain: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.sparsity_gain is not None:
+            if self.p is not None or self.p_neg is not None:
+                raise ValueError(
+                    f"give either p/p_neg or sparsity_gain, got p={self.p!r}, "
+                    f"p_neg={self.p_neg!r}, sparsity_gain={self.sparsity_gain!r}"
+                )
+            sparsity_gain_mask(torch.zeros(1, 1), self.sparsity_gain)  # validates the value
+        elif self.p is None:
+            raise ValueError("give p (a fraction in [0, 1)) or sparsity_gain, got neither")
+        else:
+            check_fraction("p", self.p)
+            if self.p_neg is not None:
+                check_fraction("p_neg", self.p_neg)
+
+    def keep(self, relevance: torch.Tensor) -> torch.Tensor:
+        """Bool keep-mask, shape of ``relevance`` (batch, ...), per sample and sign."""
+        if self.sparsity_gain is not None:
+            return sparsity_gain_mask(relevance, self.sparsity_gain)
+        return mass_threshold_mask(relevance, self.p, self.p_neg)
+
+
+class PruningHook:
+    """Mixin placed before a Zennit rule class: prunes the relevance its ``backward`` returns.
+
+    Instances are made by :func:`pruned_hook`; the rule's own forward/backward machinery is
+    inherited unchanged, so the same code runs on zennit 0.5 and 1.0.
+
+    Attributes
+    ----------
+    spec : PruningSpec
+        The pruning settings of this layer.
+    variant : str
+        ``'lambda'`` (rescale kept relevance) or ``'m'`` (recompute with masked activations).
+    layer_name : str
+        Name of the module in the model, passed to ``recorder``.
+    recorder : callable or None
+        ``recorder(layer_name, unpruned, pruned)`` with (batch, ...) relevance of the layer's
+        input, called after each pruning step.
+    """
+
+    spec: PruningSpec
+    variant: str
+    layer_name: str
+    recorder: Recorder | None
+
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
+        """Relevance of the layer's input from the wrapped rule, then pruned."""
+        result = tuple(super().backward(module, grad_input, grad_output))
+        relevance = result[0]
+        if relevance is None:
+            return result
+        keep = self.spec.keep(relevance.detach())
+        if self.variant == "lambda":
+            pruned = rescale_kept(relevance, keep)
+        else:
+            stored = self.stored_tensors["input"]
+            self.stored_tensors["input"] = (stored[0] * keep, *stored[1:])
+            try:
+                pruned = tuple(super().backward(module, grad_input, grad_output))[0]
+            finally:
+                self.stored_tensors["input"] = stored
+        if self.recorder is not None:
+            self.recorder(self.layer_name, relevance.detach(), pruned.detach())
+        return (pruned, *result[1:])
+
+    def copy(self) -> Hook:
+        """Copy with the pruning settings (Zennit's ``copy`` rebuilds only the modifiers)."""
+        copy = super().copy()
+        copy.spec, copy.variant = self.spec, self.variant
+        copy.layer_name, copy.recorder = self.layer_name, self.recorder
+        return copy
+
+
+@functools.cache
+def _pruned_class(rule: type) -> type:
+    return type(f"Pruned{rule.__name__}", (PruningHook, rule), {})
+
+
+def pruned_hook(
+    hook: Hook,
+    spec: PruningSpec,
+    variant: str = "lambda",
+    layer_name: str = "",
+    recorder: Recorder | None = None,
+) -> Hook:
+    """Wrap a Zennit rule hook so that the relevance of its layer's input is pruned.
+
+    Parameters
+    ----------
+    hook : zennit.core.Hook
+        The rule (e.g. ``Gamma()``, ``Epsilon()``); it is copied, not changed.
+    spec : PruningSpec
+        Pruning settings.
+    variant : {'lambda', 'm'}
+        PLRP-λ or PLRP-M (needs a ``BasicHook`` rule: it recomputes the rule).
+    layer_name : str
+        Name passed to ``recorder``.
+    recorder : callable, optional
+        ``recorder(layer_name, unpruned, pruned)``.
+
+    Returns
+    -------
+    zennit.core.Hook
+        A hook of class ``Pruned<Rule>``, a subclass of the rule's class.
+    """
+    if not isinstance(hook, Hook):
+        raise TypeError(f"hook must be a zennit Hook, got {type(hook).__name__}")
+    if variant not in ("lambda", "m"):
+        raise ValueError(f"variant must be 'lambda' or 'm', got {variant!r}")
+    if variant == "m" and not isinstance(hook, BasicHook):
+        raise TypeError(
+            f"PLRP-M recomputes the rule and needs a zennit BasicHook, got {type(hook).__name__}"
+        )
+    wrapped = hook.copy()
+    wrapped.__class__ = _pruned_class(type(hook))
+    wrapped.spec, wrapped.variant = spec, variant
+    wrapped.layer_name, wrapped.recorder = layer_name, recorder
+    return wrapped
+
+
+class ModuleState:
+    """The parameter and buffer objects and attribute names of every submodule, to restore.
+
+    zennit 1.0's BatchNorm merge leaves merged tensors in ``state_dict()`` and shadowing
+    instance attributes after the canonizer is removed (upstream issue #237); restoring the
+    original objects undoes that without copying data.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Captured on construction; :meth:`restore` puts everything back.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved = [
+            (module, dict(module._parameters), dict(module._buffers), set(vars(module)))
+            for module in model.modules()
+        ]
+
+    def restore(self) -> None:
+        """Reassign the captured parameters and buffers; drop attributes added since."""
+        for module, parameters, buffers, names in self.saved:
+            module._parameters.clear()
+            module._parameters.update(parameters)
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            for name in set(vars(module)) - names:
+                del module.__dict__[name]
+
+
+def _base_composite(
+    composite: Composite | None, low: Any, high: Any, canonizers: list | None
+) -> Composite:
+    if composite is not None:
+        if not isinstance(composite, Composite):
+            raise TypeError(
+                f"composite must be a zennit Composite instance, got {type(composite).__name__}"
+            )
+        if low is not None or high is not None or canonizers is not None:
+            raise ValueError(
+                "low, high and canonizers configure the default base composite; "
+                "with composite= give them to that composite instead"
+            )
+        return composite
+    if (low is None) != (high is None):
+        raise ValueError(f"give both low and high or neither, got low={low!r}, high={high!r}")
+    if low is not None:
+        return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
+    return EpsilonPlusFlat(canonizers=canonizers)
+
+
+class _PLRPComposite(Composite):
+    """Shared wiring of :class:`PLRPLambda` and :class:`PLRPM` (see their docstrings)."""
+
+    variant: ClassVar[str]
+
+    def __init__(
+        self,
+        p: float | None = None,
+        *,
+        p_neg: float | None = None,
+        sparsity_gain: float | None = None,
+        layer_p: Mapping[str, float] | None = None,
+        composite: Composite | None = None,
+        low: Any = None,
+        high: Any = None,
+        canonizers: list | None = None,
+        layer_types: type | tuple[type, ...] = Linear,
+        recorder: Recorder | None = None,
+    ) -> None:
+        if p is None and sparsity_gain is None:
+            sparsity_gain = 1.0
+        self.spec = PruningSpec(p=p, p_neg=p_neg, sparsity_gain=sparsity_gain)
+        self.layer_p = {name: check_fraction(f"layer_p[{name!r}]", v) for name, v in
+                        dict(layer_p or {}).items()}  # fmt: skip
+        self.base = _base_composite(composite, low, high, canonizers)
+        self.layer_types = layer_types
+        self.recorder = recorder
+        self.pruned_names: list[str] = []
+        self.module_state: ModuleState | None = None
+        super().__init__(module_map=self._module_map, canonizers=self.base.canonizers)
+
+    def _module_map(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
+        template = self.base.module_map(ctx, name, module)
+        if template is None or not isinstance(module, self.layer_types):
+            return template
+        if not ctx.get("plrp_first_layer_seen", False):
+            ctx["plrp_first_layer_seen"] = True
+            return template  # the first layer is never pruned
+        self.pruned_names.append(name)
+        spec = self.spec
+        if name in self.layer_p:
+            spec = PruningSpec(p=self.layer_p[name])
+        return pruned_hook(template, spec, self.variant, name, self.recorder)
+
+    def register(self, module: nn.Module) -> None:
+        """Apply the base composite's canonizers and the wrapped rules to ``module``.
+
+        Raises
+        ------
+        ValueError
+            If ``layer_p`` names a module that is not a pruned layer of ``module``.
+        TypeError
+            If PLRP-M meets a rule that is not a ``BasicHook``.
+
+        On error the model is left unchanged.
+        """
+        self.remove()
+        self.pruned_names = []
+        state = ModuleState(module)  # set after super().register, which calls self.remove()
+        try:
+            super().register(module)
+            self.module_state = state
+            unknown = sorted(set(self.layer_p) - set(self.pruned_names))
+            if unknown:
+                raise ValueError(
+                    f"layer_p names {unknown} that are not pruned layers of the model; "
+                    f"expected some of {self.pruned_names}"
+                )
+        except BaseException:
+            self.module_state = state
+            self.remove()
+            raise
+
+    def remove(self) -> None:
+        """Remove hooks and canonizers and restore the model's parameter and buffer objects."""
+        super().remove()
+        if self.module_state is not None:
+            self.module_state.restore()
+            self.module_state = None
+
+
+_DOC = """Pruned LRP, {title}, as a Zennit composite (paper eq. 3.2–3.{eq}).
+
+    Wraps the rule the base composite assigns to each parameterised layer (``layer_types``)
+    except the first one; keeps the base composite's canonizers. Registered in
+    ``zennit.composites.COMPOSITES`` as ``'{key}'``.
+
+    Parameters
+    ----------
+    p : float, optional
+        Fraction in [0, 1) of each layer's positive relevance mass to prune. If neither ``p``
+        nor ``sparsity_gain`` is given, ``sparsity_gain=1.0`` (the paper's natural choice).
+    p_neg : float, optional
+        Fraction of the absolute negative mass to prune; defaults to ``p``.
+    sparsity_gain : float, optional
+        Minimal sparsity gain ≥ 0: the fraction is chosen per layer and sample (eq. 3.3).
+    layer_p : mapping of str to float, optional
+        Fixed fraction (both signs) for named layers (names as in ``model.named_modules()``);
+        0 disables pruning of that layer.
+    composite : zennit.core.Composite, optional
+        Base composite whose rules and canonizers are used.
+    low, high : float or torch.Tensor, optional
+        Input bounds: the default base is ``EpsilonGammaBox(low, high)``; without them it is
+        ``EpsilonPlusFlat()``.
+    canonizers : list of zennit canonizers, optional
+        Canonizers of the default base composite.
+    layer_types : type or tuple of types
+        Module types whose input relevance is pruned (default ``zennit.types.Linear``:
+        dense and convolutional layers).
+    recorder : callable, optional
+        ``recorder(name, unpruned, pruned)`` called with each pruned layer's input relevance,
+        (batch, ...), e.g. to inspect intermediate relevance.
+
+    Raises
+    ------
+    ValueError
+        ``p``/``p_neg``/``layer_p`` outside [0, 1), both ``p`` and ``sparsity_gain``, a
+        negative gain, inconsistent base settings.
+    TypeError
+        ``composite`` is not a zennit Composite; non-numeric settings{extra}.
+
+    Examples
+    --------
+    >>> comp = {name}(p=0.2, low=-1.0, high=1.0)                          # doctest: +SKIP
+    >>> with Gradient(model=model, composite=comp) as attributor:         # doctest: +SKIP
+    ...     output, relevance = attributor(x, torch.eye(10)[target])
+    """
+
+
+@register_composite("plrp_lambda")
+class PLRPLambda(_PLRPComposite):
+    variant = "lambda"
+    __doc__ = _DOC.format(title="PLRP-λ", eq=3, key="plrp_lambda", name="PLRPLambda", extra="")
+
+
+@register_composite("plrp_m")
+class PLRPM(_PLRPComposite):
+    variant = "m"
+    __doc__ = _DOC.format(
+        title="PLRP-M",
+        eq=6,
+        key="plrp_m",
+        name="PLRPM",
+        extra="; a base rule that is not a BasicHook (raised on register)",
+    )

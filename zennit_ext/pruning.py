@@ -1,0 +1,268 @@
+"""Pure tensor math of pruned LRP (PLRP): which relevance entries to prune, and λ rescaling.
+
+Every function works per sample on tensors of shape (batch, ...): the entries of one sample
+(all dimensions after the first) form the relevance vector of one layer. Positive relevance
+and the absolute value of negative relevance are pruned separately (paper, section 3.2).
+Entries with zero relevance carry no mass and are never pruned.
+
+No hooks here; :mod:`zennit_ext.plrp` wires these functions into Zennit rules.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "gini_index",
+    "prefix_gini",
+    "mass_threshold_mask",
+    "sparsity_gain_mask",
+    "rescale_kept",
+    "check_fraction",
+]
+
+
+def check_fraction(name: str, value: float) -> float:
+    """Return ``value`` as a float if it is a number in [0, 1), else raise.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a real number.
+    ValueError
+        If ``value`` is outside [0, 1).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten per sample; the positive and absolute negative parts, each sorted ascending.
+
+    One sort of the signed values serves both parts: the positive part ascending is its
+    tail, the negative part ascending by magnitude is its head reversed.
+
+    Returns
+    -------
+    parts : torch.Tensor
+        (2, batch, n): positive part and absolute negative part, sorted ascending (zeros
+        first).
+    order : torch.Tensor
+        (2, batch, n) int64: flat indices of the sorted entries.
+    """
+    if relevance.ndim < 2:
+        raise ValueError(
+            f"relevance must have shape (batch, ...) with ndim >= 2, got {tuple(relevance.shape)}"
+        )
+    values, order = torch.sort(relevance.reshape(relevance.shape[0], -1), dim=-1)
+    parts = torch.stack([values.clamp(min=0), (-values).clamp(min=0).flip(-1)])
+    return parts, torch.stack([order, order.flip(-1)])
+
+
+def _keep_from_counts(
+    values: torch.Tensor, order: torch.Tensor, counts: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    """Keep-mask that prunes the ``counts`` smallest entries of each part, in sorted order.
+
+    Parameters
+    ----------
+    values, order : torch.Tensor
+        (2, batch, n) sorted parts and their flat indices (see :func:`_sorted_parts`).
+    counts : torch.Tensor
+        (2, batch) int64: how many of the smallest entries of each part to prune.
+    shape : torch.Size
+        Shape of the relevance tensor, (batch, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        Bool, ``shape``: False where an entry with non-zero relevance is pruned.
+    """
+    rank = torch.arange(values.shape[-1], device=values.device)
+    pruned_sorted = (rank < counts[..., None]) & (values > 0)
+    pruned = torch.zeros_like(pruned_sorted).scatter(-1, order, pruned_sorted)
+    return ~(pruned[0] | pruned[1]).reshape(shape)
+
+
+def mass_threshold_mask(
+    relevance: torch.Tensor, p: float, p_neg: float | None = None
+) -> torch.Tensor:
+    """Keep-mask of eq. (3.2): prune the smallest entries holding at most ``p`` of the mass.
+
+    For each sample and each sign, the entries are sorted ascending by absolute value and the
+    longest prefix whose cumulative mass is ≤ ``p`` × the total mass of that sign is pruned.
+    Ties are broken by the sort order, so the kept mass is always ≥ (1 − p) × total.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        (batch, ...) relevance of one layer.
+    p : float
+        Fraction in [0, 1) of the positive relevance mass to prune.
+    p_neg : float, optional
+        Fraction in [0, 1) of the absolute negative mass to prune; defaults to ``p``.
+
+    Returns
+    -------
+    torch.Tensor
+        Bool, same shape as ``relevance``: True where the entry is kept.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``p`` or ``p_neg`` is not a number in [0, 1).
+    """
+    p = check_fraction("p", p)
+    p_neg = p if p_neg is None else check_fraction("p_neg", p_neg)
+    values, order = _sorted_parts(relevance)
+    cumulative = values.cumsum(-1)
+    fractions = torch.tensor([p, p_neg], dtype=values.dtype, device=values.device)[:, None]
+    budget = fractions * cumulative[..., -1]
+    counts = (cumulative <= budget[..., None]).sum(-1)
+    return _keep_from_counts(values, order, counts, relevance.shape)
+
+
+def prefix_gini(values: torch.Tensor) -> torch.Tensor:
+    """Gini index of a sorted non-negative vector after zeroing each prefix, via cumulative sums.
+
+    With ``c`` sorted ascending and ``n`` entries, the Gini index (Hurley & Rickard, as in
+    ``quantus.Sparseness``) is ``sum_i (2i − n − 1) c_i / (n sum_i c_i)`` (i from 1). Zeroing
+    the ``k`` smallest entries keeps the order, so all ``n`` prefixes cost O(n).
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        (..., n) non-negative, sorted ascending along the last dimension.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n): entry ``k`` is the Gini index with the ``k`` smallest entries set to zero;
+        NaN where the remaining vector is all zero.
+    """
+    n = values.shape[-1]
+    weights = 2 * torch.arange(1, n + 1, dtype=values.dtype, device=values.device) - n - 1
+    weighted = values * weights
+
+    def suffix(x: torch.Tensor) -> torch.Tensor:
+        # sum over entries k..n-1 for every k
+        return x.flip(-1).cumsum(-1).flip(-1)
+
+    return suffix(weighted) / (n * suffix(values))
+
+
+def gini_index(x: torch.Tensor) -> torch.Tensor:
+    """Gini index of ``|x|`` per sample (1 = one non-zero entry, 0 = all equal).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (batch, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        (batch,); NaN for an all-zero sample.
+    """
+    flat = x.reshape(x.shape[0], -1).abs()
+    return prefix_gini(torch.sort(flat, dim=-1).values)[:, 0]
+
+
+def _gain_counts(values: torch.Tensor, min_gain: float) -> torch.Tensor:
+    """How many smallest entries to prune so that every pruning step has gain ≥ ``min_gain``.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        (..., n) non-negative, sorted ascending.
+
+    Returns
+    -------
+    torch.Tensor
+        (...) int64 counts, at most n − 1 (zero entries included; they are skipped at no cost).
+    """
+    n = values.shape[-1]
+    gini = prefix_gini(values)
+    total = values.sum(-1, keepdim=True)
+    # Gini on the support of v0 (its z zero entries left out) is (n G - z) / (n - z)
+    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+    # step k removes entry k (0-based): gain = ||v0||_1 (G_{k+1} - G_k) / c_k (eq. 3.3)
+    gain = total * (gini[..., 1:] - gini[..., :-1]) / values[..., :-1] * (n / support)
+    ok = (values[..., :-1] == 0) | (gain >= min_gain)
+    # the first failing step stops the search; entries before it are pruned
+    failed = torch.cat([~ok, ok.new_ones((*ok.shape[:-1], 1))], dim=-1)
+    return failed.to(torch.int64).argmax(-1)
+
+
+def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.Tensor:
+    """Keep-mask of eq. (3.3): prune the smallest entries while each step's sparsity gain holds.
+
+    For each sample and each sign the entries are removed in ascending order; step ``k`` has
+    gain ``||v0||_1 · (G(v_{k+1}) − G(v_k)) / (||v_k||_1 − ||v_{k+1}||_1)`` with ``G`` the
+    Gini index (:func:`prefix_gini`) over the support of ``v0`` — the entries of that sign;
+    entries of the other sign or zero would otherwise count as already sparse and block all
+    pruning. Pruning stops before the first step with gain below ``min_gain``; the largest
+    entry of a sign is never pruned. O(n log n) per sample.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        (batch, ...) relevance of one layer.
+    min_gain : float
+        Minimal allowed sparsity gain, ≥ 0 (the paper's natural choice is 1).
+
+    Returns
+    -------
+    torch.Tensor
+        Bool, same shape as ``relevance``: True where the entry is kept.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``min_gain`` is not a non-negative number.
+    """
+    if isinstance(min_gain, bool) or not isinstance(min_gain, int | float):
+        raise TypeError(f"sparsity_gain must be a float >= 0, got {min_gain!r}")
+    if not min_gain >= 0:
+        raise ValueError(f"sparsity_gain must be >= 0, got {min_gain!r}")
+    values, order = _sorted_parts(relevance)
+    counts = _gain_counts(values, float(min_gain))
+    return _keep_from_counts(values, order, counts, relevance.shape)
+
+
+def rescale_kept(relevance: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """PLRP-λ: zero the pruned entries and rescale each sign's kept mass to its total.
+
+    Parameters
+    ----------
+    relevance : torch.Tensor
+        (batch, ...) unpruned relevance.
+    keep : torch.Tensor
+        Bool, same shape: True where kept (from :func:`mass_threshold_mask` or
+        :func:`sparsity_gain_mask`).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape: ``λ_+ · r`` on kept positive entries, ``λ_- · r`` on kept negative ones,
+        0 elsewhere, with ``λ = total mass / kept mass`` of that sign (1 if nothing is kept).
+    """
+    if keep.shape != relevance.shape:
+        raise ValueError(
+            f"keep must have the shape of relevance {tuple(relevance.shape)}, "
+            f"got {tuple(keep.shape)}"
+        )
+    dims = tuple(range(1, relevance.ndim))
+    kept = relevance * keep
+    positive, negative = relevance > 0, relevance < 0
+
+    def factor(sign: torch.Tensor) -> torch.Tensor:
+        total = (relevance * sign).sum(dims, keepdim=True)
+        part = (kept * sign).sum(dims, keepdim=True)
+        return torch.where(part != 0, total / torch.where(part != 0, part, 1), 1)
+
+    scale = torch.where(positive, factor(positive), torch.where(negative, factor(negative), 1))
+    return kept * scale
