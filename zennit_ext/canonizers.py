@@ -16,7 +16,7 @@ from torch import nn
 from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, MergeBatchNorm
 from zennit.layer import Sum
 
-from zennit_ext.plrp import ModuleState
+from zennit_ext.hooks import ModuleState
 
 __all__ = ["AttributeMergeBatchNorm", "MBConvSkipCanonizer", "EfficientNetLiteCanonizer"]
 

@@ -16,7 +16,7 @@ from zennit.attribution import Attributor, Gradient
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
-from zennit_ext.plrp import ModuleState
+from zennit_ext.hooks import ModuleState
 
 __all__ = ["make_composite", "explain"]
 

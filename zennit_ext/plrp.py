@@ -14,7 +14,6 @@ input (paper, section 3.2):
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,6 +24,7 @@ from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, register_composi
 from zennit.core import BasicHook, Composite, Hook
 from zennit.types import Linear
 
+from zennit_ext.hooks import RuleWrappingComposite, StatefulHook, mixin_hook
 from zennit_ext.pruning import (
     check_fraction,
     mass_threshold_mask,
@@ -38,7 +38,6 @@ __all__ = [
     "pruned_hook",
     "PLRPLambda",
     "PLRPM",
-    "ModuleState",
 ]
 
 Recorder = Callable[[str, torch.Tensor, torch.Tensor], None]
@@ -84,7 +83,7 @@ class PruningSpec:
         return mass_threshold_mask(relevance, self.p, self.p_neg)
 
 
-class PruningHook:
+class PruningHook(StatefulHook):
     """Mixin placed before a Zennit rule class: prunes the relevance its ``backward`` returns.
 
     Instances are made by :func:`pruned_hook`; the rule's own forward/backward machinery is
@@ -103,6 +102,7 @@ class PruningHook:
         input, called after each pruning step.
     """
 
+    state_names = ("spec", "variant", "layer_name", "recorder")
     spec: PruningSpec
     variant: str
     layer_name: str
@@ -127,18 +127,6 @@ class PruningHook:
         if self.recorder is not None:
             self.recorder(self.layer_name, relevance.detach(), pruned.detach())
         return (pruned, *result[1:])
-
-    def copy(self) -> Hook:
-        """Copy with the pruning settings (Zennit's ``copy`` rebuilds only the modifiers)."""
-        copy = super().copy()
-        copy.spec, copy.variant = self.spec, self.variant
-        copy.layer_name, copy.recorder = self.layer_name, self.recorder
-        return copy
-
-
-@functools.cache
-def _pruned_class(rule: type) -> type:
-    return type(f"Pruned{rule.__name__}", (PruningHook, rule), {})
 
 
 def pruned_hook(
@@ -166,7 +154,7 @@ def pruned_hook(
     Returns
     -------
     zennit.core.Hook
-        A hook of class ``Pruned<Rule>``, a subclass of the rule's class.
+        A hook of class ``PruningHook<Rule>``, a subclass of the rule's class.
     """
     if not isinstance(hook, Hook):
         raise TypeError(f"hook must be a zennit Hook, got {type(hook).__name__}")
@@ -176,51 +164,15 @@ def pruned_hook(
         raise TypeError(
             f"PLRP-M recomputes the rule and needs a zennit BasicHook, got {type(hook).__name__}"
         )
-    wrapped = hook.copy()
-    wrapped.__class__ = _pruned_class(type(hook))
-    wrapped.spec, wrapped.variant = spec, variant
-    wrapped.layer_name, wrapped.recorder = layer_name, recorder
-    return wrapped
-
-
-class ModuleState:
-    """The parameter and buffer objects and attribute names of every submodule, to restore.
-
-    zennit 1.0's BatchNorm merge leaves merged tensors in ``state_dict()`` and shadowing
-    instance attributes after the canonizer is removed (upstream issue #237); restoring the
-    original objects undoes that without copying data.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Captured on construction; :meth:`restore` puts everything back.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.saved = [
-            (module, dict(module._parameters), dict(module._buffers), set(vars(module)))
-            for module in model.modules()
-        ]
-
-    def restore(self) -> None:
-        """Reassign the captured parameters and buffers; drop attributes added since."""
-        for module, parameters, buffers, names in self.saved:
-            module._parameters.clear()
-            module._parameters.update(parameters)
-            module._buffers.clear()
-            module._buffers.update(buffers)
-            for name in set(vars(module)) - names:
-                del module.__dict__[name]
+    return mixin_hook(
+        hook, PruningHook, spec=spec, variant=variant, layer_name=layer_name, recorder=recorder
+    )
 
 
 def _base_composite(
     composite: Composite | None, low: Any, high: Any, canonizers: list | None
 ) -> Composite:
     if composite is not None:
-        if not isinstance(composite, Composite):
-            raise TypeError(
-                f"composite must be a zennit Composite instance, got {type(composite).__name__}"
-            )
         if low is not None or high is not None or canonizers is not None:
             raise ValueError(
                 "low, high and canonizers configure the default base composite; "
@@ -234,7 +186,7 @@ def _base_composite(
     return EpsilonPlusFlat(canonizers=canonizers)
 
 
-class _PLRPComposite(Composite):
+class _PLRPComposite(RuleWrappingComposite):
     """Shared wiring of :class:`PLRPLambda` and :class:`PLRPM` (see their docstrings)."""
 
     variant: ClassVar[str]
@@ -258,16 +210,14 @@ class _PLRPComposite(Composite):
         self.spec = PruningSpec(p=p, p_neg=p_neg, sparsity_gain=sparsity_gain)
         self.layer_p = {name: check_fraction(f"layer_p[{name!r}]", v) for name, v in
                         dict(layer_p or {}).items()}  # fmt: skip
-        self.base = _base_composite(composite, low, high, canonizers)
         self.layer_types = layer_types
         self.recorder = recorder
         self.pruned_names: list[str] = []
-        self.module_state: ModuleState | None = None
-        super().__init__(module_map=self._module_map, canonizers=self.base.canonizers)
+        super().__init__(_base_composite(composite, low, high, canonizers))
 
-    def _module_map(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
-        template = self.base.module_map(ctx, name, module)
-        if template is None or not isinstance(module, self.layer_types):
+    def wrap_rule(self, ctx: dict, name: str, module: nn.Module, template: Hook) -> Hook:
+        """The base rule, wrapped in a :class:`PruningHook` unless it is the first layer."""
+        if not isinstance(module, self.layer_types):
             return template
         if not ctx.get("plrp_first_layer_seen", False):
             ctx["plrp_first_layer_seen"] = True
@@ -278,41 +228,18 @@ class _PLRPComposite(Composite):
             spec = PruningSpec(p=self.layer_p[name])
         return pruned_hook(template, spec, self.variant, name, self.recorder)
 
-    def register(self, module: nn.Module) -> None:
-        """Apply the base composite's canonizers and the wrapped rules to ``module``.
-
-        Raises
-        ------
-        ValueError
-            If ``layer_p`` names a module that is not a pruned layer of ``module``.
-        TypeError
-            If PLRP-M meets a rule that is not a ``BasicHook``.
-
-        On error the model is left unchanged.
-        """
-        self.remove()
+    def reset(self) -> None:
+        """Forget the pruned layer names of the previous registration."""
         self.pruned_names = []
-        state = ModuleState(module)  # set after super().register, which calls self.remove()
-        try:
-            super().register(module)
-            self.module_state = state
-            unknown = sorted(set(self.layer_p) - set(self.pruned_names))
-            if unknown:
-                raise ValueError(
-                    f"layer_p names {unknown} that are not pruned layers of the model; "
-                    f"expected some of {self.pruned_names}"
-                )
-        except BaseException:
-            self.module_state = state
-            self.remove()
-            raise
 
-    def remove(self) -> None:
-        """Remove hooks and canonizers and restore the model's parameter and buffer objects."""
-        super().remove()
-        if self.module_state is not None:
-            self.module_state.restore()
-            self.module_state = None
+    def check_registered(self, module: nn.Module) -> None:
+        """Raise ValueError if ``layer_p`` names a module that is not a pruned layer."""
+        unknown = sorted(set(self.layer_p) - set(self.pruned_names))
+        if unknown:
+            raise ValueError(
+                f"layer_p names {unknown} that are not pruned layers of the model; "
+                f"expected some of {self.pruned_names}"
+            )
 
 
 _DOC = """Pruned LRP, {title}, as a Zennit composite (paper eq. 3.2–3.{eq}).

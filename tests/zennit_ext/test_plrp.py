@@ -13,7 +13,8 @@ from zennit.types import Activation
 from zennit.types import Linear as LinearTypes
 
 from zennit_ext import PLRPM, PLRPLambda
-from zennit_ext.plrp import ModuleState, PruningSpec, pruned_hook
+from zennit_ext.hooks import ModuleState
+from zennit_ext.plrp import PruningSpec, pruned_hook
 from zennit_ext.pruning import mass_threshold_mask
 
 VARIANTS = (PLRPLambda, PLRPM)
