@@ -13,13 +13,14 @@ the positive-sum condition (eq. 15) and raises.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from zennit.composites import SpecialFirstLayerMapComposite
-from zennit.core import BasicHook, Composite, Hook
+from zennit.core import BasicHook, Composite, Hook, ParamMod
 from zennit.layer import Sum
 from zennit.rules import Flat, Gamma, Norm, Pass, ZBox, ZPlus
 from zennit.types import Activation, AvgPool, Convolution
@@ -46,14 +47,44 @@ class NormalizationSettings:
     on_violation : {'raise', 'warn'}
         What a failed check does. With 'warn' the neuron's conditionals still sum to 1 but
         have the opposite sign of its unnormalized ones.
+    lost : bool
+        Set by a checked pass when relevance reached a neuron with zero column sum, where it
+        ends (so not every unit message reaches the input).
     """
 
     check: bool = True
     on_violation: str = "raise"
+    lost: bool = False
 
     def __post_init__(self) -> None:
         if self.on_violation not in ("raise", "warn"):
             raise ValueError(f"on_violation must be 'raise' or 'warn', got {self.on_violation!r}")
+
+
+@dataclass
+class _Linearized:
+    """A rule's terms for one forward pass (see :meth:`NormalizedHook._linearized`)."""
+
+    inputs: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    live: list[int]
+    scales: list[torch.Tensor]
+    coefs: list[torch.Tensor]
+    sums: torch.Tensor | None = None
+    normalized: list[torch.Tensor] | None = None
+
+    def normalized_scales(self) -> list[torch.Tensor]:
+        """Scales divided by the column sums (0 where a sum is 0)."""
+        if self.normalized is None:
+            nonzero = self.sums != 0
+            inverse = torch.where(nonzero, 1.0 / torch.where(nonzero, self.sums, 1.0), 0.0)
+            self.normalized = [scale * inverse for scale in self.scales]
+        return self.normalized
+
+
+def _as_list(mapped: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Zennit's gradient mappers return one tensor (one term) or a sequence of tensors."""
+    return [mapped] if isinstance(mapped, torch.Tensor) else list(mapped)
 
 
 class NormalizedHook(StatefulHook):
@@ -71,15 +102,95 @@ class NormalizedHook(StatefulHook):
     layer_name: str
     settings: NormalizationSettings
 
-    def column_sums(self, module: nn.Module, grad_input: Any, shape: torch.Size) -> torch.Tensor:
+    def _terms(self, module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The rule's modified inputs (requiring grad) and outputs, recomputed as Zennit does."""
+        first, *args = self.stored_tensors["input"]
+        kwargs = self.stored_tensors.get("kwargs", {})  # zennit >= 1.0 keeps keyword arguments
+        inputs, outputs = [], []
+        for in_mod, param_mod, out_mod in zip(
+            self.input_modifiers, self.param_modifiers, self.output_modifiers, strict=True
+        ):
+            input = in_mod(first.clone()).requires_grad_()
+            with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
+                outputs.append(out_mod(modified.forward(input, *args, **kwargs)))
+            inputs.append(input)
+        return inputs, outputs
+
+    def _linearized(self, module: nn.Module, shape: torch.Size) -> _Linearized:
+        """The rule as a linear map of the message, for the stored input (cached per forward).
+
+        Zennit's mappers and reducers are elementwise-linear in the message and in the
+        gradients (this is checked), so ``R_in = Σ_i c_i ⊙ J_iᵀ (s_i ⊙ m)`` with per-term
+        scales ``s_i = mapper(1)_i`` and coefficients ``c_i = reducer(inputs, e_i)``. Terms with
+        ``s_i = 0`` or ``c_i = 0`` (e.g. negative inputs after a ReLU, γ's unused branch) are
+        dropped, so a batch of messages costs one vector-Jacobian product per live term.
+        """
+        first = self.stored_tensors["input"][0]
+        if getattr(self, "_linear_key", None) is first:
+            return self._linear
+        inputs, outputs = self._terms(module)
+        ones = torch.ones(shape, dtype=first.dtype, device=first.device)
+        scales = [s.detach() for s in _as_list(self.gradient_mapper(ones, outputs))]
+        negated = _as_list(self.gradient_mapper(-ones, outputs))
+        plain = [input.detach() for input in inputs]
+        coefs = [
+            self.reducer(
+                plain,
+                [
+                    torch.ones_like(x) if j == i else torch.zeros_like(x)
+                    for j, x in enumerate(plain)
+                ],
+            )  # fmt: skip
+            for i in range(len(plain))
+        ]
+        together = self.reducer(plain, [torch.ones_like(x) for x in plain])
+        linear = all(torch.equal(-s, n.detach()) for s, n in zip(scales, negated, strict=True))
+        if not linear or not torch.allclose(together, sum(coefs)):
+            raise TypeError(
+                f"the rule of layer {self.layer_name!r} ({type(self).__bases__[1].__name__}) is "
+                "not linear in the relevance; NRM needs LRP rules (z+, gamma, epsilon, box, ...)"
+            )
+        live = [i for i in range(len(inputs)) if scales[i].any() and coefs[i].any()]
+        self._linear_key = first
+        self._linear = _Linearized(inputs, outputs, live, scales, coefs)
+        return self._linear
+
+    def rule_backward(
+        self, module: nn.Module, grad_input: Any, message: torch.Tensor, normalize: bool
+    ) -> tuple[torch.Tensor | None, ...]:
+        """Relevance of the layer's input for ``message``, (batch, ...) like the input.
+
+        With ``normalize=False`` this is the wrapped rule's own ``BasicHook.backward`` (tested
+        against Zennit's); with ``normalize=True`` every column of the rule's matrix is divided
+        by its sum (eq. 17; zero sums pass 0).
+        """
+        linear = self._linearized(module, message.shape)
+        scales = linear.normalized_scales() if normalize else linear.scales
+        gradients = torch.autograd.grad(
+            [linear.outputs[i] for i in linear.live],
+            [linear.inputs[i] for i in linear.live],
+            grad_outputs=[message * scales[i] for i in linear.live],
+            retain_graph=True,
+            create_graph=message.requires_grad,
+        )
+        if linear.live:
+            relevance = sum(
+                linear.coefs[i] * g for i, g in zip(linear.live, gradients, strict=True)
+            )
+        else:
+            relevance = torch.zeros_like(linear.inputs[0]) * message.sum()
+        return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
+
+    def column_sums(self, module: nn.Module, shape: torch.Size) -> torch.Tensor:
         """Column sums ``Σ_j M̃[j, k]`` of the rule for the stored input, cached per forward.
+
+        Exact because the rule is linear in the message: the gradient of the total input
+        relevance with respect to a probe message of ones.
 
         Parameters
         ----------
         module : torch.nn.Module
             The hooked layer.
-        grad_input : tuple
-            As passed to ``backward`` (shapes only).
         shape : torch.Size
             Shape of the layer's output, (batch, ...).
 
@@ -89,34 +200,39 @@ class NormalizedHook(StatefulHook):
             Shape ``shape``: the relevance the layer's input receives per unit of relevance at
             each output neuron.
         """
-        key = self.stored_tensors["input"][0]
-        if getattr(self, "_sums_key", None) is not key:
+        linear = self._linearized(module, shape)
+        if linear.sums is None:
             with torch.enable_grad():
-                probe = torch.ones(shape, dtype=key.dtype, device=key.device, requires_grad=True)
-                relevance = super().backward(module, grad_input, (probe,))[0]
-                (sums,) = torch.autograd.grad(relevance.sum(), probe)
-            self._sums_key, self._sums = key, sums.detach()
-        return self._sums
+                probe = torch.ones_like(linear.scales[0], requires_grad=True)
+                inputs = tuple(linear.inputs[:1])
+                relevance = self.rule_backward(module, inputs, probe, normalize=False)[0]
+                (sums,) = torch.autograd.grad(relevance.sum(), probe, allow_unused=True)
+            linear.sums = torch.zeros_like(probe) if sums is None else sums.detach()
+        return linear.sums
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
         """Relevance of the layer's input under the column-normalized rule."""
         message = grad_output[0]
-        sums = self.column_sums(module, grad_input, message.shape)
-        nonzero = sums != 0
+        sums = self.column_sums(module, message.shape)
         if self.settings.check:
-            violated = (sums < 0) & (message != 0)
-            if violated.any():
-                text = (
-                    f"layer {self.layer_name!r} ({type(module).__name__}, rule "
-                    f"{type(self).__bases__[1].__name__}) has {int(violated.sum())} negative "
-                    "column sums at neurons that carry relevance; NRM needs positive sums "
-                    "(eq. 15): use z+ (or a larger gamma) on a ReLU network"
-                )
-                if self.settings.on_violation == "raise":
-                    raise PositiveSumError(text)
-                warnings.warn(text, RuntimeWarning, stacklevel=2)
-        scaled = torch.where(nonzero, message / torch.where(nonzero, sums, 1.0), 0.0)
-        return super().backward(module, grad_input, (scaled, *grad_output[1:]))
+            self._check(module, sums, message)
+        return self.rule_backward(module, grad_input, message, normalize=True)
+
+    def _check(self, module: nn.Module, sums: torch.Tensor, message: torch.Tensor) -> None:
+        """Eq. 15 at the neurons that carry relevance; note relevance that ends here."""
+        carries = message != 0
+        self.settings.lost = self.settings.lost or bool((carries & (sums == 0)).any())
+        violated = carries & (sums < 0)
+        if violated.any():
+            text = (
+                f"layer {self.layer_name!r} ({type(module).__name__}, rule "
+                f"{type(self).__bases__[1].__name__}) has {int(violated.sum())} negative "
+                "column sums at neurons that carry relevance; NRM needs positive sums "
+                "(eq. 15): use z+ (or a larger gamma) on a ReLU network"
+            )
+            if self.settings.on_violation == "raise":
+                raise PositiveSumError(text)
+            warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
 class NormalizedComposite(RuleWrappingComposite):

@@ -324,7 +324,7 @@ class NRM:
             if missing:
                 raise ValueError(f"layers {missing} were not called in the forward pass")
             run = _Pass(inputs, output, self._output_relevance(output, target), outputs, order)
-            self.composite.settings.check = True
+            self.composite.settings.check, self.composite.settings.lost = True, False
             torch.autograd.grad(output, inputs, run.relevance, retain_graph=True)  # eq. 15
             self.composite.settings.check = False
             yield run
@@ -396,12 +396,15 @@ class NRM:
             results.append(self._segment(upper, run.inputs, message))
         return torch.cat(results)
 
-    def _reach(self, run: _Pass, name: str) -> torch.Tensor:
+    def _reach(self, run: _Pass, name: str) -> torch.Tensor | float:
         """Fraction of a unit message at each neuron of ``name`` that reaches the input.
 
         ``Mᵀ 1`` of the normalized propagation below the layer: 1 for every neuron, except
-        where relevance ends at a neuron with zero column sum (eq. 17's dead neurons).
+        where relevance ends at a neuron with zero column sum (eq. 17's dead neurons). The
+        session's checked pass tells whether any relevance ended; if none did, it is 1.
         """
+        if not self.composite.settings.lost:
+            return 1.0
         layer = run.outputs[name]
         with torch.enable_grad():
             probe = torch.ones_like(layer, requires_grad=True)

@@ -1,0 +1,112 @@
+"""NormalizedHook: its linearized rule equals Zennit's own backward; columns sum to 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from zennit.core import BasicHook
+from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+
+from zennit_ext.hooks import mixin_hook
+from zennit_ext.normalize import NormalizationSettings, NormalizedHook
+
+RULES = {
+    "epsilon": Epsilon,
+    "zplus": ZPlus,
+    "gamma": lambda: Gamma(gamma=0.25),
+    "alphabeta": lambda: AlphaBeta(alpha=2.0, beta=1.0),
+    "zbox": lambda: ZBox(low=-1.0, high=1.0),
+    "flat": Flat,
+    "wsquare": WSquare,
+}
+MODULES = {
+    "linear": (lambda: nn.Linear(6, 5), (3, 6)),
+    "conv": (lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 5, 5)),
+}
+
+
+def _relevance_by_zennit(rule, module, x, message):
+    hook = rule.copy()
+    handles = hook.register(module)
+    try:
+        inputs = x.clone().requires_grad_()
+        output = module(inputs)
+        (relevance,) = torch.autograd.grad(output, inputs, message)
+    finally:
+        handles.remove()
+    return relevance
+
+
+def _ours(rule, module, x):
+    hook = mixin_hook(rule, NormalizedHook, layer_name="m", settings=NormalizationSettings())
+    handles = hook.register(module)
+    inputs = x.clone().requires_grad_()
+    output = module(inputs)
+    return hook, handles, inputs, output
+
+
+@pytest.mark.parametrize("module_name", list(MODULES))
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_linearized_rule_equals_zennit_backward(rule_name, module_name):
+    torch.manual_seed(0)
+    build, shape = MODULES[module_name]
+    module = build().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    if rule_name == "zbox":
+        x = x.clamp(-1, 1)
+    rule = RULES[rule_name]()
+    output_shape = module(x).shape
+    messages = torch.randn(4, *output_shape, dtype=torch.float64)
+    references = [_relevance_by_zennit(RULES[rule_name](), module, x, m) for m in messages]
+    hook, handles, inputs, _ = _ours(rule, module, x)
+    try:
+        for message, reference in zip(messages, references, strict=True):
+            ours = hook.rule_backward(module, (inputs,), message, normalize=False)[0]
+            torch.testing.assert_close(ours, reference, atol=1e-10, rtol=1e-8)
+    finally:
+        handles.remove()
+
+
+@pytest.mark.parametrize("rule_name", ["zplus", "gamma", "flat", "epsilon"])
+def test_normalized_columns_sum_to_one(rule_name):
+    """Brute force over unit messages: Σ_j M[j, k] = 1 for every k with a nonzero column."""
+    torch.manual_seed(1)
+    module = nn.Linear(6, 5).double()
+    x = torch.rand(2, 6, dtype=torch.float64)
+    hook, handles, inputs, output = _ours(RULES[rule_name](), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+        for k in range(5):
+            unit = torch.zeros_like(output)
+            unit[:, k] = 1.0
+            column = hook.rule_backward(module, (inputs,), unit, normalize=True)[0].sum(1)
+            expected = (sums[:, k] != 0).double()
+            torch.testing.assert_close(column, expected)
+    finally:
+        handles.remove()
+
+
+def test_norm_rule_on_average_pooling_is_exact():
+    torch.manual_seed(2)
+    module = nn.AvgPool2d(2)
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    message = torch.rand(2, 3, 2, 2, dtype=torch.float64)
+    reference = _relevance_by_zennit(Norm(), module, x, message)
+    hook, handles, inputs, _ = _ours(Norm(), module, x)
+    try:
+        ours = hook.rule_backward(module, (inputs,), message, normalize=False)[0]
+    finally:
+        handles.remove()
+    torch.testing.assert_close(ours, reference)
+
+
+def test_rule_not_linear_in_relevance_is_rejected():
+    clamped = BasicHook(gradient_mapper=lambda grad, outputs: [grad.clamp(min=0)])
+    module = nn.Linear(3, 2)
+    hook, handles, _, output = _ours(clamped, module, torch.rand(2, 3))
+    try:
+        with pytest.raises(TypeError, match="not linear in the relevance"):
+            hook.column_sums(module, output.shape)
+    finally:
+        handles.remove()
