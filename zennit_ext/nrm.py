@@ -183,15 +183,20 @@ class NRM:
         with self._session(x, target) as run:
             return self._propagate(run, [self._masks(run, sets, level)])[0]
 
-    def joint_many(
+    def heatmaps(
         self, x: torch.Tensor, target: Any, conditions: Sequence[Sets], level: str = "neuron"
     ) -> torch.Tensor:
-        """:meth:`joint` of many set combinations in batched passes, shape (n_conditions, batch)."""
+        """:meth:`heatmap` of many set combinations in batched passes, (n_conditions, *x.shape)."""
         for index, sets in enumerate(conditions):
             self._check_sets(sets, f"conditions[{index}]")
         with self._session(x, target) as run:
-            masks = [self._masks(run, sets, level) for sets in conditions]
-            return self._propagate(run, masks).flatten(2).sum(2)
+            return self._propagate(run, [self._masks(run, sets, level) for sets in conditions])
+
+    def joint_many(
+        self, x: torch.Tensor, target: Any, conditions: Sequence[Sets], level: str = "neuron"
+    ) -> torch.Tensor:
+        """:meth:`joint` of many set combinations in batched passes, (n_conditions, batch)."""
+        return self.heatmaps(x, target, conditions, level).flatten(2).sum(2)
 
     def additive(
         self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"

@@ -194,6 +194,8 @@ _RECIPES = {
     "dna_cnn4": _Recipe(lambda: DNACNN(4), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "dna_cnn32": _Recipe(lambda: DNACNN(32), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "mnist_mlp": _Recipe(MNISTMLP, _mnist, {"epochs": 3}, {"epochs": 12}),
+    "mnist_mlp_nobias": _Recipe(lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3},
+                                {"epochs": 12}),
     "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), {**_SYNXAI, "epochs": 15}, _SYNXAI),
     "storms_mlp": _Recipe(lambda: SynergyMLP(in_features=8), _table("load_storms"),
                           {**_SYNXAI, "epochs": 15}, _SYNXAI),
@@ -210,7 +212,7 @@ def get_trained(
     ----------
     name : str
         One of :data:`MODEL_NAMES`: 'shapes_cnn', 'cluttered_cnn', 'dna_cnn4', 'dna_cnn32',
-        'mnist_mlp', 'fish_mlp', 'storms_mlp'.
+        'mnist_mlp', 'mnist_mlp_nobias', 'fish_mlp', 'storms_mlp'.
     quick : bool
         Small data and few epochs (seconds to a minute on 2 cores) instead of full training.
     progress : bool
