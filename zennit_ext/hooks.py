@@ -127,8 +127,12 @@ class RuleWrappingComposite(Composite):
     def _module_map(self, ctx: dict, name: str, module: nn.Module) -> Hook | None:
         template = self.base.module_map(ctx, name, module)
         if template is None:
-            return None
+            return self.fallback_rule(name, module)
         return self.wrap_rule(ctx, name, module, template)
+
+    def fallback_rule(self, name: str, module: nn.Module) -> Hook | None:
+        """The hook for a module the base composite gives no rule (default: none)."""
+        return None
 
     def wrap_rule(self, ctx: dict, name: str, module: nn.Module, template: Hook) -> Hook:
         """The hook to register for ``module`` given the base composite's ``template``."""

@@ -264,24 +264,45 @@ class NormalizedComposite(RuleWrappingComposite):
         self.hooked[name] = template
         return template
 
+    def fallback_rule(self, name: str, module: nn.Module) -> Hook | None:
+        """``Pass`` for a BatchNorm a canonizer merged into its linear layer.
+
+        A merged BatchNorm is the identity up to ``1/sqrt(1 + eps)`` (zennit 0.5 keeps ``eps``);
+        its plain gradient would scale the message by that factor, so it passes instead.
+        """
+        if _is_merged_norm(module):
+            self.hooked[name] = Pass()
+            return self.hooked[name]
+        return None
+
     def reset(self) -> None:
         """Forget the hooked module names of the previous registration."""
         self.hooked = {}
 
     def check_registered(self, module: nn.Module) -> None:
-        """Raise ValueError if a parameterised module has no ``BasicHook`` rule."""
+        """Raise ValueError if a module with parameters of its own has no rule."""
         bare = [
             name
             for name, child in module.named_modules()
-            if any(True for _ in child.parameters(recurse=False))
-            and not isinstance(self.hooked.get(name), BasicHook)
+            if any(True for _ in child.parameters(recurse=False)) and name not in self.hooked
         ]
         if bare:
             raise ValueError(
-                f"modules {bare} have parameters but no BasicHook rule, so NRM cannot normalize "
+                f"modules {bare} have parameters but no rule, so NRM cannot normalize "
                 "their propagation; merge them with a canonizer (e.g. zennit's "
                 "SequentialMergeBatchNorm) or give them a rule in the composite"
             )
+
+
+def _is_merged_norm(module: nn.Module) -> bool:
+    """A BatchNorm whose statistics and affine parameters were set to the identity."""
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or module.training:
+        return False
+    values = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+    return all(
+        getattr(module, key) is not None and bool((getattr(module, key) == value).all())
+        for key, value in values.items()
+    )
 
 
 def nrm_composite(

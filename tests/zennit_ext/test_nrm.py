@@ -330,8 +330,9 @@ def test_negative_column_sums_raise_or_warn_never_nan():
 
 def test_parameterised_module_without_rule_is_rejected():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    model[1].running_var.fill_(2.0)  # not merged into the Linear: not the identity
     before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"\['1'\] have parameters but no BasicHook"):
+    with pytest.raises(ValueError, match=r"\['1'\] have parameters but no rule"):
         NRM(model, ["2"]).joint(torch.rand(2, 5), 0, {"2": [0]})
     _assert_same(model, before)
 
@@ -342,3 +343,25 @@ def test_calls_leave_model_unchanged_and_hook_free(net):
     nrm.pairwise(x, target, layers[0], layers[-1])
     nrm.conditional(x, target, {layers[0]: [0]}, {layers[1]: [0]}, "channel")
     _assert_same(nrm.model, before)
+
+
+def test_canonized_batch_norm_passes_relevance_and_model_is_restored():
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    from zennit_ext.normalize import nrm_composite
+
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 3),
+    ).double()  # fmt: skip
+    model[1].running_mean.uniform_(-0.2, 0.2)
+    model[1].running_var.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    before = _snapshot(model)
+    composite = nrm_composite(canonizers=[SequentialMergeBatchNorm()])
+    nrm = NRM(model, ["2"], composite=composite, on_violation="warn")
+    heat = nrm.heatmap(x, model(x).argmax(1))
+    torch.testing.assert_close(heat.flatten(1).sum(1), torch.ones(2).double())
+    _assert_same(model, before)
