@@ -16,6 +16,8 @@ from torch import Tensor, nn
 __all__ = ["Scorer", "LowRankEvaluator", "HookEvaluator", "split_after"]
 
 _ROWS_PER_CALL = 1 << 16
+# pre-activation elements per pair block: 4 MB of float32, small enough to stay in cache
+_ELEMENTS_PER_BLOCK = 1 << 20
 
 
 class Scorer:
@@ -76,13 +78,24 @@ class Scorer:
         return output.gather(1, target[:, None])[:, 0]
 
 
-def split_after(forward_func: Any, layer: nn.Module) -> tuple[nn.Linear, nn.Module] | None:
-    """(next Linear, suffix) when ``layer`` feeds a Linear directly in an ``nn.Sequential``.
+def split_after(forward_func: Any, layer: nn.Module) -> tuple[Tensor, Tensor, nn.Module] | None:
+    """(weight, bias, suffix) of the affine map ``layer`` feeds in an ``nn.Sequential``.
 
-    Identity and Dropout modules between them are skipped (the model is in eval mode, where
-    both pass their input on unchanged). Returns None when the fast path does not apply: the
-    forward function is not an ``nn.Sequential``, the layer is not one of its direct children
-    exactly once, or the next other child is not an ``nn.Linear``.
+    The map is the next ``nn.Linear``, with an eval-mode ``BatchNorm1d`` right after it folded
+    in (both affine: the fold is exact up to rounding and saves one pass over every masked
+    pre-activation). Identity and Dropout modules between the layer and the Linear are skipped
+    (in eval mode both pass their input on unchanged). Returns None when the fast path does not
+    apply: the forward function is not an ``nn.Sequential``, the layer is not one of its direct
+    children exactly once, or the next other child is not an ``nn.Linear``.
+
+    Returns
+    -------
+    weight : torch.Tensor
+        (m, n), a new tensor (the model's parameters are not touched).
+    bias : torch.Tensor
+        (m,).
+    suffix : nn.Sequential
+        The children after the folded map.
     """
     if not isinstance(forward_func, nn.Sequential):
         return None
@@ -97,7 +110,21 @@ def split_after(forward_func: Any, layer: nn.Module) -> tuple[nn.Linear, nn.Modu
         k += 1
     if k >= len(children) or not isinstance(children[k], nn.Linear):
         return None
-    return children[k], nn.Sequential(*children[k + 1 :])
+    linear = children[k]
+    weight = linear.weight.detach().clone()
+    bias = torch.zeros_like(weight[:, 0]) if linear.bias is None else linear.bias.detach().clone()
+    norm = children[k + 1] if k + 1 < len(children) else None
+    if isinstance(norm, nn.BatchNorm1d) and not norm.training and norm.running_var is not None:
+        scale = (norm.running_var + norm.eps).rsqrt()
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            scale, shift = (
+                scale * norm.weight.detach(),
+                shift * norm.weight.detach() + norm.bias.detach(),
+            )
+        weight, bias = scale[:, None] * weight, scale * bias + shift
+        k += 1
+    return weight, bias, nn.Sequential(*children[k + 1 :])
 
 
 def _in_chunks(fn: Callable[[Tensor], Tensor], n: int, like: Tensor) -> Tensor:
@@ -110,7 +137,7 @@ def _in_chunks(fn: Callable[[Tensor], Tensor], n: int, like: Tensor) -> Tensor:
 class LowRankEvaluator:
     """Exact masked scores from the cached layer activation, without re-running the prefix.
 
-    Masking units S of the layer output ``a`` changes the next Linear's pre-activation by
+    Masking units S of the layer output ``a`` changes the next affine map's output by
     ``-Σ_{k∈S} (a_k - m_k) W[:, k]``. A unit whose activation already equals the mask value
     changes nothing, so single masks only run the suffix on the rows where the unit is
     active, and pairs (i, j) only on the rows where i is active (all j of a block at once, as
@@ -120,24 +147,26 @@ class LowRankEvaluator:
     ----------
     activation : torch.Tensor
         (N, n) layer output.
-    linear : nn.Linear
-        The module the layer feeds.
+    weight : torch.Tensor
+        (m, n) weight of the affine map the layer feeds.
+    bias : torch.Tensor
+        (m,) its bias.
     suffix : callable
-        Everything after ``linear``, row-wise (eval mode), (R, m) → (R, K).
+        Everything after the affine map, row-wise (eval mode), (R, m) → (R, K).
     scorer : Scorer
     mask_value : torch.Tensor
         (n,) value a masked unit takes.
     """
 
     def __init__(
-        self, activation: Tensor, linear: nn.Linear, suffix: Callable, scorer: Scorer,
-        mask_value: Tensor,
+        self, activation: Tensor, weight: Tensor, bias: Tensor, suffix: Callable,
+        scorer: Scorer, mask_value: Tensor,
     ) -> None:  # fmt: skip
         self.n = activation.shape[1]
         self._delta = activation - mask_value
         self._active = self._delta != 0
-        self._z = linear(activation)
-        self._weight_t = linear.weight.t()  # (n, m)
+        self._z = torch.addmm(bias, activation, weight.t())
+        self._weight_t = weight.t().contiguous()  # (n, m)
         self._suffix = suffix
         self._scorer = scorer
 
@@ -162,15 +191,17 @@ class LowRankEvaluator:
         for i in index[:, 0].unique().tolist():
             columns = torch.nonzero(index[:, 0] == i)[:, 0]
             j = index[columns, 1]
-            rows = torch.nonzero(self._active[:, i])[:, 0]
-            if len(rows) == 0:
-                continue
-            # (rows, pairs, m): one broadcast, no per-entry gathers; inactive j add nothing
-            base = self._z[rows] - self._delta[rows, i, None] * self._weight_t[i]
-            z = base[:, None, :] - self._delta[rows][:, j, None] * self._weight_t[j][None]
-            flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
-            scores = self._scores(flat_rows, z.reshape(-1, z.shape[-1]))
-            out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
+            weight_j = self._weight_t[j][None]  # (1, pairs, m)
+            # (rows, pairs, m) blocks that stay in cache: one broadcast each, no gathers;
+            # inactive j add nothing
+            step = max(1, _ELEMENTS_PER_BLOCK // weight_j.numel())
+            for rows in torch.nonzero(self._active[:, i])[:, 0].split(step):
+                base = self._z[rows] - self._delta[rows, i, None] * self._weight_t[i]
+                z = torch.addcmul(base[:, None, :], self._delta[rows][:, j, None], weight_j,
+                                  value=-1)  # fmt: skip
+                flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
+                scores = self._scores(flat_rows, z.reshape(-1, z.shape[-1]))
+                out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
         return out
 
 

@@ -121,9 +121,8 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         mask_value = mask_value.expand(unit_shape).reshape(-1)
         split = split_after(self.forward_func, self.layer)
         if split is not None and args is None and len(inputs) == 1 and flat.dim() == 2:
-            linear, suffix = split
             with torch.no_grad():
-                return LowRankEvaluator(flat, linear, suffix, scorer, mask_value), unit_shape
+                return LowRankEvaluator(flat, *split, scorer, mask_value), unit_shape
         evaluator = HookEvaluator(
             self.forward_func, self.layer, inputs, args, scorer, mask_value, masks_per_eval,
             flat.shape[1],
