@@ -308,18 +308,23 @@ def _is_merged_norm(module: nn.Module) -> bool:
 def nrm_composite(
     low: float | torch.Tensor | None = None,
     high: float | torch.Tensor | None = None,
-    gamma: float = 0.25,
+    gamma: float | None = 0.25,
     canonizers: list | None = None,
 ) -> Composite:
     """The paper's default rules (§4.4): γ on convolutions, z⁺ on dense layers, and on the
     first layer the box rule (with input bounds) or the flat rule (without).
 
+    γ keeps the column sums positive (eq. 15) only where the convolutions see non-negative
+    inputs (ReLU networks). Networks whose convolutions read signed activations, such as the
+    linear-bottleneck residual stream of MobileNet/EfficientNet, need ``gamma=None``: z⁺ on
+    convolutions too, whose sign-aware contributions (x⁺w⁺ + x⁻w⁻) are never negative.
+
     Parameters
     ----------
     low, high : float or torch.Tensor, optional
         Bounds of the input, both or neither.
-    gamma : float
-        γ of the convolution rule.
+    gamma : float or None
+        γ of the convolution rule; None puts z⁺ on convolutions.
     canonizers : list of zennit canonizers, optional
         Applied while the composite is registered.
 
@@ -336,7 +341,7 @@ def nrm_composite(
         (Activation, Pass()),
         (Sum, Norm()),
         (AvgPool, Norm()),
-        (Convolution, Gamma(gamma=gamma)),
+        (Convolution, ZPlus() if gamma is None else Gamma(gamma=gamma)),
         (nn.Linear, ZPlus()),
     ]
     return SpecialFirstLayerMapComposite(

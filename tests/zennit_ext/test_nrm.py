@@ -328,6 +328,25 @@ def test_negative_column_sums_raise_or_warn_never_nan():
     torch.testing.assert_close(heat.sum(1), torch.ones(2).double())
 
 
+def test_zplus_convolutions_handle_signed_inputs_where_gamma_fails():
+    from zennit_ext.normalize import nrm_composite
+
+    torch.manual_seed(3)
+    # a linear bottleneck: the second convolution reads the first one's signed output
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    ).double()  # fmt: skip
+    model[1].weight.data = -model[1].weight.data.abs()
+    model[1].bias.data.fill_(5.0)
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    with pytest.raises(PositiveSumError, match=r"layer '1' \(Conv2d, rule Gamma\)"):
+        NRM(model, ["2"], composite=nrm_composite(gamma=0.25)).heatmap(x, 0)
+    heat = NRM(model, ["2"], composite=nrm_composite(gamma=None)).heatmap(x, 0)
+    total = heat.flatten(1).sum(1)
+    assert torch.isfinite(heat).all() and (heat >= 0).all()
+    assert (total > 0).all() and (total <= 1 + 1e-12).all()
+
+
 def test_parameterised_module_without_rule_is_rejected():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
     model[1].running_var.fill_(2.0)  # not merged into the Linear: not the identity
