@@ -110,7 +110,7 @@ class NormalizedHook(StatefulHook):
         for in_mod, param_mod, out_mod in zip(
             self.input_modifiers, self.param_modifiers, self.output_modifiers, strict=True
         ):
-            input = in_mod(first.clone()).requires_grad_()
+            input = in_mod(first.detach()).requires_grad_()  # a fresh leaf, no copy
             with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
                 outputs.append(out_mod(modified.forward(input, *args, **kwargs)))
             inputs.append(input)
@@ -129,21 +129,16 @@ class NormalizedHook(StatefulHook):
         if getattr(self, "_linear_key", None) is first:
             return self._linear
         inputs, outputs = self._terms(module)
-        ones = torch.ones(shape, dtype=first.dtype, device=first.device)
+        ones = torch.ones((), dtype=first.dtype, device=first.device).expand(shape)
         scales = [s.detach() for s in _as_list(self.gradient_mapper(ones, outputs))]
         negated = _as_list(self.gradient_mapper(-ones, outputs))
         plain = [input.detach() for input in inputs]
-        coefs = [
-            self.reducer(
-                plain,
-                [
-                    torch.ones_like(x) if j == i else torch.zeros_like(x)
-                    for j, x in enumerate(plain)
-                ],
-            )  # fmt: skip
-            for i in range(len(plain))
-        ]
-        together = self.reducer(plain, [torch.ones_like(x) for x in plain])
+        # unit and zero gradients as broadcast views: no full-size tensors are filled
+        one, zero = torch.ones_like(first[:0].sum()), torch.zeros_like(first[:0].sum())
+        units = [[(one if j == i else zero).expand_as(x) for j, x in enumerate(plain)]
+                 for i in range(len(plain))]  # fmt: skip
+        coefs = [self.reducer(plain, unit).expand_as(plain[0]) for unit in units]
+        together = self.reducer(plain, [one.expand_as(x) for x in plain])
         linear = all(torch.equal(-s, n.detach()) for s, n in zip(scales, negated, strict=True))
         if not linear or not torch.allclose(together, sum(coefs)):
             raise TypeError(
