@@ -51,7 +51,8 @@ def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (2, batch, n): positive part and absolute negative part, sorted ascending (zeros
         first).
     order : torch.Tensor
-        (2, batch, n) int64: flat indices of the sorted entries.
+        (batch, n) int64: flat indices of the signed values sorted ascending (the positive
+        part's order; the negative part's is its reverse, never materialized).
     """
     if relevance.ndim < 2:
         raise ValueError(
@@ -59,7 +60,7 @@ def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         )
     values, order = torch.sort(relevance.reshape(relevance.shape[0], -1), dim=-1)
     parts = torch.stack([values.clamp(min=0), (-values).clamp(min=0).flip(-1)])
-    return parts, torch.stack([order, order.flip(-1)])
+    return parts, order
 
 
 def _keep_from_counts(
@@ -70,7 +71,7 @@ def _keep_from_counts(
     Parameters
     ----------
     values, order : torch.Tensor
-        (2, batch, n) sorted parts and their flat indices (see :func:`_sorted_parts`).
+        (2, batch, n) sorted parts and (batch, n) flat indices (see :func:`_sorted_parts`).
     counts : torch.Tensor
         (2, batch) int64: how many of the smallest entries of each part to prune.
     shape : torch.Size
@@ -83,8 +84,10 @@ def _keep_from_counts(
     """
     rank = torch.arange(values.shape[-1], device=values.device)
     pruned_sorted = (rank < counts[..., None]) & (values > 0)
+    # back to the signed sort order (the negative part is reversed), then to the entries
+    pruned_sorted = pruned_sorted[0] | pruned_sorted[1].flip(-1)
     pruned = torch.zeros_like(pruned_sorted).scatter(-1, order, pruned_sorted)
-    return ~(pruned[0] | pruned[1]).reshape(shape)
+    return ~pruned.reshape(shape)
 
 
 def mass_threshold_mask(
