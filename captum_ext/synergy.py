@@ -153,7 +153,9 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         upper = torch.triu_indices(n, n, offset=1).t()
         synergy = torch.zeros(n, n, dtype=p.dtype)
         block = max(1, perturbations_per_eval)
-        bar = tqdm(upper.split(block), desc="synergy pairs", disable=not show_progress)
+        bar = tqdm(
+            upper.split(block), desc="synergy pairs", disable=None if show_progress else True
+        )
         for index in bar:
             values = self._pair_differences(evaluator, index, p, p_single).mean(0)
             synergy[index[:, 0], index[:, 1]] = values.to(synergy)
@@ -187,7 +189,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         perturbations_per_eval : int
             Masks evaluated per forward pass (fallback path) / per block (fast path).
         show_progress : bool
-            Progress bar over blocks of masks.
+            Progress bar over blocks of masks (shown only on a terminal).
 
         Returns
         -------
@@ -206,7 +208,9 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
             others = torch.tensor([j for j in range(evaluator.n) if j != i], dtype=torch.long)
             index = torch.stack([torch.full_like(others, i), others], dim=1)
             result = torch.zeros(len(p), evaluator.n, dtype=p.dtype)
-            for block in tqdm(index.split(perturbations_per_eval), disable=not show_progress):
+            for block in tqdm(
+                index.split(perturbations_per_eval), disable=None if show_progress else True
+            ):
                 result[:, block[:, 1]] = self._pair_differences(evaluator, block, p, p_single)
         result = result.reshape(len(p), *unit_shape)
         return (result,) if is_tuple else result
