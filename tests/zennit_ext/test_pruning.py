@@ -104,6 +104,20 @@ def test_mass_threshold_matches_loop(x, p, p_neg):
     np.testing.assert_array_equal(keep, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_mass_threshold_matches_loop_across_many_magnitudes(seed, dtype):
+    # magnitudes over 12 decades: whole float buckets are pruned below the one where the
+    # budget runs out, which is cut inside; zeros are never pruned
+    rng = np.random.default_rng(seed)
+    x = (rng.choice([-1.0, 1.0], (3, 2000)) * 10.0 ** rng.uniform(-6, 6, (3, 2000))).astype(dtype)
+    x[:, ::7] = 0.0
+    p, p_neg = rng.uniform(0.05, 0.95, 2)
+    keep = mass_threshold_mask(torch.from_numpy(x), float(p), float(p_neg)).numpy()
+    expected = np.stack([_threshold_reference(row, float(p), float(p_neg)) for row in x])
+    np.testing.assert_array_equal(keep, expected)
+
+
 @settings(max_examples=150, deadline=None)
 @given(vectors, fractions)
 def test_mass_threshold_keeps_mass_and_prunes_smallest(x, p):
