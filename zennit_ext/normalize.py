@@ -12,6 +12,7 @@ the positive-sum condition (eq. 15) and raises.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,26 @@ def _as_list(mapped: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor
     return [mapped] if isinstance(mapped, torch.Tensor) else list(mapped)
 
 
+_POST_FORWARD_KWARGS = "kwargs" in inspect.signature(Hook.post_forward).parameters
+
+
+class _Bridge(torch.autograd.Function):
+    """The layer's output, joined to its input by a backward that costs nothing.
+
+    The normalized rule replaces the gradient of the layer's input, so the layer's own
+    gradient (a transposed convolution per message for a conv layer) would be thrown away.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        ctx.shape = input.shape
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.zeros((), dtype=grad.dtype, device=grad.device).expand(ctx.shape), None
+
+
 class NormalizedHook(StatefulHook):
     """Mixin placed before a Zennit ``BasicHook`` rule: column-normalized propagation (eq. 17).
 
@@ -101,6 +122,29 @@ class NormalizedHook(StatefulHook):
     state_names = ("layer_name", "settings")
     layer_name: str
     settings: NormalizationSettings
+
+    @staticmethod
+    def _bridged(inputs: tuple, output: Any) -> Any:
+        """``output`` re-attached to the first input through :class:`_Bridge`."""
+        if (
+            isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor)
+            and inputs[0].requires_grad
+        ):  # fmt: skip
+            return _Bridge.apply(inputs[0], output.detach())
+        return output
+
+    # Zennit 1.0 reads the signature to decide whether the forward hook gets kwargs
+    if _POST_FORWARD_KWARGS:
+
+        def post_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+            """Zennit's ``post_forward`` on the bridged output (zennit >= 1.0)."""
+            return super().post_forward(module, args, kwargs, self._bridged(args, output))
+
+    else:
+
+        def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
+            """Zennit's ``post_forward`` on the bridged output (zennit 0.5)."""
+            return super().post_forward(module, input, self._bridged(input, output))
 
     def _terms(self, module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The rule's modified inputs (requiring grad) and outputs, recomputed as Zennit does."""
