@@ -178,7 +178,7 @@ class NormalizedHook(StatefulHook):
         negated = _as_list(self.gradient_mapper(-ones, outputs))
         plain = [input.detach() for input in inputs]
         # unit and zero gradients as broadcast views: no full-size tensors are filled
-        one, zero = torch.ones_like(first[:0].sum()), torch.zeros_like(first[:0].sum())
+        one, zero = first.new_ones(()), first.new_zeros(())
         units = [[(one if j == i else zero).expand_as(x) for j, x in enumerate(plain)]
                  for i in range(len(plain))]  # fmt: skip
         coefs = [self.reducer(plain, unit).expand_as(plain[0]) for unit in units]

@@ -39,6 +39,15 @@ def check_fraction(name: str, value: float) -> float:
     return float(value)
 
 
+def _per_sample(relevance: torch.Tensor) -> torch.Tensor:
+    """(batch, n) view of a (batch, ...) relevance tensor; ValueError without a batch axis."""
+    if relevance.ndim < 2:
+        raise ValueError(
+            f"relevance must have shape (batch, ...) with ndim >= 2, got {tuple(relevance.shape)}"
+        )
+    return relevance.reshape(relevance.shape[0], -1)
+
+
 def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flatten per sample; the positive and absolute negative parts, each sorted ascending.
 
@@ -54,11 +63,7 @@ def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (batch, n) int64: flat indices of the signed values sorted ascending (the positive
         part's order; the negative part's is its reverse, never materialized).
     """
-    if relevance.ndim < 2:
-        raise ValueError(
-            f"relevance must have shape (batch, ...) with ndim >= 2, got {tuple(relevance.shape)}"
-        )
-    values, order = torch.sort(relevance.reshape(relevance.shape[0], -1), dim=-1)
+    values, order = torch.sort(_per_sample(relevance), dim=-1)
     parts = torch.stack([values.clamp(min=0), (-values).clamp(min=0).flip(-1)])
     return parts, order
 
@@ -170,11 +175,7 @@ def mass_threshold_mask(
     """
     p = check_fraction("p", p)
     p_neg = p if p_neg is None else check_fraction("p_neg", p_neg)
-    if relevance.ndim < 2:
-        raise ValueError(
-            f"relevance must have shape (batch, ...) with ndim >= 2, got {tuple(relevance.shape)}"
-        )
-    flat = relevance.reshape(relevance.shape[0], -1)
+    flat = _per_sample(relevance)
     pruned = _smallest_within_mass(flat.clamp(min=0), p)
     pruned |= _smallest_within_mass((-flat).clamp(min=0), p_neg)
     return ~pruned.reshape(relevance.shape)
