@@ -197,20 +197,56 @@ class SynchronizationLoss(nn.Module):
         b, c, h, w = maps.shape
         if c == 1:  # no pairs: a zero that still backpropagates
             return (rows.sum() + cols.sum()) * 0.0
-        centers = torch.stack((rows, cols), -1)  # (B, C, 2)
-        # exact differences (no Gram-matrix shortcut); its gradient is 0 where d_ij = 0
-        dist = torch.cdist(centers, centers, compute_mode="donot_use_mm_for_euclid_dist")
         radius = self.epsilon * _side(h, w) * _cell_size(self.coords, h, w)
-        eye = torch.eye(c, device=maps.device, dtype=torch.bool)
-        neighbours = (dist.detach() <= radius) & ~eye
-        count = neighbours.sum(-1)  # (B, C)
-        weights = neighbours.to(maps.dtype) / count.clamp(min=1)[..., None]
-        pull = (weights * dist).sum(-1)
-        push = (-dist).masked_fill(eye, float("-inf")).logsumexp(-1)
-        per_filter = torch.where(count > 0, pull + push, 0.0)
+        per_filter, count = _SyncTerms.apply(rows, cols, radius)
         if self.reduction == "sum":
             return per_filter.sum() / b
         return per_filter.sum() / (count > 0).sum().clamp(min=1)
+
+
+class _SyncTerms(torch.autograd.Function):
+    """Per-filter eq. 9 terms of (B, C) positions, with a hand-written backward.
+
+    Forward: d_ij = ‖x̄_i − x̄_j‖, Nb(i) = {j ≠ i : d_ij ≤ radius}; the term of filter i is
+    Σ_{j ∈ Nb(i)} d_ij / |Nb(i)| + log Σ_{j ≠ i} e^{−d_ij}, or 0 when Nb(i) is empty.
+    Backward: with G_ij = g_i (1[j ∈ Nb(i)] / |Nb(i)| − softmax_{j ≠ i}(−d_i)_j) and the unit
+    vectors u_ij = (x̄_i − x̄_j) / d_ij (0 where d_ij = 0), the gradient of x̄_i is
+    Σ_j (G_ij + G_ji) u_ij = Σ_j P_ij − Σ_j P_ji with P = G ∘ u, as u_ji = −u_ij. Five
+    (B, C, C) buffers in all, where autograd allocates about fifteen.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, cols: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+        dist = rows[:, :, None] - rows[:, None, :]
+        scratch = cols[:, :, None] - cols[:, None, :]
+        dist = dist.square_().add_(scratch.square_()).sqrt_()
+        neighbours = dist <= radius
+        neighbours.diagonal(dim1=1, dim2=2).fill_(False)
+        count = neighbours.sum(-1)
+        pull = torch.mul(dist, neighbours, out=scratch).sum(-1) / count.clamp(min=1)
+        dist.clamp_(min=torch.finfo(dist.dtype).tiny)  # u_ij stays finite
+        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # j ≠ i in the push
+        nearest = dist.amin(-1, keepdim=True)
+        weights = torch.sub(nearest, dist, out=scratch).exp_()  # e^{−d_ij} / e^{−min_j d_ij}
+        total = weights.sum(-1)
+        push = total.log() - nearest[..., 0]
+        ctx.save_for_backward(rows, cols, dist, neighbours, weights, total, count)
+        ctx.mark_non_differentiable(count)
+        return torch.where(count > 0, pull + push, 0.0), count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor, _grad_count: Any) -> tuple[Tensor, Tensor, None]:
+        rows, cols, dist, neighbours, weights, total, count = ctx.saved_tensors
+        grad = torch.where(count > 0, grad, 0.0)
+        coupling = torch.where(neighbours, (grad / count.clamp(min=1))[..., None], 0.0)
+        coupling.addcmul_(weights, (grad / total)[..., None], value=-1.0)  # G
+        scratch = torch.empty_like(dist)
+        out = []
+        for pos in (rows, cols):
+            torch.sub(pos[:, :, None], pos[:, None, :], out=scratch).div_(dist).mul_(coupling)
+            out.append(scratch.sum(-1) - scratch.sum(-2))
+        return out[0], out[1], None
 
 
 class CapturedOutput:
