@@ -112,22 +112,31 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     values = maps.detach().transpose(0, 1).reshape(c, -1)
     k = max(1, int(top_rate * values.shape[1]))
     threshold = values.kthvalue(values.shape[1] - k + 1, dim=1).values  # k-th largest, (C,)
-    strict = (threshold <= values.amin(1))[:, None, None]
+    # "> t" where t is the minimum, as "≥ the next float above t": one comparison for all
+    above = torch.nextafter(threshold, torch.full_like(threshold, float("inf")))
+    threshold = torch.where(threshold <= values.amin(1), above, threshold)[:, None, None]
     area = masks.flatten(2).sum(-1)  # (N, K)
+    rows, cols = (_linear_interpolation(m, big, maps) for m, big in zip((h, w), size, strict=True))
     step = max(1, _CHUNK // (c * size[0] * size[1]))
     out = []
     for start in range(0, n, step):
-        up = F.interpolate(maps[start : start + step].detach(), size=size, mode="bilinear",
-                           align_corners=False)  # fmt: skip
-        at = threshold[:, None, None]
-        region = torch.where(strict, up > at, up >= at).flatten(2).to(maps.dtype)  # (n, C, P)
+        # bilinear upsampling (align_corners=False) is separable: rows @ map @ colsᵀ
+        up = rows @ maps[start : start + step].detach() @ cols.T  # (n, C, H, W)
+        region = up.sub_(threshold).heaviside_(up.new_ones(())).flatten(2)  # 1[up ≥ t]
         part = masks[start : start + step].to(device=maps.device, dtype=maps.dtype).flatten(2)
-        inter = region @ part.transpose(1, 2)  # (n, C, K)
-        union = region.sum(-1)[..., None] + part.sum(-1)[:, None, :] - inter
-        out.append(inter / union.clamp(min=1))
+        part = torch.cat([part, part.new_ones(len(part), 1, part.shape[-1])], 1)  # + image
+        inter = region @ part.transpose(1, 2)  # (n, C, K + 1); the last column is |region|
+        union = inter[..., -1:] + part[:, None, :-1].sum(-1) - inter[..., :-1]
+        out.append(inter[..., :-1] / union.clamp(min=1))
     iou = torch.cat(out)
     missing = (area == 0).to(maps.device)[:, None, :].expand_as(iou)
     return iou.masked_fill(missing, float("nan"))
+
+
+def _linear_interpolation(small: int, big: int, like: Tensor) -> Tensor:
+    """(big, small) matrix of 1-D linear upsampling with align_corners=False."""
+    eye = torch.eye(small, device=like.device, dtype=like.dtype)[:, None, :]
+    return F.interpolate(eye, size=big, mode="linear", align_corners=False)[:, 0, :].T
 
 
 def _hits(iou: Tensor, phi: float) -> Tensor:
