@@ -69,6 +69,13 @@ def _cell_size(coords: Coords, height: int, width: int) -> float:
     return float(coords)
 
 
+def _grids(maps: Tensor, coords: Coords) -> tuple[Tensor, Tensor]:
+    """(H,) row and (W,) column positions of the cells, in ``coords`` units."""
+    _, _, h, w = maps.shape
+    step = _cell_size(coords, h, w)
+    return tuple(torch.arange(n, device=maps.device, dtype=maps.dtype).mul_(step) for n in (h, w))
+
+
 def _safe_norm(squared: Tensor) -> Tensor:
     """sqrt of squared distances with a finite (zero) gradient where they vanish."""
     return squared.clamp(min=torch.finfo(squared.dtype).tiny).sqrt()
@@ -93,13 +100,10 @@ def expected_positions(maps: Tensor, coords: Coords = "cell") -> tuple[Tensor, T
         (B, C) expected row and column positions x̄ (differentiable).
     """
     _check_maps(maps)
-    b, c, h, w = maps.shape
-    step = _cell_size(_check_coords(coords), h, w)
-    log_q = maps.reshape(b, c, h * w).log_softmax(-1).reshape(b, c, h, w)
+    grid_r, grid_c = _grids(maps, _check_coords(coords))
+    log_q = maps.flatten(2).log_softmax(-1).view_as(maps)
     q = log_q.exp()
-    rows = q.sum(3) @ torch.arange(h, device=maps.device, dtype=maps.dtype).mul_(step)
-    cols = q.sum(2) @ torch.arange(w, device=maps.device, dtype=maps.dtype).mul_(step)
-    return log_q, rows, cols
+    return log_q, q.sum(3) @ grid_r, q.sum(2) @ grid_c
 
 
 class LocalActivationConsistencyLoss(nn.Module):
@@ -135,11 +139,8 @@ class LocalActivationConsistencyLoss(nn.Module):
     def forward(self, maps: Tensor) -> Tensor:
         """Loss of (B, C, H, W) maps: a 0-d tensor on the maps' device and dtype."""
         log_q, rows, cols = expected_positions(maps, self.coords)
-        _, _, h, w = maps.shape
+        grid_r, grid_c = _grids(maps, self.coords)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_center):
-            step = _cell_size(self.coords, h, w)
-            grid_r = torch.arange(h, device=maps.device, dtype=maps.dtype).mul_(step)
-            grid_c = torch.arange(w, device=maps.device, dtype=maps.dtype).mul_(step)
             if self.detach_center:
                 rows, cols = rows.detach(), cols.detach()
             d_rows = (grid_r - rows[..., None]).square()  # (B, C, H)
