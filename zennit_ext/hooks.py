@@ -15,8 +15,7 @@ behaviour to its ``backward``. The pieces they share live here:
 
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,11 +32,18 @@ __all__ = [
 ]
 
 
-class StatefulHook:
+if TYPE_CHECKING:  # to a type checker, a mixin is the zennit rule it is placed before
+    from zennit.core import BasicHook as _RuleBase
+else:
+    _RuleBase = object
+
+
+class StatefulHook(_RuleBase):
     """Mixin base: the attributes named in ``state_names`` survive Zennit's ``copy()``.
 
     Zennit's composites copy one template hook per module, and ``BasicHook.copy`` rebuilds the
-    hook from its modifiers only.
+    hook from its modifiers only. At run time the mixin derives from ``object``;
+    :func:`mixin_hook` places it before the rule's class.
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()
@@ -50,9 +56,15 @@ class StatefulHook:
         return copy
 
 
-@functools.cache
+_MIXED_CLASSES: dict[tuple[type, type], type] = {}
+
+
 def _mixed_class(mixin: type, rule: type) -> type:
-    return type(f"{mixin.__name__}{rule.__name__}", (mixin, rule), {})
+    """The class ``<Mixin><Rule>(mixin, rule)``, made once per pair."""
+    key = (mixin, rule)
+    if key not in _MIXED_CLASSES:
+        _MIXED_CLASSES[key] = type(f"{mixin.__name__}{rule.__name__}", (mixin, rule), {})
+    return _MIXED_CLASSES[key]
 
 
 def mixin_hook(hook: Hook, mixin: type[StatefulHook], **state: Any) -> Hook:

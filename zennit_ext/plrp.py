@@ -80,6 +80,7 @@ class PruningSpec:
         """Bool keep-mask, shape of ``relevance`` (batch, ...), per sample and sign."""
         if self.sparsity_gain is not None:
             return sparsity_gain_mask(relevance, self.sparsity_gain)
+        assert self.p is not None  # __post_init__: p or sparsity_gain is set
         return mass_threshold_mask(relevance, self.p, self.p_neg)
 
 
