@@ -107,7 +107,7 @@ def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):
     (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         "--no-index", str(wheel)],
+         "--no-index", "--ignore-installed", str(wheel)],  # never uninstalls elsewhere
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     work = tmp_path / "elsewhere"
