@@ -10,7 +10,7 @@ Z1PY ?= $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
 Z1VENV ?= .venv-zennit1
 Z1STAMP := $(Z1VENV)/.installed
 
-.PHONY: demo test bench data test-zennit1 lint clean
+.PHONY: demo test bench data test-zennit1 lint typecheck dist clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,17 @@ bench: $(STAMP) data
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# mypy at the strictness of [tool.mypy] in pyproject.toml, over the modules listed there
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# sdist and wheel of zennit_ext + captum_ext in dist/ (offline: make dist BUILD_ARGS=--no-isolation)
+BUILD_ARGS ?=
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build $(BUILD_ARGS) --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 $(Z1VENV)/bin/python:
 	@test -n "$(Z1PY)" || { echo "no pyenv Python 3.12 found (set Z1PY)"; exit 1; }
 	$(Z1PY) -m venv $(Z1VENV)
@@ -52,4 +63,5 @@ test-zennit1: $(Z1STAMP) data
 	$(call run_pytest,$(Z1VENV)/bin/python,tests/zennit_ext)
 
 clean:
-	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .mypy_cache .hypothesis \
+		build dist *.egg-info

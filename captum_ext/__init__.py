@@ -3,7 +3,8 @@
 Captum's ``captum.attr`` imports matplotlib for its visualisation helpers, so the public names
 load on first access (PEP 562): ``import captum_ext`` stays cheap and pulls in neither
 matplotlib, Quantus nor scikit-learn; ``from captum_ext import NeuronSynergy`` costs what
-importing ``captum.attr`` costs.
+importing ``captum.attr`` costs. ``__version__`` too is read on first access (from the
+installed distribution's metadata, the one version number shared with ``zennit_ext``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ __all__ += ["LocalActivationConsistencyLoss", "SynchronizationLoss", "capture_ou
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("neuron-xai")
+        except PackageNotFoundError:  # imported from a checkout that was never installed
+            value = "0+unknown"
+        globals()[name] = value
+        return value
     if name not in _HOMES:
         raise AttributeError(f"module 'captum_ext' has no attribute {name!r}")
     value = getattr(importlib.import_module(_HOMES[name]), name)
@@ -43,4 +53,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | {"__version__"})

@@ -10,6 +10,7 @@ layers as named attributes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ class AttributeMergeBatchNorm(MergeBatchNorm):
 
 
 def _has_identity_skip(block: nn.Module) -> bool:
-    args = block._block_args
+    args: Any = block._block_args  # efficientnet_lite_pytorch's BlockArgs (untyped)
     return bool(args.id_skip and args.stride in (1, [1], (1, 1)) and
                 args.input_filters == args.output_filters)  # fmt: skip
 
@@ -101,8 +102,14 @@ class MBConvSkipCanonizer(AttributeCanonizer):
         return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
 
     @staticmethod
-    def forward(self: nn.Module, inputs: torch.Tensor, drop_connect_rate: float | None = None):
-        """MBConv forward (expand → depthwise → project) with the skip through a Sum module."""
+    def forward(
+        self: Any, inputs: torch.Tensor, drop_connect_rate: float | None = None
+    ) -> torch.Tensor:
+        """MBConv forward (expand → depthwise → project) with the skip through a Sum module.
+
+        ``self`` is an ``efficientnet_lite_pytorch`` ``MBConvBlock`` (a package without type
+        information).
+        """
         x = inputs
         if self._block_args.expand_ratio != 1:
             x = self._swish(self._bn0(self._expand_conv(x)))

@@ -6,7 +6,7 @@ numpy arrays and expects a numpy array of attributions shaped like the inputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from zennit.attribution import Attributor, Gradient
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
-from zennit_ext.hooks import ModuleState
+from zennit_ext.hooks import ModuleState, check_finite
 
 __all__ = ["make_composite", "explain"]
 
@@ -64,11 +64,26 @@ def make_composite(
     )
 
 
-def _one_hot(targets: torch.Tensor):
-    """Output relevance ``(N, C)``: the one-hot rows of ``targets`` (C taken from the output)."""
+def _one_hot(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Output relevance ``(N, C)``: the one-hot rows of ``targets`` (C taken from the output).
+
+    Raises ValueError (when called with the output) if the output is not (N, C) or a target is
+    outside [0, C).
+    """
 
     def attr_output(output: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.one_hot(targets, output.shape[1]).to(output.dtype)
+        if output.ndim != 2:
+            raise ValueError(
+                f"the model's output must be logits of shape (N, C), got {tuple(output.shape)}"
+            )
+        classes = output.shape[1]
+        bad = (targets < 0) | (targets >= classes)
+        if bool(bad.any()):
+            raise ValueError(
+                f"targets must be class indices in [0, {classes}) (the model has {classes} "
+                f"outputs), got {sorted(set(targets[bad].tolist()))}"
+            )
+        return torch.nn.functional.one_hot(targets, classes).to(output.dtype)
 
     return attr_output
 
@@ -123,7 +138,8 @@ def explain(
     Raises
     ------
     ValueError
-        ``batch_size`` < 1, or ``targets`` not of length N.
+        ``batch_size`` < 1; ``inputs`` with NaN or ±inf; ``targets`` not of length N, not
+        whole numbers, or outside [0, C) for a model with C outputs (raised on the first batch).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -132,7 +148,11 @@ def explain(
         param.device if param is not None else torch.device("cpu"))  # fmt: skip
     dtype = param.dtype if param is not None else torch.float32
     x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs)
-    y = torch.as_tensor(np.asarray(targets)).reshape(-1).long()
+    check_finite("inputs", x)
+    y = torch.as_tensor(np.asarray(targets)).reshape(-1)
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise ValueError(f"targets must be whole class indices, got {y.tolist()[:10]}")
+    y = y.long()
     if y.numel() == 1:
         y = y.expand(len(x))
     if y.numel() != len(x):

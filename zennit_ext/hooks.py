@@ -8,25 +8,42 @@ behaviour to its ``backward``. The pieces they share live here:
 - :class:`StatefulHook` keeps the mixin's attributes through Zennit's ``copy()``;
 - :class:`ModuleState` restores a model's parameter and buffer objects;
 - :class:`RuleWrappingComposite` wires the three into a composite that leaves the model as it
-  found it, also when registering fails.
+  found it, also when registering fails;
+- :class:`BatchCheck` (with :func:`check_finite`) stops an empty or non-finite batch, and a
+  non-finite model output, at the root module before any relevance is computed.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from zennit.core import Composite, Hook
 
-__all__ = ["StatefulHook", "mixin_hook", "ModuleState", "RuleWrappingComposite"]
+__all__ = [
+    "StatefulHook",
+    "mixin_hook",
+    "ModuleState",
+    "RuleWrappingComposite",
+    "check_finite",
+    "BatchCheck",
+]
 
 
-class StatefulHook:
+if TYPE_CHECKING:  # to a type checker, a mixin is the zennit rule it is placed before
+    from zennit.core import BasicHook as _RuleBase
+else:
+    _RuleBase = object
+
+
+class StatefulHook(_RuleBase):
     """Mixin base: the attributes named in ``state_names`` survive Zennit's ``copy()``.
 
     Zennit's composites copy one template hook per module, and ``BasicHook.copy`` rebuilds the
-    hook from its modifiers only.
+    hook from its modifiers only. At run time the mixin derives from ``object``;
+    :func:`mixin_hook` places it before the rule's class.
     """
 
     state_names: ClassVar[tuple[str, ...]] = ()
@@ -39,9 +56,15 @@ class StatefulHook:
         return copy
 
 
-@functools.cache
+_MIXED_CLASSES: dict[tuple[type, type], type] = {}
+
+
 def _mixed_class(mixin: type, rule: type) -> type:
-    return type(f"{mixin.__name__}{rule.__name__}", (mixin, rule), {})
+    """The class ``<Mixin><Rule>(mixin, rule)``, made once per pair."""
+    key = (mixin, rule)
+    if key not in _MIXED_CLASSES:
+        _MIXED_CLASSES[key] = type(f"{mixin.__name__}{rule.__name__}", (mixin, rule), {})
+    return _MIXED_CLASSES[key]
 
 
 def mixin_hook(hook: Hook, mixin: type[StatefulHook], **state: Any) -> Hook:
@@ -167,3 +190,88 @@ class RuleWrappingComposite(Composite):
         if self.module_state is not None:
             self.module_state.restore()
             self.module_state = None
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise ValueError if a floating-point ``tensor`` holds NaN or ±inf.
+
+    Parameters
+    ----------
+    name : str
+        What the tensor is, for the message (e.g. ``'inputs'``).
+    tensor : torch.Tensor
+        Any shape; integer and bool tensors always pass.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, the number of non-finite entries and the first one's index.
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return
+    finite = torch.isfinite(tensor.detach())
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()
+        first = tuple(bad[0].tolist())
+        raise ValueError(
+            f"{name} must be finite, got {len(bad)} non-finite entries (NaN or ±inf) of "
+            f"{tensor.numel()}, the first at index {first}: {tensor.detach()[first].item()}"
+        )
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a module's arguments or output (a tensor, or a tuple/list of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, tuple | list):
+        return [item for item in value if isinstance(item, torch.Tensor)]
+    return []
+
+
+class BatchCheck:
+    """Hooks on a root module: an empty or non-finite batch, or a non-finite output, raises.
+
+    A forward pre-hook checks every tensor argument of the model (a batch of at least one
+    sample, finite values); a forward hook checks the model's output, so that no relevance is
+    computed from NaN or ±inf. Composites call :meth:`register` and :meth:`remove` from their
+    own, which keeps them usable in ``with Gradient(model, composite)``.
+
+    Parameters
+    ----------
+    owner : str
+        Name of the method in the messages (e.g. ``'PLRPLambda'``).
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.handles: list[RemovableHandle] = []
+
+    def register(self, module: nn.Module) -> None:
+        """Hook ``module`` (the model the composite is registered to)."""
+        self.remove()
+        self.handles = [
+            module.register_forward_pre_hook(self.check_inputs),
+            module.register_forward_hook(self.check_output),
+        ]
+
+    def remove(self) -> None:
+        """Remove the hooks (does nothing if none are registered)."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def check_inputs(self, module: nn.Module, args: tuple) -> None:
+        """Forward pre-hook: ValueError on an empty batch or a non-finite input."""
+        for position, tensor in enumerate(_tensors(args)):
+            if tensor.ndim > 0 and tensor.shape[0] == 0:
+                raise ValueError(
+                    f"{self.owner}: the input batch is empty (input {position} has shape "
+                    f"{tuple(tensor.shape)}); expected at least one sample"
+                )
+            check_finite(f"{self.owner}: input {position} of the model", tensor)
+
+    def check_output(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Forward hook: ValueError on a non-finite model output."""
+        for position, tensor in enumerate(_tensors(output)):
+            check_finite(f"{self.owner}: output {position} of the model (for finite inputs)",
+                         tensor)  # fmt: skip

@@ -24,7 +24,7 @@ from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, register_composi
 from zennit.core import BasicHook, Composite, Hook
 from zennit.types import Linear
 
-from zennit_ext.hooks import RuleWrappingComposite, StatefulHook, mixin_hook
+from zennit_ext.hooks import BatchCheck, RuleWrappingComposite, StatefulHook, mixin_hook
 from zennit_ext.pruning import (
     check_fraction,
     mass_threshold_mask,
@@ -80,6 +80,7 @@ class PruningSpec:
         """Bool keep-mask, shape of ``relevance`` (batch, ...), per sample and sign."""
         if self.sparsity_gain is not None:
             return sparsity_gain_mask(relevance, self.sparsity_gain)
+        assert self.p is not None  # __post_init__: p or sparsity_gain is set
         return mass_threshold_mask(relevance, self.p, self.p_neg)
 
 
@@ -213,6 +214,7 @@ class _PLRPComposite(RuleWrappingComposite):
         self.layer_types = layer_types
         self.recorder = recorder
         self.pruned_names: list[str] = []
+        self.batch_check = BatchCheck(type(self).__name__)
         super().__init__(_base_composite(composite, low, high, canonizers))
 
     def wrap_rule(self, ctx: dict, name: str, module: nn.Module, template: Hook) -> Hook:
@@ -227,6 +229,16 @@ class _PLRPComposite(RuleWrappingComposite):
         if name in self.layer_p:
             spec = PruningSpec(p=self.layer_p[name])
         return pruned_hook(template, spec, self.variant, name, self.recorder)
+
+    def register(self, module: nn.Module) -> None:
+        """Register the wrapped rules, then the checks of the model's inputs and outputs."""
+        super().register(module)
+        self.batch_check.register(module)
+
+    def remove(self) -> None:
+        """Remove the input/output checks, the hooks and canonizers; restore the model."""
+        self.batch_check.remove()
+        super().remove()
 
     def reset(self) -> None:
         """Forget the pruned layer names of the previous registration."""
@@ -277,8 +289,9 @@ _DOC = """Pruned LRP, {title}, as a Zennit composite (paper eq. 3.2–3.{eq}).
     Raises
     ------
     ValueError
-        ``p``/``p_neg``/``layer_p`` outside [0, 1), both ``p`` and ``sparsity_gain``, a
-        negative gain, inconsistent base settings.
+        ``p``/``p_neg``/``layer_p`` outside [0, 1) or NaN, both ``p`` and ``sparsity_gain``,
+        a negative or non-finite gain, inconsistent base settings; on a forward pass of the
+        registered model: an empty input batch, non-finite inputs or a non-finite output.
     TypeError
         ``composite`` is not a zennit Composite; non-numeric settings{extra}.
 

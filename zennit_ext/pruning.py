@@ -10,6 +10,8 @@ No hooks here; :mod:`zennit_ext.plrp` wires these functions into Zennit rules.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -45,7 +47,7 @@ def _per_sample(relevance: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"relevance must have shape (batch, ...) with ndim >= 2, got {tuple(relevance.shape)}"
         )
-    return relevance.reshape(relevance.shape[0], -1)
+    return relevance.reshape(relevance.shape[0], math.prod(relevance.shape[1:]))
 
 
 def _sorted_parts(relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +121,8 @@ def _smallest_within_mass(part: torch.Tensor, fraction: float) -> torch.Tensor:
     torch.Tensor
         Bool (batch, n): True where pruned.
     """
+    if part.numel() == 0:  # no sample or no entry: nothing to prune
+        return torch.zeros_like(part, dtype=torch.bool)
     if part.dtype not in _BUCKET_BITS:
         return _smallest_within_mass(part.float(), fraction)
     batch = part.shape[0]
@@ -268,7 +272,7 @@ def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.
     relevance : torch.Tensor
         (batch, ...) relevance of one layer.
     min_gain : float
-        Minimal allowed sparsity gain, ≥ 0 (the paper's natural choice is 1).
+        Minimal allowed sparsity gain, finite and ≥ 0 (the paper's natural choice is 1).
 
     Returns
     -------
@@ -278,12 +282,12 @@ def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.
     Raises
     ------
     TypeError, ValueError
-        If ``min_gain`` is not a non-negative number.
+        If ``min_gain`` is not a finite non-negative number.
     """
     if isinstance(min_gain, bool) or not isinstance(min_gain, int | float):
         raise TypeError(f"sparsity_gain must be a float >= 0, got {min_gain!r}")
-    if not min_gain >= 0:
-        raise ValueError(f"sparsity_gain must be >= 0, got {min_gain!r}")
+    if not 0 <= min_gain < math.inf:
+        raise ValueError(f"sparsity_gain must be >= 0 and finite, got {min_gain!r}")
     values, order = _sorted_parts(relevance)
     counts = _gain_counts(values, float(min_gain))
     return _keep_from_counts(values, order, counts, relevance.shape)

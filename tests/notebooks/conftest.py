@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.fixture
@@ -16,6 +18,10 @@ def run_notebook(monkeypatch):
     """Execute ``notebooks/<name>.ipynb`` in quick mode; return its stdout, cell by cell."""
     monkeypatch.setenv("NEURON_XAI_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # the kernel runs in notebooks/: the checkout goes first on its path, so that it imports
+    # this checkout's packages and benchmarks/ (which is never installed)
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), *([path] if path else [])]))
 
     def run(name: str) -> str:
         path = NOTEBOOKS / f"{name}.ipynb"

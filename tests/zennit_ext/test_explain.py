@@ -96,3 +96,47 @@ def test_make_composite_errors(args, error, match):
 def test_batch_size_error(tiny_cnn, tiny_images):
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
         explain(tiny_cnn, tiny_images, 0, batch_size=0)
+
+
+# ---- bad input: targets outside the classes, non-finite inputs and outputs ----
+
+
+@pytest.mark.parametrize(
+    ("targets", "match"),
+    [
+        (3, r"targets must be class indices in \[0, 3\) \(the model has 3 outputs\), got \[3\]"),
+        ([0, 1, 7, 2], r"in \[0, 3\) .* got \[7\]"),
+        ([0, -1, 2, -1], r"in \[0, 3\) .* got \[-1\]"),
+        (np.array([0.0, 1.5, 2.0, 1.0]), r"targets must be whole class indices, got \[0.0, 1.5"),
+    ],
+)
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "plrp_lambda"])
+def test_targets_outside_the_classes_raise(tiny_cnn, tiny_images, plrp_unchanged, targets, match,
+                                           composite):  # fmt: skip
+    verify = plrp_unchanged(tiny_cnn)
+    with pytest.raises(ValueError, match=match):
+        explain(tiny_cnn, tiny_images, targets, composite=composite, batch_size=2)
+    verify()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_non_finite_inputs_raise(tiny_cnn, tiny_images, bad, as_numpy):
+    x = tiny_images.clone()
+    x[2, 1, 3, 4] = bad
+    inputs = x.numpy() if as_numpy else x
+    with pytest.raises(ValueError, match=rf"inputs must be finite, .* \(2, 1, 3, 4\): {bad}"):
+        explain(tiny_cnn, inputs, 0, composite="epsilon_plus_flat")
+
+
+def test_non_finite_output_through_plrp_raises(tiny_cnn, tiny_images, plrp_unchanged):
+    tiny_cnn[-1].bias.data[1] = float("inf")  # (NaN would fail the equality checks)
+    verify = plrp_unchanged(tiny_cnn)
+    with pytest.raises(ValueError, match=r"PLRPM: output 0 of the model \(for finite inputs\)"):
+        explain(tiny_cnn, tiny_images, 0, composite="plrp_m", composite_kwargs={"p": 0.2})
+    verify()
+
+
+def test_empty_inputs_give_empty_relevance(tiny_cnn, tiny_images):
+    got = explain(tiny_cnn, tiny_images[:0], [], composite="plrp_lambda")
+    assert got.shape == (0, *tiny_images.shape[1:]) and got.dtype == np.float32

@@ -272,3 +272,77 @@ def test_efficientnet_canonizer_keeps_function(plrp_unchanged):
         for handle in handles:
             handle.remove()
     verify()
+
+
+# ---- bad input: non-finite or empty batches and non-finite settings raise ValueError ----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_non_finite_inputs_raise(plrp_zoo_model, plrp_unchanged, variant):
+    model, x, canonizers = plrp_zoo_model
+    verify = plrp_unchanged(model)
+    comp = variant(p=0.3, canonizers=canonizers)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x_bad = x.clone()
+        x_bad[1].view(-1)[5] = bad
+        with pytest.raises(ValueError, match=rf"input 0 of the model must be finite, got 1 "
+                           rf"non-finite entries .* first at index \(1, .*: {bad}"):  # fmt: skip
+            _attribute(model, x_bad, comp)
+        verify()
+    # the composite stays usable, and only the bad sample is what failed
+    relevance = _attribute(model, x, comp)
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0
+    verify()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_non_finite_model_output_raises(plrp_unchanged, variant):
+    model = _bias_free_mlp()
+    model[2].weight.data[3, 4] = float("inf")  # finite inputs, infinite hidden units
+    verify = plrp_unchanged(model)
+    x = torch.rand(2, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert not torch.isfinite(model(x)).all()
+    with pytest.raises(ValueError, match=r"output 0 of the model \(for finite inputs\) must be"):
+        _attribute(model, x, variant(p=0.2))
+    verify()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("attributor", [Gradient, SmoothGrad])
+def test_empty_batch_raises(plrp_zoo_model, plrp_unchanged, variant, attributor):
+    model, x, canonizers = plrp_zoo_model
+    verify = plrp_unchanged(model)
+    kwargs = {"n_iter": 2, "noise_level": 0.1} if attributor is SmoothGrad else {}
+    with pytest.raises(ValueError, match=r"input batch is empty \(input 0 has shape \(0, "):
+        with attributor(model=model, composite=variant(p=0.2, canonizers=canonizers),
+                        **kwargs) as attr:  # fmt: skip
+            attr(x[:0], torch.zeros(0, 3, dtype=x.dtype))
+    verify()
+
+
+def test_composite_checks_only_while_registered():
+    model = _bias_free_mlp()
+    comp = PLRPLambda(p=0.2)
+    x_nan = torch.full((1, 10), float("nan"), dtype=torch.float64)
+    with Gradient(model=model, composite=comp):
+        with pytest.raises(ValueError, match="PLRPLambda: input 0"):
+            model(x_nan)
+    assert torch.isnan(model(x_nan)).all()  # plain model again: no check left behind
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sparsity_gain": float("inf")}, "sparsity_gain must be >= 0 and finite, got inf"),
+        ({"sparsity_gain": float("nan")}, "sparsity_gain must be >= 0 and finite, got nan"),
+        ({"p": float("nan")}, r"p must be in \[0, 1\), got nan"),
+        ({"p": float("inf")}, r"p must be in \[0, 1\), got inf"),
+        ({"p": 0.1, "p_neg": float("nan")}, r"p_neg must be in \[0, 1\), got nan"),
+        ({"p": 0.1, "layer_p": {"2": float("nan")}}, r"layer_p\['2'\] must be in .* got nan"),
+    ],
+)
+def test_non_finite_settings_rejected(variant, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        variant(**kwargs)

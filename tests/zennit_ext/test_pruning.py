@@ -208,3 +208,17 @@ def test_gain_and_shape_errors():
         mass_threshold_mask(torch.ones(3), 0.1)
     with pytest.raises(ValueError, match="keep must have the shape"):
         rescale_kept(torch.ones(1, 3), torch.ones(1, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0, 2, 3), (3, 0)])
+def test_empty_relevance_gives_empty_masks(shape):
+    r = torch.randn(shape, dtype=torch.float64)
+    for keep in (mass_threshold_mask(r, 0.3), sparsity_gain_mask(r, 1.0)):
+        assert keep.shape == r.shape and keep.dtype == torch.bool
+        assert torch.equal(rescale_kept(r, keep), r)
+
+
+@pytest.mark.parametrize("gain", [float("inf"), float("nan")])
+def test_non_finite_gain_rejected(gain):
+    with pytest.raises(ValueError, match=f"sparsity_gain must be >= 0 and finite, got {gain}"):
+        sparsity_gain_mask(torch.ones(1, 3), gain)

@@ -1,0 +1,133 @@
+"""The built wheel, installed into a fresh environment, works without the repository.
+
+Built and installed offline: the wheel from a copy of the sources (``pip wheel
+--no-build-isolation``), a new virtual environment without pip, the wheel installed into it with
+``pip --python ... --no-index --no-deps``; torch, zennit and captum come from the running
+environment through a ``.pth`` line (plain path: its editable finder is not loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "zennit_ext", "captum_ext", "benchmarks")
+
+# PLRP through zennit's Gradient, NRM's one-shot joint relevance, synergy's public face;
+# prints where everything came from as JSON on the last line
+SCRIPT = r"""
+import importlib.util, json, sys
+import torch
+from zennit.attribution import Gradient
+from zennit.composites import EpsilonPlusFlat
+import captum_ext, zennit_ext
+from captum_ext import NeuronSynergy
+from zennit_ext import NRM, PLRPLambda
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(
+    torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4), torch.nn.ReLU(),
+    torch.nn.Linear(4, 3),
+).double().eval()
+for linear in model[::2]:
+    linear.bias.data.uniform_(0.0, 0.3)
+x = torch.rand(2, 6, dtype=torch.float64)
+with Gradient(model=model, composite=EpsilonPlusFlat()) as attributor:
+    _, base = attributor(x, torch.eye(3, dtype=x.dtype)[[0, 2]])
+with Gradient(model=model, composite=PLRPLambda(p=0.0)) as attributor:
+    _, plrp_zero = attributor(x, torch.eye(3, dtype=x.dtype)[[0, 2]])
+with Gradient(model=model, composite=PLRPLambda(p=0.5)) as attributor:
+    _, plrp = attributor(x, torch.eye(3, dtype=x.dtype)[[0, 2]])
+nrm = NRM(model, layers=["1", "3"])
+print(json.dumps({
+    "zennit_ext": zennit_ext.__file__,
+    "captum_ext": captum_ext.__file__,
+    "versions": [zennit_ext.__version__, captum_ext.__version__],
+    "synergy": NeuronSynergy.__module__,
+    "benchmarks": importlib.util.find_spec("benchmarks") is not None,
+    "sys_path": sys.path,
+    "plrp_zero_error": float((plrp_zero - base).abs().max()),
+    "plrp_changed": float((plrp - base).abs().max()),
+    "plrp_finite": bool(torch.isfinite(plrp).all()),
+    "nrm_whole_layer": nrm.joint(x, 0, {"3": [0, 1, 2, 3]}).tolist(),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built offline from a copy of the sources (the checkout stays clean)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    for name in SOURCES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, tmp / "src" / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+        else:
+            (tmp / "src").mkdir(exist_ok=True)
+            shutil.copy2(source, tmp / "src" / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+         "--no-build-isolation", "-w", str(tmp / "dist"), str(tmp / "src")],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    (built,) = (tmp / "dist").glob("neuron_xai-*.whl")
+    return built
+
+
+def test_wheel_holds_the_two_libraries_only(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {
+        "zennit_ext", "captum_ext"
+    }  # fmt: skip
+    assert {"zennit_ext/py.typed", "captum_ext/py.typed"} <= set(names)
+
+
+def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):
+    env = tmp_path / "env"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(env)
+    python = env / "bin" / "python"
+    site = Path(subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip())  # fmt: skip
+    # the dependencies (torch, zennit, captum) from the running environment, appended after
+    # the new environment's own site-packages
+    (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         "--no-index", "--ignore-installed", str(wheel)],  # never uninstalls elsewhere
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    result = subprocess.run(
+        [python, "-I", "-c", SCRIPT], cwd=work, env=clean, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    for package in ("zennit_ext", "captum_ext"):
+        assert Path(report[package]).is_relative_to(site), report[package]
+    assert not any(Path(entry or ".").resolve() == ROOT for entry in report["sys_path"])
+    assert report["benchmarks"] is False
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert report["versions"] == [version, version]
+    assert report["synergy"] == "captum_ext.synergy"
+    # PLRP with p = 0 is its base composite exactly; p = 0.5 prunes something
+    assert report["plrp_zero_error"] < 1e-12
+    assert report["plrp_changed"] > 1e-6 and report["plrp_finite"]
+    # NRM: the whole layer carries the explained output's relevance 1
+    assert report["nrm_whole_layer"] == pytest.approx([1.0, 1.0], abs=1e-9)
