@@ -7,10 +7,11 @@ import itertools
 import pytest
 import torch
 from captum.attr import LayerFeatureAblation
-from synergy_reference import brute_force, randomize_norms
+from synergy_reference import brute_force, evaluator_of, randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy, SynergyResult, synergistic_importance, synergy_ranking
+from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
 
 TOL = 1e-5
 DTYPES = [torch.float32, torch.float64]
@@ -51,6 +52,21 @@ def test_dense_and_hook_paths_match_brute_force(mode, activation, fast, per_eval
     assert torch.allclose(res.importance, delta, atol=TOL)
     assert torch.allclose(res.synergy, synergy, atol=TOL)
     assert torch.equal(res.synergy, res.synergy.t()) and not res.synergy.diagonal().any()
+
+
+def test_fast_path_is_taken_only_where_it_applies():
+    model = _mlp()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    fast = evaluator_of(LayerSynergy(model, model[2]), x)
+    grouped = evaluator_of(LayerSynergy(model, model[2]), x, layer_mask=torch.tensor([[0, 0, 1,
+                                                                                   1, 2, 2]]))
+    slow = evaluator_of(LayerSynergy(lambda z: model(z), model[2]), x)
+    last = evaluator_of(LayerSynergy(model, model[7]), x)
+    per_row = evaluator_of(LayerSynergy(model, model[2]), x,
+                           layer_mask=torch.arange(6).repeat(8, 1) % (torch.arange(8)[:, None] + 1))
+    assert isinstance(fast, ContributionEvaluator) and isinstance(grouped, ContributionEvaluator)
+    for evaluator in (slow, last, per_row):
+        assert isinstance(evaluator, LayerHookEvaluator)
 
 
 @pytest.mark.parametrize("fast", [True, False])
