@@ -140,10 +140,11 @@ def _one_unit_per_column(split: Split, units: Units) -> bool:
 
 
 def elements_per_row(split: Split, units: Units, activation: Tensor) -> int:
-    """Elements held per row of a chunk: z, and the contributions unless kept as rank one."""
+    """Elements held per row of a chunk: z, the contributions (unless kept as rank one), and
+    the (R, n) tables of scores and differences."""
     out = split.z(activation[:1]).numel()
     if _one_unit_per_column(split, units):
-        return out + 2 * units.n
+        return out + 6 * units.n
     return out * (units.n + 1)
 
 

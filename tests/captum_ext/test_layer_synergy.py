@@ -102,8 +102,9 @@ def test_importance_equals_captum_layer_feature_ablation(fast):
     ablation = LayerFeatureAblation(model, layer)
     mask = torch.tensor([[0, 1, 1, 0]])
     baselines = 0.3 * torch.randn(25, 4, dtype=torch.float64)
-    for target in (1, [0, 2, 1, 1, 0] * 5, torch.arange(25) % 3, (2,), [(t,) for t in
-                   range(3)] * 8 + [(0,)]):  # fmt: skip
+    targets = (1, torch.tensor([2]), [0, 2, 1, 1, 0] * 5, torch.arange(25) % 3, (2,),
+               [(t,) for t in range(3)] * 8 + [(0,)])  # fmt: skip
+    for target in targets:
         for kwargs in ({}, {"layer_mask": mask}, {"layer_baselines": baselines}):
             res = LayerSynergy(forward, layer).compute(x, target=target, **kwargs)
             per_row = ablation.attribute(x, target=target, **kwargs)
