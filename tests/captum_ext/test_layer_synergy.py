@@ -255,3 +255,6 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="training mode"):
         ls.compute(x, target=0)
     assert model.training
+    batch_stats = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="running statistics"):
+        LayerSynergy(batch_stats.eval(), batch_stats[0]).compute(x.float(), target=0)
