@@ -164,8 +164,8 @@ class RankOne:
         self.active = delta != 0
         self._delta, self._weight_t = delta, weight_t
 
-    def single(self, rows: Tensor, units: Tensor) -> Tensor:
-        """(B, m) contributions of unit ``units[b]`` in row ``rows[b]``."""
+    def single(self, rows: Tensor, units: Tensor | int) -> Tensor:
+        """(B, m) contributions of unit ``units[b]`` (or of one unit) in row ``rows[b]``."""
         return self._delta[rows, units, None] * self._weight_t[units]
 
     def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:
@@ -182,8 +182,8 @@ class Materialized:
         self.active = contributions.reshape(len(contributions), self.n, -1).ne(0).any(2)
         self._c = contributions
 
-    def single(self, rows: Tensor, units: Tensor) -> Tensor:
-        """(B, *out) contributions of unit ``units[b]`` in row ``rows[b]``."""
+    def single(self, rows: Tensor, units: Tensor | int) -> Tensor:
+        """(B, *out) contributions of unit ``units[b]`` (or of one unit) in row ``rows[b]``."""
         return self._c[rows, units]
 
     def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:
