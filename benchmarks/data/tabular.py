@@ -10,7 +10,11 @@ import torch
 
 from benchmarks.data._base import Dataset, TabularSplits, cached
 
-__all__ = ["load_fish", "load_storms", "FISH_FEATURES", "STORMS_FEATURES"]
+__all__ = [
+    "load_fish", "load_storms", "FISH_FEATURES", "STORMS_FEATURES", "SYNXAI_POSITIVE_RATE",
+]  # fmt: skip
+
+SYNXAI_POSITIVE_RATE = 0.216  # share of positive hauls in SynXAI's catch records
 
 FISH_FEATURES = [
     "lat", "lon", "depth", "temperature", "chlorophyll", "salinity", "day_cos", "day_sin",
@@ -123,8 +127,9 @@ def load_fish(n: int = 20000, seed: int = 0, positive_rate: float | None = None)
         shifted by a constant so that the mean presence probability equals it (features and
         effects are unchanged, and so are the random draws). None (default) centres the logit
         at its median, which gives about half positives. SynXAI's catch records hold 21.6 %
-        positives; the temporal test split, from the latest years, has somewhat fewer
-        positives than the whole table (the generating effects decline with the year).
+        positives (:data:`SYNXAI_POSITIVE_RATE`); the temporal test split, from the latest
+        years, has somewhat fewer positives than the whole table (the effects include a
+        decline with the year).
 
     Returns
     -------
