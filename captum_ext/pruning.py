@@ -15,6 +15,7 @@ __all__ = [
     "pruning_curve",
     "classification_metrics",
     "masked_units",
+    "layer_unit_shape",
     "recalibrate_batchnorm",
     "DEFAULT_FRACTIONS",
 ]
@@ -210,8 +211,7 @@ def pruning_curve(
     dict
         ``fraction``, ``pruned`` (k) and one list per metric name, one entry per fraction.
     """
-    with torch.no_grad():
-        unit_shape = _output_unit_shape(model, layer, x_test[:2])
+    unit_shape = layer_unit_shape(model, layer, x_test[:2])
     groups = _unit_groups(layer_mask, unit_shape)
     n = int(groups.max()) + 1
     if isinstance(scores, str):
@@ -260,8 +260,15 @@ def pruning_curve(
     return curve
 
 
-def _output_unit_shape(model: nn.Module, layer: nn.Module, x: Tensor) -> torch.Size:
-    """Shape of one output of ``layer`` beyond the batch dimension (one forward pass on ``x``)."""
+@torch.no_grad()
+def layer_unit_shape(model: nn.Module, layer: nn.Module, x: Tensor) -> torch.Size:
+    """Shape of one output of ``layer`` beyond the batch dimension (one eval forward on ``x``).
+
+    Raises
+    ------
+    ValueError
+        If the forward pass does not call ``layer``.
+    """
     found: list[torch.Size] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: found.append(out.shape[1:]))
     training = model.training
