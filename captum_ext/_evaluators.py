@@ -185,8 +185,9 @@ class ContributionEvaluator:
     ----------
     z : torch.Tensor
         (R, *out) L's unmasked output.
-    contributions : torch.Tensor
-        (R, n, *out) C_g per row and unit.
+    contributions : RankOne or Materialized
+        C_g per row and unit (see ``captum_ext._fastpaths``): ``active`` (R, n),
+        ``single(rows, units)`` and ``minus_pairs(base, rows, j)``.
     suffix : callable
         The rest of the network after L, (B, *out) → (B, ...).
     target : Target
@@ -195,13 +196,11 @@ class ContributionEvaluator:
     """
 
     def __init__(
-        self, z: Tensor, contributions: Tensor, suffix: Any, target: Target,
-        transform: Transform,
+        self, z: Tensor, contributions: Any, suffix: Any, target: Target, transform: Transform,
     ) -> None:  # fmt: skip
-        self.n = contributions.shape[1]
+        self.n = contributions.n
         self.pairs_per_call = max(1, self.n - 1)
         self._z, self._c = z, contributions
-        self._active = contributions.reshape(len(z), self.n, -1).ne(0).any(2)
         self._suffix, self._target, self._transform = suffix, target, transform
         self._step = max(1, _ELEMENTS_PER_BLOCK // max(1, z[0].numel()))
 
@@ -211,11 +210,11 @@ class ContributionEvaluator:
     def singles(self) -> tuple[Tensor, Tensor]:
         all_rows = torch.arange(len(self._z), device=self._z.device)
         p = self._scores(all_rows, self._z)
-        rows, units = torch.nonzero(self._active, as_tuple=True)
+        rows, units = torch.nonzero(self._c.active, as_tuple=True)
         p_single = p[:, None].repeat(1, self.n)
         for block in torch.arange(len(rows), device=rows.device).split(self._step):
             r, k = rows[block], units[block]
-            p_single[r, k] = self._scores(r, self._z[r] - self._c[r, k])
+            p_single[r, k] = self._scores(r, self._z[r] - self._c.single(r, k))
         return p, p_single
 
     def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
@@ -225,9 +224,9 @@ class ContributionEvaluator:
             columns = torch.nonzero(index[:, 0] == i)[:, 0]
             j = index[columns, 1]
             step = max(1, self._step // len(j))
-            for rows in torch.nonzero(self._active[:, i])[:, 0].split(step):
-                base = self._z[rows] - self._c[rows, i]
-                z = base[:, None] - self._c[rows][:, j]  # (rows, pairs, *out)
+            for rows in torch.nonzero(self._c.active[:, i])[:, 0].split(step):
+                base = self._z[rows] - self._c.single(rows, torch.full_like(rows, i))
+                z = self._c.minus_pairs(base, rows, j)  # (rows, pairs, *out)
                 flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
                 scores = self._scores(flat_rows, z.reshape(-1, *z.shape[2:]))
                 out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))

@@ -18,7 +18,10 @@ from torch import Tensor, nn
 
 from captum_ext._masking import Units
 
-__all__ = ["Split", "split_after", "contributions", "elements_per_row"]
+__all__ = [
+    "Split", "split_after", "channel_groups", "contributions", "elements_per_row", "RankOne",
+    "Materialized",
+]
 
 _PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd)
 
@@ -129,15 +132,69 @@ def channel_groups(units: Units) -> Tensor | None:
     return groups if bool((index[0] == groups[:, None, None]).all()) else None
 
 
+def _one_unit_per_column(split: Split, units: Units) -> bool:
+    index = units.index[0]
+    return not split.is_conv and bool(
+        (index[0] == torch.arange(index.shape[1], device=index.device)).all()
+    )
+
+
 def elements_per_row(split: Split, units: Units, activation: Tensor) -> int:
-    """Elements of z and of the n contributions for one row (to size row chunks)."""
+    """Elements held per row of a chunk: z, and the contributions unless kept as rank one."""
     out = split.z(activation[:1]).numel()
+    if _one_unit_per_column(split, units):
+        return out + 2 * units.n
     return out * (units.n + 1)
 
 
+class RankOne:
+    """C_k = δ_k · w_k of a dense map with one unit per column, never materialized.
+
+    Parameters
+    ----------
+    delta : torch.Tensor
+        (R, n) layer output minus baseline.
+    weight_t : torch.Tensor
+        (n, m) the map's (folded) weight, transposed.
+    """
+
+    def __init__(self, delta: Tensor, weight_t: Tensor) -> None:
+        self.n = delta.shape[1]
+        self.active = delta != 0
+        self._delta, self._weight_t = delta, weight_t
+
+    def single(self, rows: Tensor, units: Tensor) -> Tensor:
+        """(B, m) contributions of unit ``units[b]`` in row ``rows[b]``."""
+        return self._delta[rows, units, None] * self._weight_t[units]
+
+    def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:
+        """(Ri, k, m) = base[:, None] - C_j for the rows ``rows`` and units ``j`` (k,)."""
+        weight_j = self._weight_t[j][None]
+        return torch.addcmul(base[:, None, :], self._delta[rows][:, j, None], weight_j, value=-1)
+
+
+class Materialized:
+    """Contributions C (R, n, *out) held as a tensor (unit groups, conv channels)."""
+
+    def __init__(self, contributions: Tensor) -> None:
+        self.n = contributions.shape[1]
+        self.active = contributions.reshape(len(contributions), self.n, -1).ne(0).any(2)
+        self._c = contributions
+
+    def single(self, rows: Tensor, units: Tensor) -> Tensor:
+        """(B, *out) contributions of unit ``units[b]`` in row ``rows[b]``."""
+        return self._c[rows, units]
+
+    def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:
+        """(Ri, k, *out) = base[:, None] - C_j for the rows ``rows`` and units ``j`` (k,)."""
+        return base[:, None] - self._c[rows[:, None], j[None, :]]
+
+
 @torch.no_grad()
-def contributions(split: Split, units: Units, activation: Tensor) -> tuple[Tensor, Tensor]:
-    """L's output z (R, *out) and each unit's contribution C (R, n, *out) for these rows.
+def contributions(
+    split: Split, units: Units, activation: Tensor
+) -> tuple[Tensor, RankOne | Materialized]:
+    """L's output z (R, *out) and each unit's contribution C_g to it, for these rows.
 
     Parameters
     ----------
@@ -151,6 +208,9 @@ def contributions(split: Split, units: Units, activation: Tensor) -> tuple[Tenso
     rows = len(activation)
     delta = activation - units.baselines[0].to(activation)
     weight = split.weight.to(activation)
+    z = split.z(activation)
+    if _one_unit_per_column(split, units):
+        return z, RankOne(delta, weight.t().contiguous())
     if split.is_conv:
         channels, outputs = weight.shape[1], weight.shape[0]
         # input channel c, output o → grouped-conv channel c·O + o: one pass for all channels
@@ -161,10 +221,7 @@ def contributions(split: Split, units: Units, activation: Tensor) -> tuple[Tenso
     else:
         parts = delta[:, :, None] * weight.t()[None]  # (R, n_elements, m)
         groups = units.index[0][0]
-    identity = torch.arange(units.n, device=groups.device)
-    if units.n == parts.shape[1] and bool((groups == identity).all()):
-        contribution = parts
-    else:
-        contribution = parts.new_zeros(rows, units.n, *parts.shape[2:])
-        contribution.index_add_(1, groups.to(parts.device), parts)
-    return split.z(activation), contribution
+    if units.n == parts.shape[1] and bool((groups == torch.arange(units.n)).all()):
+        return z, Materialized(parts)
+    grouped = parts.new_zeros(rows, units.n, *parts.shape[2:])
+    return z, Materialized(grouped.index_add_(1, groups.to(parts.device), parts))

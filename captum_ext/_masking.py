@@ -12,40 +12,9 @@ from typing import Any
 
 import torch
 from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = [
-    "Units", "Target", "Transform", "Scorer", "RowSlice", "format_inputs", "check_eval_mode",
-    "check_per_eval",
-]
-
-
-def check_per_eval(perturbations_per_eval: Any) -> int:
-    """``perturbations_per_eval`` as a positive int, or a ValueError naming it."""
-    if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int):
-        raise ValueError(
-            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
-        )
-    if perturbations_per_eval < 1:
-        raise ValueError(
-            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
-        )
-    return perturbations_per_eval
-
-
-def check_eval_mode(forward_func: Any) -> None:
-    """Refuse a module whose BatchNorm or Dropout layers are in training mode."""
-    if not isinstance(forward_func, nn.Module):
-        return
-    for name, module in forward_func.named_modules():
-        stochastic = isinstance(
-            module, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd
-        )
-        if stochastic and module.training:
-            raise ValueError(
-                f"forward_func's module {name or type(module).__name__!r} is in training mode; "
-                "call .eval() first (masking with batch statistics or dropout is not defined)"
-            )
+__all__ = ["Units", "Target", "Transform", "Scorer", "RowSlice", "format_inputs"]
 
 
 class Transform:

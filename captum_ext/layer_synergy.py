@@ -1,0 +1,246 @@
+"""LayerSynergy: SynXAI's synergy of a layer's units, a Captum layer attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_output
+from captum._utils.gradient import _forward_layer_eval
+from captum.attr._utils.attribution import LayerAttribution, PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_ext import _engine, _fastpaths
+from captum_ext._checks import (
+    ELEMENTS_PER_CHUNK,
+    check_alpha,
+    check_attribution,
+    check_eval_mode,
+    check_per_eval,
+    check_rows_per_chunk,
+)
+from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
+from captum_ext._masking import RowSlice, Target, Transform, Units, format_inputs
+from captum_ext.synergy_result import SynergyResult
+
+__all__ = ["LayerSynergy"]
+
+
+class LayerSynergy(LayerAttribution, PerturbationAttribution):
+    r"""Synergy of a layer's units for the model output at ``target`` (SynXAI's object).
+
+    Units of ``layer``'s output (its elements, or the groups of ``layer_mask`` exactly as in
+    Captum's ``LayerFeatureAblation``) are set to ``layer_baselines`` alone and in pairs; the
+    score p is the forward output, through ``output_transform``, at ``target``. ``compute``
+    gives Δ, Δ_ij and S over all rows (a :class:`SynergyResult`); ``attribute`` gives each
+    row's synergistic importance z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0), shaped like the
+    layer output.
+
+    Fast exact paths (same numbers as one forward pass per mask, up to rounding) apply when
+    ``forward_func`` is a plain ``nn.Sequential`` (nested plain Sequentials are flattened; a
+    model whose forward is ``classifier(features(x))`` can be passed as
+    ``nn.Sequential(model.features, model.classifier)``), there is a single input tensor and
+    no additional forward arguments, the layer's output is one tensor and the next module
+    (past Identity/Dropout) is
+
+    - an ``nn.Linear`` (layer output (N, n), any ``layer_mask`` shared by all rows), or
+    - an ``nn.Conv2d`` (zero padding, ``groups=1``) and the units are whole channels
+      (``layer_mask`` of shape (1, C, 1, 1), or constant over each channel),
+
+    with an eval-mode BatchNorm right after that map folded in. Each unit's contribution to
+    that map's output is computed once; single and pair masks are sums of contributions, and
+    only the rest of the network runs, in batches. Otherwise masked forward passes run with a
+    forward hook on the layer, ``perturbations_per_eval`` masks per pass.
+
+    Rows are processed in chunks (``rows_per_chunk``, sized so memory stays near 64 MB):
+    memory does not grow with N. When ``torch.distributed`` is initialized, ``compute`` on
+    each process's rows all-reduces the sums: every rank gets the result of all rows.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or any function of it. BatchNorm and Dropout modules must be in eval mode.
+    layer : torch.nn.Module
+        Layer whose output units are masked (a tensor or a tuple of tensors, batch first).
+    device_ids : list of int, optional
+        As in Captum, for DataParallel forward functions (used to read the layer output; the
+        masking hook needs the whole batch at the layer).
+    output_transform : None, 'sigmoid', 'softmax' or callable
+        Applied to the forward output before ``target`` selects the score; 'softmax' over the
+        last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model.
+    mode : {'abs_mean', 'signed'}
+        d = |p - p_U| (the paper's) or p - p_U.
+
+    Examples
+    --------
+    >>> ls = LayerSynergy(model, model[5], output_transform="sigmoid")  # doctest: +SKIP
+    >>> res = ls.compute(x)                      # SynergyResult over the layer's units
+    >>> res.synergy.shape, res.ranking().shape   # (n, n), (n,)
+    >>> ls.attribute(x, alpha=20.0).shape        # like the layer output, (N, n)
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+        *,
+        output_transform: str | Callable | None = None,
+        mode: str = "abs_mean",
+    ) -> None:
+        check_attribution(forward_func, layer, mode)
+        self._transform = Transform(output_transform)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+        self.output_transform = output_transform
+        self.mode = mode
+
+    def _plan(
+        self, inputs: Any, target: Any, additional_forward_args: Any, layer_baselines: Any,
+        layer_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        rows_per_chunk: int | None,
+    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+        check_eval_mode(self.forward_func)
+        per_eval = check_per_eval(perturbations_per_eval)
+        inputs = format_inputs(inputs)
+        rows = len(inputs[0])
+        args = _format_additional_forward_args(additional_forward_args)
+        target = Target(target, rows)
+        first = RowSlice(inputs, args, target, 0, 1)
+        with torch.no_grad():
+            probe = _forward_layer_eval(
+                self.forward_func, first.inputs, self.layer, first.args or None,
+                device_ids=self.device_ids,
+            )  # fmt: skip
+        units = Units(
+            probe, layer_mask, layer_baselines, ("layer_mask", "layer_baselines"),
+            "layer output", rows,
+        )  # fmt: skip
+        split = self._split(inputs, args, units)
+        if split is None:
+            per_chunk = ELEMENTS_PER_CHUNK // max(units.n, per_eval)
+
+            def evaluator(start: int, stop: int) -> LayerHookEvaluator:
+                part = RowSlice(inputs, args, target, start, stop)
+                return LayerHookEvaluator(
+                    self.forward_func, self.layer, part, units.rows(start, stop),
+                    self._transform, per_eval,
+                )  # fmt: skip
+        else:
+            per_chunk = ELEMENTS_PER_CHUNK // _fastpaths.elements_per_row(split, units, probe[0])
+
+            def evaluator(start: int, stop: int) -> ContributionEvaluator:
+                with torch.no_grad():
+                    activation = split.prefix(inputs[0][start:stop])
+                    z, c = _fastpaths.contributions(split, units.rows(start, stop), activation)
+                return ContributionEvaluator(
+                    z, c, split.suffix, target.rows(slice(start, stop)), self._transform
+                )
+
+        chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
+        plan = _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress)
+        return plan, units
+
+    def _split(self, inputs: tuple, args: tuple | None, units: Units) -> _fastpaths.Split | None:
+        """The fast path's split, or None when masked forward passes are needed."""
+        if len(inputs) != 1 or args or len(units.shapes) != 1 or len(units.index[0]) != 1:
+            return None
+        split = _fastpaths.split_after(self.forward_func, self.layer)
+        if split is None:
+            return None
+        if split.is_conv:
+            fits = len(units.shapes[0]) == 3 and _fastpaths.channel_groups(units) is not None
+        else:
+            fits = len(units.shapes[0]) == 1
+        return split if fits else None
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_baselines: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        alpha: float = 20.0,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""Per-row synergistic importance of each layer unit, shaped like the layer output.
+
+        Parameters
+        ----------
+        inputs : tensor or tuple of tensors
+            (N, ...) model inputs, as for Captum attributions.
+        target : None, int, tuple, list or tensor, optional
+            Which output value is the score, with Captum's semantics (per row for a list or
+            an N-long tensor). None only for forward functions with one value per row.
+        additional_forward_args : any, optional
+            Extra arguments of ``forward_func`` after the inputs.
+        layer_baselines : number, tensor or tuple, optional
+            Value a masked unit takes, broadcastable to the layer output (first dim 1 or N);
+            default 0.
+        layer_mask : tensor or tuple of tensors, optional
+            Integer group ids broadcastable to the layer output (first dim 1 or N); elements
+            of one group are masked together and share its value. Default: every element.
+        alpha : float
+            Weight of the synergy term (5 or 20 in the paper).
+        perturbations_per_eval : int
+            Masks per forward pass of the model (hook path); the fast paths run no model
+            forward per mask and size their blocks by memory.
+        show_progress : bool
+            Progress bar over pairs (shown only on a terminal).
+        rows_per_chunk : int, optional
+            Rows evaluated together (default: sized by memory).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            Like the layer output, (N, ...): z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0) of
+            the unit each element belongs to, with s_ij(x) = d_ij(x) - d_i(x) - d_j(x) from
+            row x alone (a batch gives the rows' separate results). A tuple when the layer
+            outputs several tensors, as in ``LayerFeatureAblation``.
+        """
+        alpha = check_alpha(alpha)
+        plan, units = self._plan(
+            inputs, target, additional_forward_args, layer_baselines, layer_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        values = _engine.per_row_z(plan, alpha)
+        expanded = units.expand(values)
+        return _format_output(len(expanded) > 1, expanded)
+
+    @log_usage()
+    def compute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_baselines: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> SynergyResult:
+        """Δ, Δ_ij and S of the layer's units (or ``layer_mask`` groups) over all rows.
+
+        Arguments as in :meth:`attribute` (without ``alpha``). Under ``torch.distributed``
+        the means run over the rows of all processes.
+
+        Returns
+        -------
+        SynergyResult
+            n = number of elements of one layer output, or of groups in ``layer_mask``
+            (sorted by id); unit i is element i of the flattened output(s) without a mask.
+        """
+        plan, units = self._plan(
+            inputs, target, additional_forward_args, layer_baselines, layer_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        single, pair, rows = _engine.sums(plan)
+        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)

@@ -1,0 +1,194 @@
+"""NeuronSynergy: SynXAI's synergy of input features for one neuron, a Captum neuron attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
+from captum._utils.gradient import _forward_layer_eval
+from captum.attr._utils.attribution import NeuronAttribution, PerturbationAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_ext import _engine
+from captum_ext._checks import (
+    ELEMENTS_PER_CHUNK,
+    check_alpha,
+    check_attribution,
+    check_eval_mode,
+    check_per_eval,
+    check_rows_per_chunk,
+)
+from captum_ext._evaluators import NeuronEvaluator, select_neuron
+from captum_ext._masking import RowSlice, Target, Units, format_inputs
+from captum_ext.synergy_result import SynergyResult
+
+__all__ = ["NeuronSynergy", "MAX_INPUT_UNITS"]
+
+MAX_INPUT_UNITS = 4096
+
+
+class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
+    r"""Synergy of input features for one neuron's value (a Captum neuron attribution).
+
+    Input features (every element, or the groups of ``feature_mask`` exactly as in Captum's
+    ``FeatureAblation``: ids global across input tensors) are set to ``baselines`` alone and
+    in pairs; the score p is the selected neuron's value, with ``neuron_selector`` exactly as
+    in ``NeuronFeatureAblation`` (an int, a tuple of ints and slices — a slice sums its
+    neurons — or a callable of the layer output giving one value per row). ``compute`` gives
+    Δ, Δ_ij and S over all rows; ``attribute`` gives each row's synergistic importance of
+    each feature, shaped like the inputs. Masked inputs run in batches of
+    ``perturbations_per_eval`` masks per forward pass. At most 4,096 features or groups (the
+    pairs grow as n²): pass a ``feature_mask`` for larger inputs.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or any function of it (BatchNorm and Dropout in eval mode).
+    layer : torch.nn.Module
+        Layer holding the neuron (its output).
+    device_ids : list of int, optional
+        As in Captum, for DataParallel forward functions.
+    mode : {'abs_mean', 'signed'}
+        d = |v - v_U| or v - v_U of the neuron value v.
+
+    Examples
+    --------
+    >>> ns = NeuronSynergy(model, model.conv2)                               # doctest: +SKIP
+    >>> ns.attribute(x, neuron_selector=(3, 4, 4), feature_mask=groups)  # like x
+    >>> ns.compute(x, neuron_selector=(3, 4, 4), feature_mask=groups).synergy
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+        *,
+        mode: str = "abs_mean",
+    ) -> None:
+        check_attribution(forward_func, layer, mode)
+        NeuronAttribution.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+        self.mode = mode
+
+    def _plan(
+        self, inputs: Any, neuron_selector: Any, additional_forward_args: Any, baselines: Any,
+        feature_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        rows_per_chunk: int | None,
+    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+        check_eval_mode(self.forward_func)
+        per_eval = check_per_eval(perturbations_per_eval)
+        if not callable(neuron_selector) and not isinstance(neuron_selector, int | tuple):
+            raise ValueError(f"neuron_selector must be an int, a tuple of ints and slices or "
+                             f"a callable, got {neuron_selector!r}")  # fmt: skip
+        inputs = format_inputs(inputs)
+        rows = len(inputs[0])
+        args = _format_additional_forward_args(additional_forward_args)
+        units = Units(inputs, feature_mask, baselines, ("feature_mask", "baselines"), "input",
+                      rows)  # fmt: skip
+        if units.n > MAX_INPUT_UNITS:
+            raise ValueError(
+                f"{units.n} input features or groups exceed {MAX_INPUT_UNITS} (pairs grow as "
+                "n²): pass a feature_mask grouping the features"
+            )
+        no_target = Target(None, rows)
+        first = RowSlice(inputs, args, no_target, 0, 1)
+        with torch.no_grad():  # checks the selector before any masking
+            probe = _forward_layer_eval(
+                self.forward_func, first.inputs, self.layer, first.args or None,
+                device_ids=self.device_ids,
+            )  # fmt: skip
+        select_neuron(probe, neuron_selector, 1)
+
+        def evaluator(start: int, stop: int) -> NeuronEvaluator:
+            part = RowSlice(inputs, args, no_target, start, stop)
+            return NeuronEvaluator(
+                self.forward_func, self.layer, part, units.rows(start, stop), neuron_selector,
+                per_eval, self.device_ids,
+            )  # fmt: skip
+
+        per_chunk = ELEMENTS_PER_CHUNK // max(units.n, per_eval)
+        chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
+        return _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress), units
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        neuron_selector: int | tuple | Callable,
+        additional_forward_args: Any = None,
+        baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        alpha: float = 20.0,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""Per-row synergistic importance of each input feature for the selected neuron.
+
+        Parameters
+        ----------
+        inputs : tensor or tuple of tensors
+            (N, ...) model inputs.
+        neuron_selector : int, tuple of int/slice, or callable
+            As in ``NeuronFeatureAblation``: an int (2-D layer output), a tuple with one
+            entry per dimension beyond the batch (slices sum their neurons), or a callable
+            of the layer output returning one value per row.
+        additional_forward_args : any, optional
+            Extra arguments of ``forward_func`` after the inputs.
+        baselines : number, tensor or tuple, optional
+            Value a masked feature takes, as in Captum (broadcastable, first dim 1 or N);
+            default 0.
+        feature_mask : tensor or tuple of tensors, optional
+            Integer group ids as in ``FeatureAblation``; features of a group are masked
+            together and share its value. Default: every element is a feature.
+        alpha : float
+            Weight of the synergy term.
+        perturbations_per_eval : int
+            Masks per forward pass.
+        show_progress : bool
+            Progress bar over pairs (shown only on a terminal).
+        rows_per_chunk : int, optional
+            Rows evaluated together (default: sized by memory).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            Shaped like ``inputs`` (tuple in → tuple out): z_i(x) of the feature (group) each
+            element belongs to, from row x alone.
+        """
+        alpha = check_alpha(alpha)
+        plan, units = self._plan(
+            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        expanded = units.expand(_engine.per_row_z(plan, alpha))
+        return _format_output(_is_tuple(inputs), expanded)
+
+    @log_usage()
+    def compute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        neuron_selector: int | tuple | Callable,
+        additional_forward_args: Any = None,
+        baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> SynergyResult:
+        """Δ, Δ_ij and S of the input features (or ``feature_mask`` groups) over all rows.
+
+        Arguments as in :meth:`attribute` (without ``alpha``).
+        """
+        plan, units = self._plan(
+            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        single, pair, rows = _engine.sums(plan)
+        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)
