@@ -286,7 +286,7 @@ def _claims(found: dict, runs: list[dict]) -> list[dict]:
 def _channels(report: Report, quick: bool, progress: bool) -> dict:
     """Channel synergy of the cluttered-image CNN's 64-channel layer, pruning and speed."""
     model, info = get_trained("cluttered_cnn", quick=quick, progress=progress)
-    n_images = 300 if quick else 1000
+    n_images = 64 if quick else 1000
     data = load_cluttered(n=n_images, seed=2, split="test")
     held_out = load_cluttered(n=n_images, seed=3, split="test")
     layer = model.get_submodule(CHANNEL_LAYER)
@@ -305,7 +305,7 @@ def _channels(report: Report, quick: bool, progress: bool) -> dict:
     pairs = channels * (channels - 1) // 2
     generator = torch.Generator().manual_seed(0)
     sample = torch.triu_indices(channels, channels, offset=1).t()[
-        torch.randperm(pairs, generator=generator)[: 4 if quick else 24]
+        torch.randperm(pairs, generator=generator)[: 2 if quick else 24]
     ]
 
     def loop() -> None:  # the anchor: one masked forward per channel pair
@@ -452,7 +452,7 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         "masks after BN+ReLU, BN re-estimated on shuffled training rows before each pruned "
         "evaluation."
         + (
-            " Quick settings: quick models, 2 seeds, 6 pruning levels, 300 CNN images, 10k "
+            " Quick settings: quick models, 2 seeds, 6 pruning levels, 64 CNN images, 10k "
             "rows at scale."
             if quick
             else ""
