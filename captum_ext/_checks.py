@@ -10,11 +10,14 @@ from captum_ext import scores
 
 __all__ = [
     "check_attribution", "check_per_eval", "check_eval_mode", "check_rows_per_chunk",
-    "check_alpha", "ELEMENTS_PER_CHUNK",
+    "check_alpha", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
 ]  # fmt: skip
 
 # elements held per chunk of rows (masked-score tables, contributions): 64 MB of float32
 ELEMENTS_PER_CHUNK = 1 << 24
+# rows of one chunk at most when masks run through the whole model (its activations grow with
+# the rows of a pass, which are the chunk's rows times the masks per pass)
+HOOK_ROWS_PER_CHUNK = 4096
 
 
 def check_attribution(forward_func: Any, layer: Any, mode: str) -> None:
@@ -59,15 +62,26 @@ def check_per_eval(perturbations_per_eval: Any) -> int:
 
 
 def check_eval_mode(forward_func: Any) -> None:
-    """Refuse a module whose BatchNorm or Dropout layers are in training mode."""
+    """Refuse a module whose BatchNorm or Dropout layers would use batch statistics or noise.
+
+    Masks of several copies share one batch, so a BatchNorm in training mode, or one without
+    running statistics, would mix them; dropout would make scores random.
+    """
     if not isinstance(forward_func, nn.Module):
         return
     for name, module in forward_func.named_modules():
+        label = repr(name or type(module).__name__)
         stochastic = isinstance(
             module, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd
         )
         if stochastic and module.training:
             raise ValueError(
-                f"forward_func's module {name or type(module).__name__!r} is in training mode; "
-                "call .eval() first (masking with batch statistics or dropout is not defined)"
+                f"forward_func's module {label} is in training mode; call .eval() first "
+                "(masking with batch statistics or dropout is not defined)"
+            )
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is None:
+            raise ValueError(
+                f"forward_func's BatchNorm {label} has no running statistics "
+                "(track_running_stats=False) and normalizes by batch statistics, which masking "
+                "in batches would mix"
             )

@@ -140,10 +140,11 @@ def _one_unit_per_column(split: Split, units: Units) -> bool:
 
 
 def elements_per_row(split: Split, units: Units, activation: Tensor) -> int:
-    """Elements held per row of a chunk: z, and the contributions unless kept as rank one."""
+    """Elements held per row of a chunk: z, the contributions (unless kept as rank one), and
+    the (R, n) tables of scores and differences."""
     out = split.z(activation[:1]).numel()
     if _one_unit_per_column(split, units):
-        return out + 2 * units.n
+        return out + 6 * units.n
     return out * (units.n + 1)
 
 
@@ -163,8 +164,8 @@ class RankOne:
         self.active = delta != 0
         self._delta, self._weight_t = delta, weight_t
 
-    def single(self, rows: Tensor, units: Tensor) -> Tensor:
-        """(B, m) contributions of unit ``units[b]`` in row ``rows[b]``."""
+    def single(self, rows: Tensor, units: Tensor | int) -> Tensor:
+        """(B, m) contributions of unit ``units[b]`` (or of one unit) in row ``rows[b]``."""
         return self._delta[rows, units, None] * self._weight_t[units]
 
     def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:
@@ -181,8 +182,8 @@ class Materialized:
         self.active = contributions.reshape(len(contributions), self.n, -1).ne(0).any(2)
         self._c = contributions
 
-    def single(self, rows: Tensor, units: Tensor) -> Tensor:
-        """(B, *out) contributions of unit ``units[b]`` in row ``rows[b]``."""
+    def single(self, rows: Tensor, units: Tensor | int) -> Tensor:
+        """(B, *out) contributions of unit ``units[b]`` (or of one unit) in row ``rows[b]``."""
         return self._c[rows, units]
 
     def minus_pairs(self, base: Tensor, rows: Tensor, j: Tensor) -> Tensor:

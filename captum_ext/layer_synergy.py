@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from captum_ext import _engine, _fastpaths
 from captum_ext._checks import (
     ELEMENTS_PER_CHUNK,
+    HOOK_ROWS_PER_CHUNK,
     check_alpha,
     check_attribution,
     check_eval_mode,
@@ -120,7 +121,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         )  # fmt: skip
         split = self._split(inputs, args, units)
         if split is None:
-            per_chunk = ELEMENTS_PER_CHUNK // max(units.n, per_eval)
+            per_chunk = min(HOOK_ROWS_PER_CHUNK, ELEMENTS_PER_CHUNK // max(units.n, per_eval))
 
             def evaluator(start: int, stop: int) -> LayerHookEvaluator:
                 part = RowSlice(inputs, args, target, start, stop)
@@ -190,12 +191,14 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         alpha : float
             Weight of the synergy term (5 or 20 in the paper).
         perturbations_per_eval : int
-            Masks per forward pass of the model (hook path); the fast paths run no model
-            forward per mask and size their blocks by memory.
+            Masks per forward pass of the model (hook path; fewer when a pass would exceed
+            65,536 rows); the fast paths run no model forward per mask and size their blocks
+            by memory.
         show_progress : bool
             Progress bar over pairs (shown only on a terminal).
         rows_per_chunk : int, optional
-            Rows evaluated together (default: sized by memory).
+            Rows evaluated together (default: sized by memory, at most 4,096 on the hook
+            path).
 
         Returns
         -------

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from captum_ext import _engine
 from captum_ext._checks import (
     ELEMENTS_PER_CHUNK,
+    HOOK_ROWS_PER_CHUNK,
     check_alpha,
     check_attribution,
     check_eval_mode,
@@ -110,7 +111,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
                 per_eval, self.device_ids,
             )  # fmt: skip
 
-        per_chunk = ELEMENTS_PER_CHUNK // max(units.n, per_eval)
+        per_chunk = min(HOOK_ROWS_PER_CHUNK, ELEMENTS_PER_CHUNK // max(units.n, per_eval))
         chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
         return _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress), units
 
@@ -149,11 +150,11 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         alpha : float
             Weight of the synergy term.
         perturbations_per_eval : int
-            Masks per forward pass.
+            Masks per forward pass (fewer when a pass would exceed 65,536 rows).
         show_progress : bool
             Progress bar over pairs (shown only on a terminal).
         rows_per_chunk : int, optional
-            Rows evaluated together (default: sized by memory).
+            Rows evaluated together (default: sized by memory, at most 4,096).
 
         Returns
         -------

@@ -12,7 +12,7 @@ from captum_ext import scores
 __all__ = ["SynergyResult"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SynergyResult:
     r"""Importance and synergy of n units (layer units, input features, or their groups).
 

@@ -51,3 +51,9 @@ def brute_force(model, layer, x, units, score, mode, baseline=0.0):
     s_rows = d_pair - d[:, :, None] - d[:, None, :]
     s_rows[:, range(n), range(n)] = 0.0
     return d.mean(0), s_rows.mean(0), d, s_rows
+
+
+def evaluator_of(attribution, x, target=None, layer_mask=None):
+    """The evaluator a LayerSynergy call on ``x`` would use for all its rows."""
+    plan, _ = attribution._plan(x, target, None, None, layer_mask, 1, False, None)
+    return plan.evaluator(0, len(x))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from synergy_reference import brute_force, randomize_norms
+from synergy_reference import brute_force, evaluator_of, randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy
+from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
 from captum_ext._fastpaths import split_after
 
 TOL = 1e-5
@@ -39,6 +40,12 @@ def test_the_conv_path_is_taken_only_where_it_applies():
     assert split is not None and split.is_conv and split.linear is model[0][3]
     assert split_after(model, model[0][5]) is None  # feeds a max-pool
     assert split_after(lambda z: model(z), model[0][2]) is None
+    x = torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    ls = LayerSynergy(model, model[0][2])
+    channels = torch.tensor([0, 1, 1, 2, 3, 3]).reshape(1, 6, 1, 1)
+    spatial = torch.arange(64).reshape(1, 1, 8, 8) % 2
+    assert isinstance(evaluator_of(ls, x, target=0, layer_mask=channels), ContributionEvaluator)
+    assert isinstance(evaluator_of(ls, x, target=0, layer_mask=spatial), LayerHookEvaluator)
 
 
 @pytest.mark.parametrize("mode", ["abs_mean", "signed"])

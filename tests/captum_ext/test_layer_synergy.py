@@ -7,10 +7,11 @@ import itertools
 import pytest
 import torch
 from captum.attr import LayerFeatureAblation
-from synergy_reference import brute_force, randomize_norms
+from synergy_reference import brute_force, evaluator_of, randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy, SynergyResult, synergistic_importance, synergy_ranking
+from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
 
 TOL = 1e-5
 DTYPES = [torch.float32, torch.float64]
@@ -53,6 +54,21 @@ def test_dense_and_hook_paths_match_brute_force(mode, activation, fast, per_eval
     assert torch.equal(res.synergy, res.synergy.t()) and not res.synergy.diagonal().any()
 
 
+def test_fast_path_is_taken_only_where_it_applies():
+    model = _mlp()
+    x = torch.randn(8, 5, dtype=torch.float64)
+    fast = evaluator_of(LayerSynergy(model, model[2]), x)
+    grouped = evaluator_of(LayerSynergy(model, model[2]), x, layer_mask=torch.tensor([[0, 0, 1,
+                                                                                   1, 2, 2]]))
+    slow = evaluator_of(LayerSynergy(lambda z: model(z), model[2]), x)
+    last = evaluator_of(LayerSynergy(model, model[7]), x)
+    per_row = evaluator_of(LayerSynergy(model, model[2]), x,
+                           layer_mask=torch.arange(6).repeat(8, 1) % (torch.arange(8)[:, None] + 1))
+    assert isinstance(fast, ContributionEvaluator) and isinstance(grouped, ContributionEvaluator)
+    for evaluator in (slow, last, per_row):
+        assert isinstance(evaluator, LayerHookEvaluator)
+
+
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("chunk", [1, 7, None])
 def test_groups_baselines_and_chunks_match_brute_force(fast, chunk):
@@ -86,8 +102,9 @@ def test_importance_equals_captum_layer_feature_ablation(fast):
     ablation = LayerFeatureAblation(model, layer)
     mask = torch.tensor([[0, 1, 1, 0]])
     baselines = 0.3 * torch.randn(25, 4, dtype=torch.float64)
-    for target in (1, [0, 2, 1, 1, 0] * 5, torch.arange(25) % 3, (2,), [(t,) for t in
-                   range(3)] * 8 + [(0,)]):  # fmt: skip
+    targets = (1, torch.tensor([2]), [0, 2, 1, 1, 0] * 5, torch.arange(25) % 3, (2,),
+               [(t,) for t in range(3)] * 8 + [(0,)])  # fmt: skip
+    for target in targets:
         for kwargs in ({}, {"layer_mask": mask}, {"layer_baselines": baselines}):
             res = LayerSynergy(forward, layer).compute(x, target=target, **kwargs)
             per_row = ablation.attribute(x, target=target, **kwargs)
@@ -238,3 +255,6 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="training mode"):
         ls.compute(x, target=0)
     assert model.training
+    batch_stats = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="running statistics"):
+        LayerSynergy(batch_stats.eval(), batch_stats[0]).compute(x.float(), target=0)
