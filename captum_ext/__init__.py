@@ -12,6 +12,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from captum_ext.regularizers import (
+        LocalActivationConsistencyLoss,
+        SynchronizationLoss,
+        capture_output,
+    )
     from captum_ext.scores import synergistic_importance, synergy_ranking
     from captum_ext.synergy import NeuronSynergy
 
@@ -19,9 +24,14 @@ _HOMES = {
     "NeuronSynergy": "captum_ext.synergy",
     "synergistic_importance": "captum_ext.scores",
     "synergy_ranking": "captum_ext.scores",
+    # synchronization regularizers (Han et al., TNNLS 2024)
+    "LocalActivationConsistencyLoss": "captum_ext.regularizers",
+    "SynchronizationLoss": "captum_ext.regularizers",
+    "capture_output": "captum_ext.regularizers",
 }
 
 __all__ = ["NeuronSynergy", "synergistic_importance", "synergy_ranking"]
+__all__ += ["LocalActivationConsistencyLoss", "SynchronizationLoss", "capture_output"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,360 @@
+"""Filter metrics of a conv layer against part masks (Han et al., IEEE TNNLS 2024, §III-D).
+
+From "Synchronization-Inspired Interpretable Neural Networks"
+(doi:10.1109/TNNLS.2023.3297672). A filter's region on an image is where its upsampled map
+reaches the filter's top-``top_rate`` value over the whole evaluation set (the convention of
+CSGCNN's evaluation code); the filter hits part k on image I when IoU_{f,k}^I > φ.
+
+- :func:`part_iou`: IoU_{f,k}^I, (N, C, K), NaN where image I has no part k.
+- :func:`interp` (eq. 11), :func:`stability` (eq. 12), :func:`purity` (eq. 13): (C,);
+  :func:`diversity` (eq. 14): (N,). Entropies are of vectors divided by their sum, divided by
+  log K; the entropy of an all-zero vector is 0.
+- :func:`module_consistency`, :func:`module_part_alignment`: functional modules found by
+  spectral clustering of the filters' cosine similarities.
+- :func:`filter_metrics`: all of them as scalars; :data:`DIRECTION` says which way is better.
+
+scikit-learn is imported inside the clustering functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+__all__ = [
+    "part_iou",
+    "interp",
+    "stability",
+    "purity",
+    "diversity",
+    "module_consistency",
+    "module_part_alignment",
+    "filter_metrics",
+    "DIRECTION",
+]
+
+DIRECTION = {
+    "interp": "higher",
+    "stability": "lower",
+    "purity": "lower",
+    "diversity": "higher",
+    "module_consistency": "lower",
+    "nmi": "higher",
+    "ari": "higher",
+    "avi": "higher",
+    "dead_filters": "lower",
+}
+"""Which way each key of :func:`filter_metrics` is better (for ``Report.add_table``)."""
+
+_CHUNK = 1 << 24  # upsampled values per chunk of images in part_iou
+
+
+def _check_maps(maps: object, name: str = "maps") -> Tensor:
+    if not isinstance(maps, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
+    if maps.ndim != 4:
+        raise ValueError(f"{name} must have 4 dimensions (N, C, h, w), got {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {maps.dtype}")
+    if 0 in maps.shape:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(maps.shape)}")
+    return maps
+
+
+def _check_iou(iou: object) -> Tensor:
+    if not isinstance(iou, Tensor) or iou.ndim != 3 or not iou.is_floating_point():
+        got = tuple(iou.shape) if isinstance(iou, Tensor) else type(iou).__name__
+        raise ValueError(f"iou must be a float tensor (N, C, K) from part_iou, got {got}")
+    return iou
+
+
+def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
+    """IoU of each filter's region with each part mask, per image.
+
+    The threshold of filter c is the k-th largest of its N·h·w low-resolution values over all
+    images, k = max(1, ⌊top_rate · N·h·w⌋); its region on an image is where the
+    map, upsampled bilinearly to the masks' size (align_corners=False), is ≥ the threshold
+    (CSGCNN's convention). When the threshold is the filter's minimum (a ReLU filter that is
+    0 on more than a 1 − top_rate share of all positions), "≥" would make the region the
+    whole image; the region is then where the map exceeds it (its support; empty for a dead
+    filter).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, C, h, w) activations of the evaluated layer.
+    masks : torch.Tensor
+        (N, K, H, W) bool part masks.
+    top_rate : float
+        Share of each filter's values, over all images, at or above its threshold, in (0, 1].
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C, K) IoU in the maps' dtype on their device; NaN where image n has no part k.
+    """
+    _check_maps(maps)
+    if not isinstance(masks, Tensor) or masks.ndim != 4 or masks.dtype != torch.bool:
+        got = (masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks)
+        raise TypeError(f"masks must be a bool tensor (N, K, H, W), got {got}")
+    if len(masks) != len(maps):
+        raise ValueError(f"maps and masks must hold the same images, got {len(maps)} and "
+                         f"{len(masks)}")  # fmt: skip
+    if not 0.0 < top_rate <= 1.0:
+        raise ValueError(f"top_rate must lie in (0, 1], got {top_rate!r}")
+    n, c, h, w = maps.shape
+    size = masks.shape[-2:]
+    values = maps.detach().transpose(0, 1).reshape(c, -1)
+    k = max(1, int(top_rate * values.shape[1]))
+    threshold = values.kthvalue(values.shape[1] - k + 1, dim=1).values  # k-th largest, (C,)
+    strict = (threshold <= values.amin(1))[:, None, None]
+    area = masks.flatten(2).sum(-1)  # (N, K)
+    step = max(1, _CHUNK // (c * size[0] * size[1]))
+    out = []
+    for start in range(0, n, step):
+        up = F.interpolate(maps[start : start + step].detach(), size=size, mode="bilinear",
+                           align_corners=False)  # fmt: skip
+        at = threshold[:, None, None]
+        region = torch.where(strict, up > at, up >= at).flatten(2).to(maps.dtype)  # (n, C, P)
+        part = masks[start : start + step].to(device=maps.device, dtype=maps.dtype).flatten(2)
+        inter = region @ part.transpose(1, 2)  # (n, C, K)
+        union = region.sum(-1)[..., None] + part.sum(-1)[:, None, :] - inter
+        out.append(inter / union.clamp(min=1))
+    iou = torch.cat(out)
+    missing = (area == 0).to(maps.device)[:, None, :].expand_as(iou)
+    return iou.masked_fill(missing, float("nan"))
+
+
+def _hits(iou: Tensor, phi: float) -> Tensor:
+    """1[IoU > φ] as 0/1 floats (NaN: no hit)."""
+    return (_check_iou(iou) > phi).to(iou.dtype)
+
+
+def _normalized_entropy(v: Tensor) -> Tensor:
+    """Entropy of v / Σv over the last axis, divided by log K; 0 where Σv = 0 or K = 1."""
+    k = v.shape[-1]
+    total = v.sum(-1, keepdim=True)
+    p = v / total.clamp(min=torch.finfo(v.dtype).tiny)
+    h = -torch.where(p > 0, p * p.clamp(min=torch.finfo(v.dtype).tiny).log(), 0.0).sum(-1)
+    if k < 2:
+        return torch.zeros_like(h)
+    return torch.where(total[..., 0] > 0, h / math.log(k), 0.0)
+
+
+def _part_rates(iou: Tensor, phi: float) -> Tensor:
+    """(C, K): share of the images having part k on which the filter hits it (eq. 11)."""
+    present = (~torch.isnan(iou)).to(iou.dtype).sum(0)
+    return _hits(iou, phi).sum(0) / present.clamp(min=1)
+
+
+def interp(iou: Tensor, phi: float = 0.2) -> Tensor:
+    """Interp(f) = max_k mean_I 1[IoU > φ] (eq. 11), mean over the images having part k.
+
+    Parameters
+    ----------
+    iou : torch.Tensor
+        (N, C, K) from :func:`part_iou`.
+    phi : float
+        Assignment threshold φ.
+
+    Returns
+    -------
+    torch.Tensor
+        (C,), higher is better.
+    """
+    return _part_rates(iou, phi).amax(-1)
+
+
+def stability(iou: Tensor, phi: float = 0.2) -> Tensor:
+    """Stability(f) = H_k(mean_I 1[IoU > φ]) / log K (eq. 12); (C,), lower is better."""
+    return _normalized_entropy(_part_rates(iou, phi))
+
+
+def purity(iou: Tensor, phi: float = 0.2) -> Tensor:
+    """Purity(f) = mean_I H_k(1[IoU > φ]) / log K (eq. 13); (C,), lower is better.
+
+    Absent parts count as misses; images on which the filter hits nothing contribute 0.
+    """
+    return _normalized_entropy(_hits(iou, phi)).mean(0)
+
+
+def diversity(iou: Tensor, phi: float = 0.2) -> Tensor:
+    """Diversity(I) = H_k(max_f 1[IoU > φ]) / log K (eq. 14); (N,), higher is better."""
+    return _normalized_entropy(_hits(iou, phi).amax(1))
+
+
+def _live(maps: Tensor) -> Tensor:
+    """(C,) bool: filters not 0 on every image."""
+    return (maps.detach() != 0).flatten(2).any(-1).any(0)
+
+
+def _affinities(maps: Tensor) -> Tensor:
+    """(N, C, C) per-image cosine similarity of flattened maps, negatives → 0, + 1e-6."""
+    flat = maps.detach().flatten(2)
+    unit = flat / flat.norm(dim=-1, keepdim=True).clamp(min=torch.finfo(flat.dtype).tiny)
+    return (unit @ unit.transpose(1, 2)).clamp(min=0.0) + 1e-6
+
+
+def _spectral(affinities: np.ndarray, n_modules: int, seed: int, progress: bool) -> np.ndarray:
+    """(N, C) module labels of (N, C, C) affinities, one spectral clustering each.
+
+    One thread: on problems this small, thread start-up in KMeans costs ~10× the work.
+    """
+    from sklearn.cluster import SpectralClustering
+    from threadpoolctl import threadpool_limits
+
+    model = SpectralClustering(n_clusters=n_modules, affinity="precomputed", random_state=seed)
+    bar = tqdm(affinities, desc="modules", disable=None if progress and len(affinities) > 1
+               else True)  # fmt: skip
+    with threadpool_limits(limits=1):
+        return np.stack([model.fit_predict(a) for a in bar])
+
+
+def _check_modules(n_modules: int, n_filters: int) -> None:
+    if not 1 <= n_modules <= n_filters:
+        raise ValueError(f"n_modules must lie in [1, {n_filters}] (the filters clustered), "
+                         f"got {n_modules}")  # fmt: skip
+
+
+def module_consistency(
+    maps: Tensor, n_modules: int, seed: int = 0, live_only: bool = True, progress: bool = True
+) -> float:
+    """How much the filters' module co-membership varies across images (lower is better).
+
+    Per image, the filters are clustered into ``n_modules`` by spectral clustering of their
+    cosine similarities (negatives set to 0, + 1e-6 to keep the graph connected); the score
+    is the mean over filter pairs of the standard deviation over images of "same module".
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, C, h, w) activations.
+    n_modules : int
+        Number of clusters per image (e.g. the number of parts).
+    seed : int
+        Random state of the clustering.
+    live_only : bool
+        Drop filters that are 0 on every image.
+    progress : bool
+        Progress bar over images (shown only on a terminal).
+
+    Returns
+    -------
+    float
+        In [0, 0.5]; 0 when every image yields the same partition.
+    """
+    _check_maps(maps)
+    if live_only:
+        maps = maps[:, _live(maps)]
+    _check_modules(n_modules, maps.shape[1])
+    labels = _spectral(_affinities(maps).cpu().double().numpy(), n_modules, seed, progress)
+    rows, cols = np.triu_indices(maps.shape[1], k=1)
+    same = labels[:, rows] == labels[:, cols]  # (N, pairs)
+    return float(same.std(0).mean()) if same.size else 0.0
+
+
+def module_part_alignment(
+    maps: Tensor,
+    iou: Tensor,
+    n_modules: int,
+    phi: float = 0.2,
+    seed: int = 0,
+    live_only: bool = True,
+) -> dict[str, float]:
+    """Agreement of filter → module with filter → part (NMI, ARI, AVI; higher is better).
+
+    Modules: spectral clustering of the image-averaged affinity of :func:`module_consistency`.
+    A filter's part is the argmax of its eq. 11 rates, or 'none' when it hits no part.
+    AVI, the adjusted variation of information, is reported as the adjusted mutual
+    information with arithmetic normalization (equivalent; Vinh et al., JMLR 2010).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, C, h, w) activations.
+    iou : torch.Tensor
+        (N, C, K) from :func:`part_iou` on the same maps.
+    n_modules : int
+        Number of modules.
+    phi : float
+        Assignment threshold φ.
+    seed : int
+        Random state of the clustering.
+    live_only : bool
+        Drop filters that are 0 on every image.
+
+    Returns
+    -------
+    dict
+        ``nmi``, ``ari``, ``avi`` floats.
+    """
+    from sklearn import metrics
+
+    _check_maps(maps)
+    if _check_iou(iou).shape[:2] != maps.shape[:2]:
+        raise ValueError(f"iou must have shape (N, C, K) = ({maps.shape[0]}, {maps.shape[1]}, "
+                         f"K) for these maps, got {tuple(iou.shape)}")  # fmt: skip
+    rates = _part_rates(iou, phi)
+    parts = torch.where(rates.amax(-1) > 0, rates.argmax(-1), rates.shape[-1])
+    if live_only:
+        keep = _live(maps)
+        maps, parts = maps[:, keep], parts[keep.to(parts.device)]
+    _check_modules(n_modules, maps.shape[1])
+    affinity = _affinities(maps).mean(0, keepdim=True).cpu().double().numpy()
+    modules = _spectral(affinity, n_modules, seed, progress=False)[0]
+    truth = parts.cpu().numpy()
+    return {
+        "nmi": float(metrics.normalized_mutual_info_score(truth, modules)),
+        "ari": float(metrics.adjusted_rand_score(truth, modules)),
+        "avi": float(metrics.adjusted_mutual_info_score(truth, modules,
+                                                        average_method="arithmetic")),
+    }  # fmt: skip
+
+
+def filter_metrics(
+    maps: Tensor,
+    masks: Tensor,
+    *,
+    n_modules: int | None = None,
+    top_rate: float = 0.3,
+    phi: float = 0.2,
+    seed: int = 0,
+    live_only: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Every filter metric of one layer as a scalar (keys as in :data:`DIRECTION`).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, C, h, w) activations.
+    masks : torch.Tensor
+        (N, K, H, W) bool part masks.
+    n_modules : int, optional
+        Number of modules; default K, the number of parts.
+    top_rate, phi, seed, live_only, progress
+        As in :func:`part_iou`, :func:`interp` and :func:`module_consistency`.
+
+    Returns
+    -------
+    dict
+        ``interp``, ``stability``, ``purity`` (means over all C filters), ``diversity`` (mean
+        over images), ``module_consistency``, ``nmi``, ``ari``, ``avi`` and ``dead_filters``
+        (filters 0 on every image).
+    """
+    iou = part_iou(maps, masks, top_rate)
+    n_modules = masks.shape[1] if n_modules is None else n_modules
+    return {
+        "interp": float(interp(iou, phi).mean()),
+        "stability": float(stability(iou, phi).mean()),
+        "purity": float(purity(iou, phi).mean()),
+        "diversity": float(diversity(iou, phi).mean()),
+        "module_consistency": module_consistency(maps, n_modules, seed, live_only, progress),
+        **module_part_alignment(maps, iou, n_modules, phi, seed, live_only),
+        "dead_filters": int((~_live(maps)).sum()),
+    }
