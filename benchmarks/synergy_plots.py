@@ -36,14 +36,15 @@ def synergy_matrices(matrices: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> 
 
 
 def pruning_curves(curves: dict[str, dict], title: str) -> plt.Figure:
-    """ROC-AUC and accuracy vs pruned fraction, one line per ranking."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    """Each metric of the curves (ROC-AUC, accuracy, …) vs pruned fraction, one line per ranking."""
+    metrics = [k for k in next(iter(curves.values())) if k not in ("fraction", "pruned")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
     for name, curve in curves.items():
-        for ax, metric in zip(axes, ("roc_auc", "accuracy"), strict=True):
+        for ax, metric in zip(axes[0], metrics, strict=True):
             ax.plot(curve["fraction"], curve[metric], marker=".", label=name)
             ax.set_xlabel("fraction of units pruned")
             ax.set_ylabel(metric)
-    axes[0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -92,5 +93,41 @@ def decision_boundary(grid_lat, grid_lon, p_grid, points, labels, names) -> plt.
     fig.colorbar(contour, ax=ax, label="p(present)")
     ax.set_xlabel(names[1])
     ax.set_ylabel(names[0])
+    fig.tight_layout()
+    return fig
+
+
+def protocol(runs: list[dict], names: list[str], fraction: float) -> plt.Figure:
+    """Accuracy at ``fraction`` pruned per ranking and table, one dot per seed.
+
+    ``runs`` rows hold ``data``, ``acc unpruned``, ``always-negative acc`` and
+    ``acc 85 % <ranking>`` columns (see the synergy suite's protocol table).
+    """
+    prefix = "acc 85 % "
+    labels = ["acc unpruned"] + [k for k in runs[0] if k.startswith(prefix)]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        mine = [r for r in runs if r["data"] == name]
+        for position, label in enumerate(labels):
+            values = [r[label] for r in mine]
+            ax.scatter(np.full(len(values), position), values, s=14)
+        ax.axhline(mine[0]["always-negative acc"], color="grey", ls="--", lw=1)
+        ticks = [label.removeprefix(prefix) for label in labels]
+        ax.set_xticks(range(len(labels)), ticks, rotation=35, ha="right", fontsize=7)
+        ax.set_title(f"{name}: {fraction:.0%} pruned", fontsize=8)
+        ax.set_ylabel("test accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def rows_at_scale(rows: list[dict]) -> plt.Figure:
+    """Time per row and peak memory growth against the row count (log axes)."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    count = [r["rows"] for r in rows]
+    for ax, key in zip(axes, ("µs per row", "peak growth MB"), strict=True):
+        ax.plot(count, [r[key] for r in rows], marker="o")
+        ax.set_xscale("log")
+        ax.set_xlabel("rows")
+        ax.set_ylabel(key)
     fig.tight_layout()
     return fig

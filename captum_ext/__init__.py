@@ -1,8 +1,8 @@
-"""Captum plugins: neuron synergy (SynXAI) and synergy-based pruning.
+"""Captum plugins: layer and neuron synergy (SynXAI) and synergy-based pruning.
 
 Captum's ``captum.attr`` imports matplotlib for its visualisation helpers, so the public names
 load on first access (PEP 562): ``import captum_ext`` stays cheap and pulls in neither
-matplotlib, Quantus nor scikit-learn; ``from captum_ext import NeuronSynergy`` costs what
+matplotlib, Quantus nor scikit-learn; ``from captum_ext import LayerSynergy`` costs what
 importing ``captum.attr`` costs.
 """
 
@@ -18,10 +18,13 @@ if TYPE_CHECKING:
         capture_output,
     )
     from captum_ext.scores import synergistic_importance, synergy_ranking
-    from captum_ext.synergy import NeuronSynergy
+    from captum_ext.synergy import LayerSynergy, NeuronSynergy
+    from captum_ext.synergy_result import SynergyResult
 
 _HOMES = {
+    "LayerSynergy": "captum_ext.synergy",
     "NeuronSynergy": "captum_ext.synergy",
+    "SynergyResult": "captum_ext.synergy_result",
     "synergistic_importance": "captum_ext.scores",
     "synergy_ranking": "captum_ext.scores",
     # synchronization regularizers (Han et al., TNNLS 2024)
@@ -30,7 +33,9 @@ _HOMES = {
     "capture_output": "captum_ext.regularizers",
 }
 
-__all__ = ["NeuronSynergy", "synergistic_importance", "synergy_ranking"]
+__all__ = [
+    "LayerSynergy", "NeuronSynergy", "SynergyResult", "synergistic_importance", "synergy_ranking",
+]  # fmt: skip
 __all__ += ["LocalActivationConsistencyLoss", "SynchronizationLoss", "capture_output"]
 
 

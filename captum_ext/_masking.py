@@ -1,276 +1,337 @@
-"""Scores of a model with units of one layer masked: a fast low-rank path and a hook fallback.
+"""What synergy masks and what it scores: units (groups of elements), targets, row chunks.
 
-Both evaluators answer two questions for inputs x (N rows) and a layer with n units:
-``singles()`` → p (N,) unmasked and p_single (N, n) with each unit masked alone, and
-``pairs(index)`` → (N, P) with the two units of each pair masked together.
+``Units`` turns a Captum feature / layer mask and baselines into n units and applies any set
+of unit masks to a batch; ``Target`` selects one score per row from a forward output with
+Captum's target semantics; ``RowSlice`` cuts inputs, arguments and targets into row chunks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
 from torch import Tensor, nn
 
-__all__ = ["Scorer", "LowRankEvaluator", "HookEvaluator", "split_after"]
+__all__ = [
+    "Units", "Target", "Transform", "Scorer", "RowSlice", "format_inputs", "check_eval_mode",
+    "check_per_eval",
+]
 
-_ROWS_PER_CALL = 1 << 16
-# pre-activation elements per pair block: 4 MB of float32, small enough to stay in cache
-_ELEMENTS_PER_BLOCK = 1 << 20
+
+def check_per_eval(perturbations_per_eval: Any) -> int:
+    """``perturbations_per_eval`` as a positive int, or a ValueError naming it."""
+    if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int):
+        raise ValueError(
+            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
+        )
+    if perturbations_per_eval < 1:
+        raise ValueError(
+            f"perturbations_per_eval must be a positive int, got {perturbations_per_eval!r}"
+        )
+    return perturbations_per_eval
 
 
-class Scorer:
-    """Turns model outputs into one score per row: transform, then select the target.
+def check_eval_mode(forward_func: Any) -> None:
+    """Refuse a module whose BatchNorm or Dropout layers are in training mode."""
+    if not isinstance(forward_func, nn.Module):
+        return
+    for name, module in forward_func.named_modules():
+        stochastic = isinstance(
+            module, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd
+        )
+        if stochastic and module.training:
+            raise ValueError(
+                f"forward_func's module {name or type(module).__name__!r} is in training mode; "
+                "call .eval() first (masking with batch statistics or dropout is not defined)"
+            )
 
-    Parameters
-    ----------
-    transform : None, 'sigmoid', 'softmax' or callable
-        Applied to the output (N, K) first; None keeps it as it is.
-    target : None, int, sequence of int or 1-D tensor
-        Output column per row; None is allowed for one-column (or 1-D) outputs.
-    rows : int
-        N, to check and expand the target.
-    """
 
-    def __init__(self, transform: Any, target: Any, rows: int) -> None:
+class Transform:
+    """The ``output_transform`` of a score: None, 'sigmoid', 'softmax' (last dim) or callable."""
+
+    def __init__(self, transform: Any) -> None:
         if transform is None or callable(transform):
-            self._transform = transform or (lambda out: out)
+            self._fn = transform
         elif transform == "sigmoid":
-            self._transform = torch.sigmoid
+            self._fn = torch.sigmoid
         elif transform == "softmax":
-            self._transform = lambda out: out.softmax(-1)
+            self._fn = lambda out: out.softmax(-1)
         else:
             raise ValueError(
                 "output_transform must be None, 'sigmoid', 'softmax' or a callable, "
                 f"got {transform!r}"
             )
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return output if self._fn is None else self._fn(output)
+
+
+class Target:
+    """Captum's ``target`` as one index tuple per row, and the selection of one score per row.
+
+    Every kind Captum accepts: None (one value per row), an int, a tuple of ints (indices
+    beyond the batch dimension), a list of ints or of tuples (one per row), a tensor with one
+    element or with one entry per row.
+
+    Parameters
+    ----------
+    target : None, int, tuple, list or torch.Tensor
+    rows : int
+        N, the number of input rows.
+    """
+
+    def __init__(self, target: Any, rows: int) -> None:
+        self.raw = target
+        self._index: Tensor | None  # (N, d) long, or None
         if target is None:
-            self._target = None
-        elif isinstance(target, int):
-            self._target = torch.full((rows,), target, dtype=torch.long)
-        elif isinstance(target, Sequence | Tensor):
-            self._target = torch.as_tensor(target, dtype=torch.long).reshape(-1)
-            if self._target.numel() == 1:
-                self._target = self._target.expand(rows)
-            if len(self._target) != rows:
-                raise ValueError(f"target must have one entry per input row ({rows}), got "
-                                 f"{len(self._target)}")  # fmt: skip
+            self._index = None
+            return
+        if isinstance(target, Tensor):
+            if target.numel() == 1:
+                target = int(target.reshape(-1)[0])
+            elif target.dim() == 1 and len(target) == rows:
+                self._index = target.detach().to("cpu", torch.long)[:, None]
+                return
+            else:
+                raise ValueError(f"target tensor must hold one element or one per input row "
+                                 f"({rows}), got shape {tuple(target.shape)}")  # fmt: skip
+        if isinstance(target, int) and not isinstance(target, bool):
+            self._index = torch.full((rows, 1), target, dtype=torch.long)
+        elif isinstance(target, tuple) and all(isinstance(t, int) for t in target):
+            self._index = torch.tensor([target], dtype=torch.long).expand(rows, -1)
+        elif isinstance(target, Sequence) and len(target) == rows:
+            entries = [(t,) if isinstance(t, int) else t for t in target]
+            if not all(isinstance(t, tuple) and len(t) == len(entries[0]) for t in entries):
+                raise ValueError(f"target list must hold ints or equal-length tuples of ints, "
+                                 f"got {target!r}")  # fmt: skip
+            self._index = torch.tensor(entries, dtype=torch.long).reshape(rows, -1)
         else:
-            raise TypeError(f"target must be None, an int or a sequence of ints, got {target!r}")
+            raise ValueError(f"target must be None, an int, a tuple of ints, a list with one "
+                             f"entry per input row ({rows}) or a tensor, got {target!r}")
+
+    def rows(self, which: slice | Tensor) -> Target:
+        """The target of the rows ``which`` (a slice or an index tensor)."""
+        part = Target.__new__(Target)
+        part.raw = self.raw
+        if isinstance(which, Tensor):
+            which = which.cpu()
+        part._index = None if self._index is None else self._index[which]
+        return part
+
+    def select(self, output: Tensor, copies: int = 1) -> Tensor:
+        """Scores (copies · R,) of an output (copies · R, ...) from ``copies`` stacked batches."""
+        if self._index is None:
+            if output.numel() != len(output):
+                raise ValueError(f"target must be given for a forward output of shape "
+                                 f"{tuple(output.shape)} (more than one value per row)")
+            return output.reshape(-1)
+        index = self._index.to(output.device).repeat(copies, 1)
+        shape = tuple(output.shape)
+        if len(output) == 0:
+            return output.new_zeros(0)
+        if index.shape[1] > output.dim() - 1:
+            raise ValueError(f"target {self.raw!r} indexes {index.shape[1]} dimensions of a "
+                             f"forward output of shape {shape}")  # fmt: skip
+        for k in range(index.shape[1]):
+            size = shape[1 + k]
+            if int(index[:, k].max()) >= size or int(index[:, k].min()) < -size:
+                raise ValueError(f"target {self.raw!r} out of range for a forward output of "
+                                 f"shape {shape}")  # fmt: skip
+        rows = torch.arange(len(output), device=output.device)
+        selected = output[(rows, *index.t())]
+        if selected.numel() != len(output):
+            raise ValueError(f"target {self.raw!r} selects {selected[0].numel()} values per row "
+                             f"of a forward output of shape {shape}; one is needed")  # fmt: skip
+        return selected.reshape(-1)
+
+
+def _as_rows(value: Tensor, like: Tensor, rows: int, name: str, what: str) -> Tensor:
+    """``value`` left-padded to ``like``'s dims; first dim 1 or N, the rest broadcastable."""
+    if value.dim() > like.dim():
+        raise ValueError(f"{name} of shape {tuple(value.shape)} has more dimensions than the "
+                         f"{what} {tuple(like.shape)}")  # fmt: skip
+    value = value.reshape((1,) * (like.dim() - value.dim()) + tuple(value.shape))
+    ok = value.shape[0] in (1, rows) and all(
+        v in (1, s) for v, s in zip(value.shape[1:], like.shape[1:], strict=True)
+    )
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the "
+                         f"{what} {tuple(like.shape)} (first dim 1 or {rows})")  # fmt: skip
+    return value
+
+
+class Units:
+    """n units over a tuple of tensors (N, ...): Captum feature-mask groups, or every element.
+
+    Group ids are global across the tensors, as in Captum's ``FeatureAblation``: a masked
+    unit sets every element carrying its id to the baseline.
+
+    Parameters
+    ----------
+    tensors : tuple of torch.Tensor
+        Each (·, ...): the layer outputs or the inputs (shapes, dtype, device are used).
+    mask : None, torch.Tensor or tuple of torch.Tensor
+        Integer ids, each broadcastable to its tensor with first dim 1 or N; None → every
+        element is a unit.
+    baselines : None, number, torch.Tensor or tuple of those
+        Value of a masked element, broadcastable likewise; None → 0.
+    names : (str, str)
+        How the mask and baseline arguments are called, for errors.
+    what : str
+        What the tensors are, for errors.
+    rows : int
+        N (the tensors may hold fewer rows: only their shapes beyond the batch are used).
+    """
+
+    def __init__(
+        self, tensors: tuple[Tensor, ...], mask: Any, baselines: Any, names: tuple[str, str],
+        what: str, rows: int,
+    ) -> None:  # fmt: skip
+        self.shapes = tuple(tuple(t.shape[1:]) for t in tensors)
+        masks = _format_feature_mask(mask, tensors)
+        if len(masks) != len(tensors):
+            raise ValueError(f"{names[0]} must hold one tensor per {what} tensor "
+                             f"({len(tensors)}), got {len(masks)}")  # fmt: skip
+        for m in masks:
+            if not isinstance(m, Tensor) or m.dtype.is_floating_point or m.dtype == torch.bool:
+                raise ValueError(f"{names[0]} must hold integer tensors, got {m!r}")
+        masks = tuple(
+            _as_rows(m.to(t.device), t, rows, names[0], what)
+            for m, t in zip(masks, tensors, strict=True)
+        )
+        self.ids = torch.unique(torch.cat([m.reshape(-1) for m in masks]))
+        self.n = len(self.ids)
+        # (1 or N, *shape) positions of each element's unit in ``ids``
+        self.index = tuple(
+            torch.searchsorted(self.ids, m.contiguous()).expand(m.shape[0], *t.shape[1:])
+            for m, t in zip(masks, tensors, strict=True)
+        )
+        self.baselines = tuple(
+            _as_rows(torch.as_tensor(b, dtype=t.dtype, device=t.device), t, rows, names[1],
+                     what)  # fmt: skip
+            for b, t in zip(self._baselines(baselines, tensors, names[1]), tensors, strict=True)
+        )
+
+    @staticmethod
+    def _baselines(baselines: Any, tensors: tuple[Tensor, ...], name: str) -> tuple:
+        if baselines is None:
+            return (0.0,) * len(tensors)
+        baselines = baselines if isinstance(baselines, tuple) else (baselines,)
+        if len(baselines) != len(tensors):
+            raise ValueError(f"{name} must hold one entry per tensor ({len(tensors)}), got "
+                             f"{len(baselines)}")  # fmt: skip
+        for b in baselines:
+            if not isinstance(b, Tensor | int | float) or isinstance(b, bool):
+                raise ValueError(f"{name} entries must be numbers or tensors, got {b!r}")
+        return baselines
+
+    def rows(self, start: int, stop: int) -> Units:
+        """The same units for rows ``start:stop`` (per-row masks and baselines are cut)."""
+        part = Units.__new__(Units)
+        part.shapes, part.ids, part.n = self.shapes, self.ids, self.n
+        part.index = tuple(i if len(i) == 1 else i[start:stop] for i in self.index)
+        part.baselines = tuple(b if len(b) == 1 else b[start:stop] for b in self.baselines)
+        return part
+
+    @property
+    def per_row(self) -> bool:
+        """Whether units or baselines differ between rows."""
+        return any(len(i) > 1 for i in self.index + self.baselines)
+
+    def apply(self, tensors: tuple[Tensor, ...], masks: Tensor) -> tuple[Tensor, ...]:
+        """Tensors (K · R, ...) of K stacked copies with copy k's units ``masks[k]`` masked.
+
+        Parameters
+        ----------
+        tensors : tuple of torch.Tensor
+            Each (K · R, ...).
+        masks : torch.Tensor
+            (K, n) bool.
+        """
+        copies = len(masks)
+        out = []
+        for t, index, baseline in zip(tensors, self.index, self.baselines, strict=True):
+            t_k = t.reshape(copies, -1, *t.shape[1:])
+            elements = masks.to(t.device)[:, index]  # (K, 1 or R, ...)
+            out.append(torch.where(elements, baseline.to(t.dtype), t_k).reshape(t.shape))
+        return tuple(out)
+
+    def expand(self, values: Tensor) -> tuple[Tensor, ...]:
+        """Per-unit values (R, n) → one tensor (R, *shape) per tensor, each element its unit's."""
+        rows = len(values)
+        return tuple(
+            values.gather(1, index.expand(rows, *index.shape[1:]).reshape(rows, -1)).reshape(
+                rows, *index.shape[1:]
+            )
+            for index in self.index
+        )
+
+
+class RowSlice:
+    """Inputs, additional forward arguments and target cut to rows ``start:stop``.
+
+    Tensor arguments whose first dimension is N are cut; others pass unchanged. Stacked copies
+    repeat every tensor argument with a batch dimension, as Captum's ablation does.
+    """
+
+    def __init__(
+        self, inputs: tuple[Tensor, ...], args: tuple | None, target: Target, start: int,
+        stop: int,
+    ) -> None:  # fmt: skip
+        rows = len(inputs[0])
+        self.start, self.stop = start, stop
+        self.inputs = tuple(x[start:stop] for x in inputs)
+        self.args = tuple(
+            a[start:stop] if isinstance(a, Tensor) and a.dim() > 0 and len(a) == rows else a
+            for a in (args or ())
+        )
+        self.target = target.rows(slice(start, stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def repeated_args(self, copies: int) -> tuple:
+        """Additional arguments for ``copies`` stacked batches."""
+        return tuple(
+            a.repeat(copies, *([1] * (a.dim() - 1))) if isinstance(a, Tensor) and a.dim() > 0
+            else a
+            for a in self.args
+        )  # fmt: skip
+
+
+def format_inputs(inputs: Any) -> tuple[Tensor, ...]:
+    """Captum's tuple of input tensors, with at least one row and aligned batch dims."""
+    inputs = _format_tensor_into_tuples(inputs)
+    if not inputs or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs):
+        raise ValueError(f"inputs must be a tensor or a tuple of tensors with a batch "
+                         f"dimension, got {inputs!r}")  # fmt: skip
+    rows = len(inputs[0])
+    if rows == 0:
+        raise ValueError("inputs must hold at least one row, got an empty batch")
+    if any(len(x) != rows for x in inputs):
+        raise ValueError(f"inputs must share the batch dimension, got shapes "
+                         f"{[tuple(x.shape) for x in inputs]}")  # fmt: skip
+    return inputs
+
+
+class Scorer:
+    """Transform, then target: one score per row of a forward output (used by ``pruning``).
+
+    Parameters
+    ----------
+    transform : None, 'sigmoid', 'softmax' or callable
+    target : any Captum target (see :class:`Target`)
+    rows : int
+        N, the number of rows the target refers to.
+    """
+
+    def __init__(self, transform: Any, target: Any, rows: int) -> None:
+        self._transform = Transform(transform)
+        self._target = Target(target, rows)
 
     def __call__(self, output: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Scores (R,) of the outputs (R, K) for the rows ``rows`` (default: all, in order)."""
-        output = self._transform(output)
-        if output.dim() == 1:
-            return output
-        output = output.reshape(len(output), -1)
-        if self._target is None:
-            if output.shape[1] != 1:
-                raise ValueError(
-                    f"target must be given for a forward function with {output.shape[1]} outputs"
-                )
-            return output[:, 0]
-        target = self._target.to(output.device)
-        target = target if rows is None else target[rows]
-        if int(target.max()) >= output.shape[1] or int(target.min()) < 0:
-            raise ValueError(f"target out of range for {output.shape[1]} outputs")
-        return output.gather(1, target[:, None])[:, 0]
-
-
-def split_after(forward_func: Any, layer: nn.Module) -> tuple[Tensor, Tensor, nn.Module] | None:
-    """(weight, bias, suffix) of the affine map ``layer`` feeds in an ``nn.Sequential``.
-
-    The map is the next ``nn.Linear``, with an eval-mode ``BatchNorm1d`` right after it folded
-    in (both affine: the fold is exact up to rounding and saves one pass over every masked
-    pre-activation). Identity and Dropout modules between the layer and the Linear are skipped
-    (in eval mode both pass their input on unchanged). Returns None when the fast path does not
-    apply: the forward function is not an ``nn.Sequential``, the layer is not one of its direct
-    children exactly once, or the next other child is not an ``nn.Linear``.
-
-    Returns
-    -------
-    weight : torch.Tensor
-        (m, n), a new tensor (the model's parameters are not touched).
-    bias : torch.Tensor
-        (m,).
-    suffix : nn.Sequential
-        The children after the folded map.
-    """
-    if not isinstance(forward_func, nn.Sequential):
-        return None
-    children = list(forward_func)
-    where = [k for k, child in enumerate(children) if child is layer]
-    if len(where) != 1:
-        return None
-    k = where[0] + 1
-    while k < len(children) and isinstance(
-        children[k], nn.Identity | nn.modules.dropout._DropoutNd
-    ):
-        k += 1
-    if k >= len(children) or not isinstance(children[k], nn.Linear):
-        return None
-    linear = children[k]
-    weight = linear.weight.detach().clone()
-    bias = torch.zeros_like(weight[:, 0]) if linear.bias is None else linear.bias.detach().clone()
-    norm = children[k + 1] if k + 1 < len(children) else None
-    if isinstance(norm, nn.BatchNorm1d) and not norm.training and norm.running_var is not None:
-        scale = (norm.running_var + norm.eps).rsqrt()
-        shift = -norm.running_mean * scale
-        if norm.affine:
-            scale, shift = (
-                scale * norm.weight.detach(),
-                shift * norm.weight.detach() + norm.bias.detach(),
-            )
-        weight, bias = scale[:, None] * weight, scale * bias + shift
-        k += 1
-    return weight, bias, nn.Sequential(*children[k + 1 :])
-
-
-def _in_chunks(fn: Callable[[Tensor], Tensor], n: int, like: Tensor) -> Tensor:
-    """``fn`` over chunks of ``range(n)``, concatenated (empty like ``like`` when n = 0)."""
-    if n == 0:
-        return like.new_zeros(0)
-    return torch.cat([fn(chunk) for chunk in torch.arange(n).split(_ROWS_PER_CALL)])
-
-
-class LowRankEvaluator:
-    """Exact masked scores from the cached layer activation, without re-running the prefix.
-
-    Masking units S of the layer output ``a`` changes the next affine map's output by
-    ``-Σ_{k∈S} (a_k - m_k) W[:, k]``. A unit whose activation already equals the mask value
-    changes nothing, so single masks only run the suffix on the rows where the unit is
-    active, and pairs (i, j) only on the rows where i is active (all j of a block at once, as
-    one broadcast); the other rows take the single-mask score of j.
-
-    Parameters
-    ----------
-    activation : torch.Tensor
-        (N, n) layer output.
-    weight : torch.Tensor
-        (m, n) weight of the affine map the layer feeds.
-    bias : torch.Tensor
-        (m,) its bias.
-    suffix : callable
-        Everything after the affine map, row-wise (eval mode), (R, m) → (R, K).
-    scorer : Scorer
-    mask_value : torch.Tensor
-        (n,) value a masked unit takes.
-    """
-
-    def __init__(
-        self, activation: Tensor, weight: Tensor, bias: Tensor, suffix: Callable,
-        scorer: Scorer, mask_value: Tensor,
-    ) -> None:  # fmt: skip
-        self.n = activation.shape[1]
-        self._delta = activation - mask_value
-        self._active = self._delta != 0
-        self._z = torch.addmm(bias, activation, weight.t())
-        self._weight_t = weight.t().contiguous()  # (n, m)
-        self._suffix = suffix
-        self._scorer = scorer
-
-    def _scores(self, rows: Tensor, z: Tensor) -> Tensor:
-        return self._scorer(self._suffix(z), rows)
-
-    def singles(self) -> tuple[Tensor, Tensor]:
-        rows_all = torch.arange(len(self._z))
-        p = self._scores(rows_all, self._z)
-        rows, units = torch.nonzero(self._active, as_tuple=True)
-
-        def masked(chunk: Tensor) -> Tensor:
-            r, k = rows[chunk], units[chunk]
-            return self._scores(r, self._z[r] - self._delta[r, k, None] * self._weight_t[k])
-
-        p_single = p[:, None].repeat(1, self.n)
-        p_single[rows, units] = _in_chunks(masked, len(rows), p)
-        return p, p_single
-
-    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
-        out = p_single[:, index[:, 1]].clone()  # rows where unit i is inactive: p_j
-        for i in index[:, 0].unique().tolist():
-            columns = torch.nonzero(index[:, 0] == i)[:, 0]
-            j = index[columns, 1]
-            weight_j = self._weight_t[j][None]  # (1, pairs, m)
-            # (rows, pairs, m) blocks that stay in cache: one broadcast each, no gathers;
-            # inactive j add nothing
-            step = max(1, _ELEMENTS_PER_BLOCK // weight_j.numel())
-            for rows in torch.nonzero(self._active[:, i])[:, 0].split(step):
-                base = self._z[rows] - self._delta[rows, i, None] * self._weight_t[i]
-                z = torch.addcmul(base[:, None, :], self._delta[rows][:, j, None], weight_j,
-                                  value=-1)  # fmt: skip
-                flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
-                scores = self._scores(flat_rows, z.reshape(-1, z.shape[-1]))
-                out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
-        return out
-
-
-class HookEvaluator:
-    """Masked scores by batched forward passes with a forward hook on the layer.
-
-    Several masks run in one pass: the inputs are repeated along the batch dimension and the
-    hook replaces the masked units of each copy.
-
-    Parameters
-    ----------
-    forward : callable
-        ``forward(*inputs, *additional_args)``.
-    layer : nn.Module
-        Its output (N, ...) is masked; it must be a single tensor.
-    inputs : tuple of tensors
-        Each (N, ...).
-    additional_args : tuple or None
-        Extra forward arguments; tensors with N rows are repeated with the inputs.
-    scorer : Scorer
-    mask_value : torch.Tensor
-        (n,) value a masked unit takes.
-    masks_per_eval : int
-        Masks per forward pass at most; fewer when the repeated batch would exceed 65,536
-        rows (so memory stays bounded for large N).
-    """
-
-    def __init__(
-        self, forward: Callable, layer: nn.Module, inputs: tuple, additional_args: tuple | None,
-        scorer: Scorer, mask_value: Tensor, masks_per_eval: int, n: int,
-    ) -> None:  # fmt: skip
-        self.n = n
-        self._forward, self._layer, self._inputs = forward, layer, inputs
-        self._args = additional_args or ()
-        self._scorer, self._mask_value = scorer, mask_value
-        self._per_eval = max(1, min(masks_per_eval, _ROWS_PER_CALL // len(inputs[0])))
-
-    def _run(self, masks: Tensor | None) -> Tensor:
-        """Scores (N, K) for K boolean masks (K, n); None → unmasked (N, 1)."""
-        rows = len(self._inputs[0])
-        copies = 1 if masks is None else len(masks)
-
-        def hook(_module: nn.Module, _inp: Any, output: Tensor) -> Tensor:
-            flat = output.reshape(copies, rows, -1)
-            masked = torch.where(masks[:, None, :], self._mask_value.to(flat), flat)
-            return masked.reshape(output.shape)
-
-        def repeat(value: Any) -> Any:
-            if isinstance(value, Tensor) and value.dim() > 0 and len(value) == rows:
-                return value.repeat(copies, *([1] * (value.dim() - 1)))
-            return value
-
-        handle = self._layer.register_forward_hook(hook) if masks is not None else None
-        try:
-            output = self._forward(*(repeat(x) for x in self._inputs), *map(repeat, self._args))
-        finally:
-            if handle is not None:
-                handle.remove()
-        scores = self._scorer(output, torch.arange(rows).repeat(copies))
-        return scores.reshape(copies, rows).t()
-
-    def _batched(self, masks: Tensor) -> Tensor:
-        return torch.cat([self._run(block) for block in masks.split(self._per_eval)], dim=1)
-
-    def singles(self) -> tuple[Tensor, Tensor]:
-        p = self._run(None)[:, 0]
-        return p, self._batched(torch.eye(self.n, dtype=torch.bool))
-
-    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
-        masks = torch.zeros(len(index), self.n, dtype=torch.bool)
-        masks[torch.arange(len(index))[:, None], index] = True
-        return self._batched(masks)
+        """Scores (R,) of the outputs (R, ...) of the rows ``rows`` (default: all, in order)."""
+        target = self._target if rows is None else self._target.rows(rows)
+        return target.select(self._transform(output))

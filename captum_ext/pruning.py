@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,9 +11,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from captum_ext._masking import Scorer
-
-__all__ = ["pruning_curve", "masked_units", "recalibrate_batchnorm", "DEFAULT_FRACTIONS"]
+__all__ = [
+    "pruning_curve",
+    "classification_metrics",
+    "masked_units",
+    "layer_unit_shape",
+    "recalibrate_batchnorm",
+    "DEFAULT_FRACTIONS",
+]
 
 DEFAULT_FRACTIONS = tuple(np.round(np.arange(0.0, 0.951, 0.05), 2))
 
@@ -32,7 +37,7 @@ def masked_units(layer: nn.Module, units: Tensor) -> Iterator[None]:
 
     def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
         flat = output.reshape(len(output), -1).clone()
-        flat[:, units] = 0.0
+        flat[:, units.to(output.device)] = 0.0
         return flat.reshape(output.shape)
 
     handle = layer.register_forward_hook(hook)
@@ -43,37 +48,108 @@ def masked_units(layer: nn.Module, units: Tensor) -> Iterator[None]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch_size: int = 256) -> None:
+def recalibrate_batchnorm(
+    model: nn.Module, x: Tensor, batch_size: int = 256, seed: int | None = 0
+) -> None:
     """Re-estimate every BatchNorm's running statistics with one pass over ``x`` (in place).
 
     Statistics are reset and accumulated as an exact average over the batches
-    (``momentum=None``); the model is left in eval mode and momenta are restored.
+    (``momentum=None``); the model is left in eval mode and momenta are restored. The rows are
+    visited in a seeded random order: batches of rows stored in time order would each come
+    from one period, and the average of their variances would miss the variance between
+    periods.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Its BatchNorm layers are recalibrated.
+    x : torch.Tensor
+        (N, ...) inputs, e.g. the training split.
+    batch_size : int
+        Rows per forward pass in train mode (the statistics' batch size).
+    seed : int or None
+        Seed of the row order; None keeps the stored order.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    if seed is None:
+        order = torch.arange(len(x), device=x.device)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(x), generator=generator).to(x.device)
     momenta = [m.momentum for m in norms]
     try:
         for norm in norms:
             norm.reset_running_stats()
             norm.momentum = None
         model.train()
-        for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
+        for rows in order.split(batch_size):
+            model(x[rows])
     finally:
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
         model.eval()
 
 
-def _quality(model: nn.Module, x: Tensor, y: Tensor, scorer: Scorer, batch_size: int) -> dict:
+def classification_metrics(
+    output: Tensor, labels: Tensor, *, threshold: float = 0.0
+) -> dict[str, float]:
+    """The default quality of :func:`pruning_curve`: ROC-AUC and accuracy, or accuracy.
+
+    Parameters
+    ----------
+    output : torch.Tensor
+        (N, K) or (N,) model outputs. One column is a binary model's logit (ROC-AUC over it,
+        accuracy of ``output > threshold``); K > 1 columns are class scores (accuracy of the
+        arg-max).
+    labels : torch.Tensor
+        (N,) class indices (0/1 for a binary model; any dtype).
+    threshold : float
+        Decision threshold of a one-column output: 0 for a logit, 0.5 for a probability
+        (``functools.partial(classification_metrics, threshold=0.5)``).
+
+    Returns
+    -------
+    dict
+        ``roc_auc`` and ``accuracy`` for one column, ``accuracy`` otherwise.
+    """
+    output = output.detach().reshape(len(output), -1)
+    labels = labels.detach().reshape(-1).to(output.device)
+    if len(labels) != len(output):
+        raise ValueError(f"labels must have one entry per output row ({len(output)}), got "
+                         f"{len(labels)}")  # fmt: skip
+    if output.shape[1] > 1:
+        return {"accuracy": float((output.argmax(1) == labels.long()).double().mean())}
     from sklearn.metrics import roc_auc_score
 
-    rows = torch.arange(len(x))
-    with torch.no_grad():
-        p = torch.cat([scorer(model(x[chunk]), chunk) for chunk in rows.split(batch_size)])
+    score = output[:, 0]
     return {
-        "roc_auc": float(roc_auc_score(y.numpy(), p.numpy())),
-        "accuracy": float(((p > 0.5).to(y.dtype) == y).float().mean()),
+        "roc_auc": float(roc_auc_score(labels.cpu().numpy(), score.double().cpu().numpy())),
+        "accuracy": float(((score > threshold).long() == labels.long()).double().mean()),
     }
+
+
+def _unit_groups(layer_mask: Tensor | None, unit_shape: torch.Size) -> Tensor:
+    """Group id of every flat unit: (n_units,) long, ids 0 … G-1, from Captum's layer mask."""
+    n_units = int(np.prod(unit_shape))
+    if layer_mask is None:
+        return torch.arange(n_units)
+    if layer_mask.dtype.is_floating_point or layer_mask.dtype == torch.bool:
+        raise ValueError(f"layer_mask must hold integer group ids, got dtype {layer_mask.dtype}")
+    shape = (1, *unit_shape)
+    try:
+        groups = torch.broadcast_to(layer_mask.detach().cpu(), shape).reshape(-1).long()
+    except RuntimeError:
+        raise ValueError(
+            f"layer_mask must broadcast to the layer output {shape} (batch dimension 1), "
+            f"got shape {tuple(layer_mask.shape)}"
+        ) from None
+    present = groups.unique()
+    if int(present.min()) != 0 or len(present) != int(present.max()) + 1:
+        raise ValueError(f"layer_mask must use every group id 0 … G-1, got ids "
+                         f"{present.tolist()[:10]}{' …' if len(present) > 10 else ''}")  # fmt: skip
+    return groups
 
 
 def pruning_curve(
@@ -85,87 +161,116 @@ def pruning_curve(
     *,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     x_recalibrate: Tensor | None = None,
-    output_transform: Any = "sigmoid",
+    layer_mask: Tensor | None = None,
+    metric: Callable[[Tensor, Tensor], Mapping[str, float]] = classification_metrics,
     seed: int = 0,
     batch_size: int = 4096,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """ROC-AUC and accuracy as the lowest-scored units of ``layer`` are zeroed.
+    """The model's quality as the lowest-scored units (or unit groups) of ``layer`` are zeroed.
 
     At each fraction f, the k = int(n · f) units with the lowest score are masked at
     inference (no retraining); the ranking is fixed in advance (SynXAI). With
     ``x_recalibrate``, BatchNorm statistics are re-estimated on it (pruned, train mode,
-    no_grad) before each evaluation. The model's parameters, buffers and mode are restored.
+    no_grad, rows in a random order seeded by ``seed``) before each evaluation. The model's
+    parameters, buffers, hooks and mode are restored, also when an error is raised.
 
     Parameters
     ----------
     model : nn.Module
-        Binary classifier; ``output_transform`` turns its output into p(y = 1).
+        Any classifier (or model ``metric`` can judge).
     layer : nn.Module
         Layer whose output units are pruned.
     scores : torch.Tensor or 'random'
-        (n,) importance of each unit (Δ, Z, …) or 'random': a fresh seeded ranking per level.
+        (n,) importance of each unit or group (Δ, Z, …), or 'random': a fresh seeded ranking
+        per level. n is the number of units of one layer output, or of groups with
+        ``layer_mask``.
     x_test, y_test : torch.Tensor
-        (N, ...) inputs and (N,) 0/1 labels.
+        (N, ...) inputs and (N,) labels, passed to ``metric``.
     fractions : sequence of float
         Fractions in [0, 1) (default 0, 0.05, …, 0.95).
     x_recalibrate : torch.Tensor, optional
         Training inputs for BatchNorm re-estimation; None skips it.
-    output_transform : None, 'sigmoid', 'softmax' or callable
-        As in :class:`captum_ext.NeuronSynergy`; for 'softmax' the score is class 1.
+    layer_mask : torch.Tensor, optional
+        Integer group ids 0 … G-1 broadcastable to the layer output with batch dimension 1,
+        as Captum's ``LayerFeatureAblation`` takes them; a group is pruned as a whole. The
+        channels of a conv layer with C channels: ``torch.arange(C).reshape(1, C, 1, 1)``.
+    metric : callable
+        ``metric(outputs, y_test)`` → {name: float}, with ``outputs`` (N, K) the model's
+        outputs on ``x_test``. Default :func:`classification_metrics`: ROC-AUC and accuracy
+        (at logit 0) for a one-logit model, accuracy of the arg-max for several classes.
     seed : int
-        Seed of the random rankings.
+        Seed of the random rankings and of the recalibration's row order.
     batch_size : int
-        Rows per forward pass.
+        Rows per forward pass on ``x_test``.
     progress : bool
         Progress bar over fractions (shown only on a terminal).
 
     Returns
     -------
     dict
-        ``fraction``, ``pruned`` (k), ``roc_auc``, ``accuracy``: lists, one entry per fraction.
+        ``fraction``, ``pruned`` (k) and one list per metric name, one entry per fraction.
     """
-    with torch.no_grad():
-        n = model_output_units(model, layer, x_test[:2])
+    unit_shape = layer_unit_shape(model, layer, x_test[:2])
+    groups = _unit_groups(layer_mask, unit_shape)
+    n = int(groups.max()) + 1
     if isinstance(scores, str):
         if scores != "random":
             raise ValueError(f"scores must be a tensor of {n} values or 'random', got {scores!r}")
     elif scores.shape != (n,):
-        raise ValueError(f"scores must have shape ({n},) for this layer, got {tuple(scores.shape)}")
+        what = "groups of layer_mask" if layer_mask is not None else "units of this layer"
+        raise ValueError(f"scores must have shape ({n},), one per {what}, got "
+                         f"{tuple(scores.shape)}")  # fmt: skip
     bad = [f for f in fractions if not 0.0 <= f < 1.0]
     if bad:
         raise ValueError(f"fractions must lie in [0, 1), got {bad}")
-    target = None if output_transform != "softmax" else 1
-    scorer = Scorer(output_transform, target, len(x_test))
+    if len(y_test) != len(x_test):
+        raise ValueError(f"y_test must have one label per row of x_test ({len(x_test)}), got "
+                         f"{len(y_test)}")  # fmt: skip
     state = {k: v.clone() for k, v in model.state_dict().items()}
     training = model.training
     generator = torch.Generator().manual_seed(seed)
-    curve: dict[str, list[float]] = {"fraction": [], "pruned": [], "roc_auc": [], "accuracy": []}
+    curve: dict[str, list[float]] = {"fraction": [], "pruned": []}
     try:
         model.eval()
         for fraction in tqdm(fractions, desc="pruning", disable=None if progress else True):
             k = int(n * fraction)
-            ranking = torch.randperm(n, generator=generator) if isinstance(scores, str) else (
-                torch.argsort(scores, stable=True))  # fmt: skip
-            with masked_units(layer, ranking[:k]):
+            if isinstance(scores, str):
+                ranking = torch.randperm(n, generator=generator)
+            else:
+                ranking = torch.argsort(scores.detach().cpu(), stable=True)
+            units = torch.nonzero(torch.isin(groups, ranking[:k]))[:, 0]
+            with masked_units(layer, units):
                 if x_recalibrate is not None:
-                    recalibrate_batchnorm(model, x_recalibrate)
-                quality = _quality(model, x_test, y_test, scorer, batch_size)
+                    recalibrate_batchnorm(model, x_recalibrate, seed=seed)
+                with torch.no_grad():
+                    output = torch.cat([model(rows) for rows in x_test.split(batch_size)])
+                quality = metric(output, y_test)
             model.load_state_dict(state)
+            if not isinstance(quality, Mapping):
+                raise TypeError(f"metric must return a mapping of names to numbers, got "
+                                f"{type(quality).__name__}")  # fmt: skip
             curve["fraction"].append(float(fraction))
             curve["pruned"].append(k)
-            curve["roc_auc"].append(quality["roc_auc"])
-            curve["accuracy"].append(quality["accuracy"])
+            for name, value in quality.items():
+                curve.setdefault(name, []).append(float(value))
     finally:
         model.load_state_dict(state)
         model.train(training)
     return curve
 
 
-def model_output_units(model: nn.Module, layer: nn.Module, x: Tensor) -> int:
-    """Number of units in one output of ``layer`` (one forward pass on ``x``)."""
-    found: list[int] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: found.append(out[0].numel()))
+@torch.no_grad()
+def layer_unit_shape(model: nn.Module, layer: nn.Module, x: Tensor) -> torch.Size:
+    """Shape of one output of ``layer`` beyond the batch dimension (one eval forward on ``x``).
+
+    Raises
+    ------
+    ValueError
+        If the forward pass does not call ``layer``.
+    """
+    found: list[torch.Size] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: found.append(out.shape[1:]))
     training = model.training
     try:
         model.eval()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["score_difference", "synergistic_importance", "synergy_ranking", "MODES"]
+__all__ = [
+    "score_difference", "pair_synergy", "synergistic_importance", "z_score", "synergy_ranking",
+    "MODES",
+]  # fmt: skip
 
 MODES = ("abs_mean", "signed")
 
@@ -29,6 +32,26 @@ def score_difference(p: torch.Tensor, p_masked: torch.Tensor, mode: str) -> torc
     return diff.abs() if mode == "abs_mean" else diff
 
 
+def pair_synergy(
+    pair: torch.Tensor, single_i: torch.Tensor, single_j: torch.Tensor
+) -> torch.Tensor:
+    """SynXAI's S_ij = Δ_ij - Δ_i - Δ_j (per row, or of means: the formula is linear).
+
+    Parameters
+    ----------
+    pair, single_i, single_j : torch.Tensor
+        Broadcastable: the effect of masking i and j together, i alone, j alone.
+    """
+    return pair - single_i - single_j
+
+
+def z_score(
+    importance: torch.Tensor, positive_synergy_mean: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Z_i = Δ_i + α · mean_j max(S_ij, 0), from the mean positive synergy of each unit."""
+    return importance + alpha * positive_synergy_mean
+
+
 def synergistic_importance(
     importance: torch.Tensor, synergy: torch.Tensor, alpha: float
 ) -> torch.Tensor:
@@ -48,7 +71,7 @@ def synergistic_importance(
     torch.Tensor
         (n,) Z_i.
     """
-    return importance + alpha * synergy.clamp(min=0).mean(1)
+    return z_score(importance, synergy.clamp(min=0).mean(1), alpha)
 
 
 def synergy_ranking(synergy: torch.Tensor) -> torch.Tensor:

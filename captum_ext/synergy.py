@@ -1,4 +1,15 @@
-"""SynXAI's neuron synergy (Δ_i, Δ_ij, S_ij, Z_i) as a Captum neuron attribution."""
+"""SynXAI's synergy as Captum attributions: LayerSynergy (layer units) and NeuronSynergy (inputs).
+
+Both mask units alone and in pairs and measure the change of a score p:
+
+- d_U(x) = |p(x) - p_U(x)| (``mode='abs_mean'``, the paper's) or p(x) - p_U(x) ('signed'),
+- Δ_i = mean_x d_i(x), Δ_ij = mean_x d_ij(x), S_ij = Δ_ij - Δ_i - Δ_j (i ≠ j), S_ii = 0,
+- Z_i = Δ_i + α · mean_j max(S_ij, 0) (mean over all n units).
+
+Reference: B. Farag, "SynXAI: Synergistic Explainability for Neural Networks" (code:
+github.com/benedikt20/synXAI). With ``mode='signed'``, S_ij is minus the second-order joint
+contribution of the pair.
+"""
 
 from __future__ import annotations
 
@@ -8,64 +19,119 @@ from typing import Any
 import torch
 from captum._utils.common import (
     _format_additional_forward_args,
-    _format_tensor_into_tuples,
+    _format_output,
     _is_tuple,
 )
 from captum._utils.gradient import _forward_layer_eval
-from captum.attr._utils.attribution import NeuronAttribution, PerturbationAttribution
+from captum.attr._utils.attribution import (
+    LayerAttribution,
+    NeuronAttribution,
+    PerturbationAttribution,
+)
 from captum.log import log_usage
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from captum_ext import scores
-from captum_ext._masking import HookEvaluator, LowRankEvaluator, Scorer, split_after
+from captum_ext import _engine, _fastpaths, scores
+from captum_ext._evaluators import (
+    ContributionEvaluator,
+    LayerHookEvaluator,
+    NeuronEvaluator,
+    select_neuron,
+)
+from captum_ext._masking import (
+    RowSlice,
+    Target,
+    Transform,
+    Units,
+    check_eval_mode,
+    check_per_eval,
+    format_inputs,
+)
+from captum_ext.synergy_result import SynergyResult
 
-__all__ = ["NeuronSynergy"]
+__all__ = ["LayerSynergy", "NeuronSynergy", "SynergyResult", "MAX_INPUT_UNITS"]
+
+MAX_INPUT_UNITS = 4096
+# elements held per chunk of rows (masked-score tables, contributions): 64 MB of float32
+_ELEMENTS_PER_CHUNK = 1 << 24
 
 
-class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
-    r"""Synergy of the units of one layer, by masking them alone and in pairs (SynXAI).
+def _check_common(forward_func: Any, layer: Any, mode: str) -> None:
+    if not isinstance(layer, nn.Module):
+        raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
+    if isinstance(forward_func, nn.Module) and all(m is not layer for m in forward_func.modules()):
+        raise ValueError(f"layer {layer!r} is not a module of forward_func")
+    if mode not in scores.MODES:
+        raise ValueError(f"mode must be one of {scores.MODES}, got {mode!r}")
 
-    For a score p(x) of the model (its output, optionally through a sigmoid or softmax, at
-    ``target``), masking a set of units U of the layer output gives p_U(x). Then
 
-    - Δ_i  = mean_x d(p(x), p_{i}(x))           (importance),
-    - Δ_ij = mean_x d(p(x), p_{i,j}(x))         (pair importance),
-    - S_ij = Δ_ij - Δ_i - Δ_j for i ≠ j, S_ii = 0 (synergy),
-    - Z_i  = Δ_i + α · mean_j max(S_ij, 0)      (synergistic importance, mean over all n),
+def _check_rows_per_chunk(rows_per_chunk: Any, default: int, rows: int) -> int:
+    if rows_per_chunk is None:
+        return max(1, min(rows, default))
+    if isinstance(rows_per_chunk, bool) or not isinstance(rows_per_chunk, int):
+        raise ValueError(f"rows_per_chunk must be a positive int or None, got {rows_per_chunk!r}")
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk must be a positive int or None, got {rows_per_chunk!r}")
+    return min(rows, rows_per_chunk)
 
-    with d = |p - p_U| (``mode='abs_mean'``, the paper's) or d = p - p_U (``mode='signed'``;
-    then S_ij is minus the second-order joint contribution of NRM, and exactly 0 when
-    everything after the layer is linear). Means run over all input rows.
 
-    When the layer is a direct child of an ``nn.Sequential`` forward function and feeds an
-    ``nn.Linear``, masks are applied as exact low-rank updates of that Linear's output from
-    the cached activation, and only rows where both masked units are active are recomputed;
-    otherwise masked forward passes run in batches through a forward hook. Both give the same
-    numbers as one forward pass per mask.
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise ValueError(f"alpha must be a number, got {alpha!r}")
+    return float(alpha)
+
+
+class LayerSynergy(LayerAttribution, PerturbationAttribution):
+    r"""Synergy of a layer's units for the model output at ``target`` (SynXAI's object).
+
+    Units of ``layer``'s output (its elements, or the groups of ``layer_mask`` exactly as in
+    Captum's ``LayerFeatureAblation``) are set to ``layer_baselines`` alone and in pairs; the
+    score p is the forward output, through ``output_transform``, at ``target``. ``compute``
+    gives Δ, Δ_ij and S over all rows (a :class:`SynergyResult`); ``attribute`` gives each
+    row's synergistic importance z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0), shaped like the
+    layer output.
+
+    Fast exact paths (same numbers as one forward pass per mask, up to rounding) apply when
+    ``forward_func`` is a plain ``nn.Sequential`` (nested plain Sequentials are flattened; a
+    model whose forward is ``classifier(features(x))`` can be passed as
+    ``nn.Sequential(model.features, model.classifier)``), there is a single input tensor and
+    no additional forward arguments, the layer's output is one tensor and the next module
+    (past Identity/Dropout) is
+
+    - an ``nn.Linear`` (layer output (N, n), any ``layer_mask`` shared by all rows), or
+    - an ``nn.Conv2d`` (zero padding, ``groups=1``) and the units are whole channels
+      (``layer_mask`` of shape (1, C, 1, 1), or constant over each channel),
+
+    with an eval-mode BatchNorm right after that map folded in. Each unit's contribution to
+    that map's output is computed once; single and pair masks are sums of contributions, and
+    only the rest of the network runs, in batches. Otherwise masked forward passes run with a
+    forward hook on the layer, ``perturbations_per_eval`` masks per pass.
+
+    Rows are processed in chunks (``rows_per_chunk``, sized so memory stays near 64 MB):
+    memory does not grow with N. When ``torch.distributed`` is initialized, ``compute`` on
+    each process's rows all-reduces the sums: every rank gets the result of all rows.
 
     Parameters
     ----------
     forward_func : callable
-        The model or any function of it; in eval mode if it is a module.
+        The model or any function of it. BatchNorm and Dropout modules must be in eval mode.
     layer : torch.nn.Module
-        Layer whose output units are masked (a single output tensor, shape (N, ...); the
-        units are its elements beyond the batch dimension).
+        Layer whose output units are masked (a tensor or a tuple of tensors, batch first).
     device_ids : list of int, optional
-        As in Captum, for DataParallel forward functions.
+        As in Captum, for DataParallel forward functions (used to read the layer output; the
+        masking hook needs the whole batch at the layer).
     output_transform : None, 'sigmoid', 'softmax' or callable
-        Applied to the forward output before the target is selected. None (Captum's default)
-        uses the output as it is; SynXAI's p is ``'sigmoid'`` of a one-logit model.
+        Applied to the forward output before ``target`` selects the score; 'softmax' over the
+        last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model.
     mode : {'abs_mean', 'signed'}
-        How differences are averaged (see above).
-    mask_value : float or torch.Tensor
-        Value a masked unit takes: 0 (default) or a baseline shaped like one layer output.
+        d = |p - p_U| (the paper's) or p - p_U.
 
     Examples
     --------
-    >>> ns = NeuronSynergy(model, model.relu2, output_transform="sigmoid")  # doctest: +SKIP
-    >>> ns.synergy_matrix(x)              # (64, 64)                          # doctest: +SKIP
-    >>> ns.attribute(x, neuron_selector=3)  # (N, 64): per-row S_3j         # doctest: +SKIP
+    >>> ls = LayerSynergy(model, model[5], output_transform="sigmoid")  # doctest: +SKIP
+    >>> res = ls.compute(x)                      # SynergyResult over the layer's units
+    >>> res.synergy.shape, res.ranking().shape   # (n, n), (n,)
+    >>> ls.attribute(x, alpha=20.0).shape        # like the layer output, (N, n)
     """
 
     def __init__(
@@ -76,223 +142,322 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         *,
         output_transform: str | Callable | None = None,
         mode: str = "abs_mean",
-        mask_value: float | Tensor = 0.0,
     ) -> None:
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
-        if isinstance(forward_func, nn.Module) and all(
-            m is not layer for m in forward_func.modules()
-        ):
-            raise ValueError(f"layer {layer!r} is not a module of forward_func")
-        if mode not in scores.MODES:
-            raise ValueError(f"mode must be one of {scores.MODES}, got {mode!r}")
-        Scorer(output_transform, None, 1)  # validates the transform early
-        NeuronAttribution.__init__(self, forward_func, layer, device_ids)
+        _check_common(forward_func, layer, mode)
+        self._transform = Transform(output_transform)
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
         PerturbationAttribution.__init__(self, forward_func)
         self.output_transform = output_transform
         self.mode = mode
-        self.mask_value = mask_value
 
-    # ------------------------------------------------------------------ internals
-    def _evaluator(
-        self, inputs: Any, target: Any, additional_forward_args: Any, masks_per_eval: int
-    ) -> tuple[LowRankEvaluator | HookEvaluator, tuple[int, ...]]:
-        """An evaluator for these inputs, and the shape of one layer output."""
-        if isinstance(self.forward_func, nn.Module) and self.forward_func.training:
-            raise ValueError("forward_func is in training mode; call .eval() first (masking "
-                             "with batch statistics or dropout is not defined)")  # fmt: skip
-        if not isinstance(masks_per_eval, int) or masks_per_eval < 1:
-            raise ValueError(
-                f"perturbations_per_eval must be a positive int, got {masks_per_eval!r}"
-            )
-        inputs = _format_tensor_into_tuples(inputs)
+    def _plan(
+        self, inputs: Any, target: Any, additional_forward_args: Any, layer_baselines: Any,
+        layer_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        rows_per_chunk: int | None,
+    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+        check_eval_mode(self.forward_func)
+        per_eval = check_per_eval(perturbations_per_eval)
+        inputs = format_inputs(inputs)
         rows = len(inputs[0])
-        if rows == 0:
-            raise ValueError("inputs must hold at least one row, got an empty batch")
         args = _format_additional_forward_args(additional_forward_args)
-        scorer = Scorer(self.output_transform, target, rows)
+        target = Target(target, rows)
+        first = RowSlice(inputs, args, target, 0, 1)
         with torch.no_grad():
-            (activation,) = _forward_layer_eval(
-                self.forward_func, inputs, self.layer, args, device_ids=self.device_ids
-            )
-        unit_shape = tuple(activation.shape[1:])
-        flat = activation.reshape(rows, -1)
-        mask_value = torch.as_tensor(self.mask_value, dtype=flat.dtype, device=flat.device)
-        mask_value = mask_value.expand(unit_shape).reshape(-1)
-        split = split_after(self.forward_func, self.layer)
-        if split is not None and args is None and len(inputs) == 1 and flat.dim() == 2:
-            with torch.no_grad():
-                return LowRankEvaluator(flat, *split, scorer, mask_value), unit_shape
-        evaluator = HookEvaluator(
-            self.forward_func, self.layer, inputs, args, scorer, mask_value, masks_per_eval,
-            flat.shape[1],
+            probe = _forward_layer_eval(
+                self.forward_func, first.inputs, self.layer, first.args or None,
+                device_ids=self.device_ids,
+            )  # fmt: skip
+        units = Units(
+            probe, layer_mask, layer_baselines, ("layer_mask", "layer_baselines"),
+            "layer output", rows,
         )  # fmt: skip
-        return evaluator, unit_shape
+        split = self._split(inputs, args, units)
+        if split is None:
+            per_chunk = _ELEMENTS_PER_CHUNK // max(units.n, per_eval)
 
-    @torch.no_grad()
-    def _pair_differences(
-        self, evaluator: Any, index: Tensor, p: Tensor, p_single: Tensor
-    ) -> Tensor:
-        """Per-row s_ij = d(p, p_ij) - d(p, p_i) - d(p, p_j) for pairs ``index`` (P, 2) → (N, P)."""
-        p_pair = evaluator.pairs(index, p, p_single)
-        d_single = scores.score_difference(p[:, None], p_single, self.mode)
-        d_pair = scores.score_difference(p[:, None], p_pair, self.mode)
-        return d_pair - d_single[:, index[:, 0]] - d_single[:, index[:, 1]]
+            def evaluator(start: int, stop: int) -> LayerHookEvaluator:
+                part = RowSlice(inputs, args, target, start, stop)
+                return LayerHookEvaluator(
+                    self.forward_func, self.layer, part, units.rows(start, stop),
+                    self._transform, per_eval,
+                )  # fmt: skip
+        else:
+            per_chunk = _ELEMENTS_PER_CHUNK // _fastpaths.elements_per_row(split, units, probe[0])
 
-    @torch.no_grad()
-    def _importance_and_synergy(
-        self, inputs: Any, target: Any, additional_forward_args: Any, perturbations_per_eval: int,
-        show_progress: bool,
-    ) -> tuple[Tensor, Tensor, tuple[int, ...]]:  # fmt: skip
-        evaluator, unit_shape = self._evaluator(
-            inputs, target, additional_forward_args, perturbations_per_eval
-        )
-        n = evaluator.n
-        p, p_single = evaluator.singles()
-        importance = scores.score_difference(p[:, None], p_single, self.mode).mean(0)
-        upper = torch.triu_indices(n, n, offset=1).t()
-        synergy = torch.zeros(n, n, dtype=p.dtype)
-        block = max(1, perturbations_per_eval)
-        bar = tqdm(
-            upper.split(block), desc="synergy pairs", disable=None if show_progress else True
-        )
-        for index in bar:
-            values = self._pair_differences(evaluator, index, p, p_single).mean(0)
-            synergy[index[:, 0], index[:, 1]] = values.to(synergy)
-            synergy[index[:, 1], index[:, 0]] = values.to(synergy)
-        return importance, synergy, unit_shape
+            def evaluator(start: int, stop: int) -> ContributionEvaluator:
+                with torch.no_grad():
+                    activation = split.prefix(inputs[0][start:stop])
+                    z, c = _fastpaths.contributions(split, units.rows(start, stop), activation)
+                return ContributionEvaluator(
+                    z, c, split.suffix, target.rows(slice(start, stop)), self._transform
+                )
 
-    # ------------------------------------------------------------------ Captum entry point
+        chunk = _check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
+        plan = _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress)
+        return plan, units
+
+    def _split(self, inputs: tuple, args: tuple | None, units: Units) -> _fastpaths.Split | None:
+        """The fast path's split, or None when masked forward passes are needed."""
+        if len(inputs) != 1 or args or len(units.shapes) != 1 or len(units.index[0]) != 1:
+            return None
+        split = _fastpaths.split_after(self.forward_func, self.layer)
+        if split is None:
+            return None
+        if split.is_conv:
+            fits = len(units.shapes[0]) == 3 and _fastpaths.channel_groups(units) is not None
+        else:
+            fits = len(units.shapes[0]) == 1
+        return split if fits else None
+
     @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        neuron_selector: int | tuple[int, ...],
         target: Any = None,
         additional_forward_args: Any = None,
-        perturbations_per_eval: int = 64,
+        layer_baselines: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        alpha: float = 20.0,
+        perturbations_per_eval: int = 1,
         show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
     ) -> Tensor | tuple[Tensor, ...]:
-        r"""Per-row synergy of the selected unit with every unit of the layer.
+        r"""Per-row synergistic importance of each layer unit, shaped like the layer output.
 
         Parameters
         ----------
         inputs : tensor or tuple of tensors
             (N, ...) model inputs, as for Captum attributions.
-        neuron_selector : int or tuple of int
-            The unit i: an index into one layer output (flat int, or a tuple with one entry
-            per dimension beyond the batch).
-        target : None, int, sequence of int or tensor, optional
-            Output column scored (per row for a sequence); None for one-output models.
+        target : None, int, tuple, list or tensor, optional
+            Which output value is the score, with Captum's semantics (per row for a list or
+            an N-long tensor). None only for forward functions with one value per row.
         additional_forward_args : any, optional
             Extra arguments of ``forward_func`` after the inputs.
+        layer_baselines : number, tensor or tuple, optional
+            Value a masked unit takes, broadcastable to the layer output (first dim 1 or N);
+            default 0.
+        layer_mask : tensor or tuple of tensors, optional
+            Integer group ids broadcastable to the layer output (first dim 1 or N); elements
+            of one group are masked together and share its value. Default: every element.
+        alpha : float
+            Weight of the synergy term (5 or 20 in the paper).
         perturbations_per_eval : int
-            Masks evaluated per forward pass (fallback path) / per block (fast path).
+            Masks per forward pass of the model (hook path); the fast paths run no model
+            forward per mask and size their blocks by memory.
         show_progress : bool
-            Progress bar over blocks of masks (shown only on a terminal).
+            Progress bar over pairs (shown only on a terminal).
+        rows_per_chunk : int, optional
+            Rows evaluated together (default: sized by memory).
 
         Returns
         -------
         torch.Tensor or tuple of torch.Tensor
-            Shaped like the layer output (N, ...): entry j of row x is
-            ``d(p, p_ij) - d(p, p_i) - d(p, p_j)`` at x, whose mean over rows is S_ij; entry i
-            is 0. A tuple input returns a one-tensor tuple, as Captum does.
+            Like the layer output, (N, ...): z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0) of
+            the unit each element belongs to, with s_ij(x) = d_ij(x) - d_i(x) - d_j(x) from
+            row x alone (a batch gives the rows' separate results). A tuple when the layer
+            outputs several tensors, as in ``LayerFeatureAblation``.
         """
-        is_tuple = _is_tuple(inputs)
-        evaluator, unit_shape = self._evaluator(
-            inputs, target, additional_forward_args, perturbations_per_eval
-        )
-        i = self._unit_index(neuron_selector, unit_shape)
-        with torch.no_grad():
-            p, p_single = evaluator.singles()
-            others = torch.tensor([j for j in range(evaluator.n) if j != i], dtype=torch.long)
-            index = torch.stack([torch.full_like(others, i), others], dim=1)
-            result = torch.zeros(len(p), evaluator.n, dtype=p.dtype)
-            for block in tqdm(
-                index.split(perturbations_per_eval), disable=None if show_progress else True
-            ):
-                result[:, block[:, 1]] = self._pair_differences(evaluator, block, p, p_single)
-        result = result.reshape(len(p), *unit_shape)
-        return (result,) if is_tuple else result
+        alpha = _check_alpha(alpha)
+        plan, units = self._plan(
+            inputs, target, additional_forward_args, layer_baselines, layer_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        values = _engine.per_row_z(plan, alpha)
+        expanded = units.expand(values)
+        return _format_output(len(expanded) > 1, expanded)
 
-    @staticmethod
-    def _unit_index(selector: int | tuple[int, ...], unit_shape: tuple[int, ...]) -> int:
-        n = int(torch.tensor(unit_shape).prod()) if unit_shape else 1
-        if isinstance(selector, int):
-            flat = selector
-        elif isinstance(selector, tuple) and all(isinstance(s, int) for s in selector):
-            if len(selector) != len(unit_shape):
-                raise ValueError(f"neuron_selector {selector} must have {len(unit_shape)} entries "
-                                 f"for a layer output of shape {unit_shape}")  # fmt: skip
-            for s, size in zip(selector, unit_shape, strict=True):
-                if not -size <= s < size:
-                    raise ValueError(f"neuron_selector {selector} out of range for {unit_shape}")
-            flat = int(torch.arange(n).reshape(unit_shape)[selector])
-        else:
-            raise TypeError(f"neuron_selector must be an int or a tuple of ints, got {selector!r}")
-        if not -n <= flat < n:
-            raise ValueError(f"neuron_selector {selector} out of range for {n} units")
-        return flat % n
+    @log_usage()
+    def compute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_baselines: Any = None,
+        layer_mask: Tensor | tuple[Tensor, ...] | None = None,
+        perturbations_per_eval: int = 1,
+        show_progress: bool = False,
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> SynergyResult:
+        """Δ, Δ_ij and S of the layer's units (or ``layer_mask`` groups) over all rows.
 
-    # ------------------------------------------------------------------ SynXAI quantities
-    def importance(
-        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None,
-        additional_forward_args: Any = None, perturbations_per_eval: int = 64,
-    ) -> Tensor:  # fmt: skip
-        """Δ_i of every unit, shaped like one layer output (e.g. (n,)).
+        Arguments as in :meth:`attribute` (without ``alpha``). Under ``torch.distributed``
+        the means run over the rows of all processes.
 
-        Arguments as in :meth:`attribute`.
+        Returns
+        -------
+        SynergyResult
+            n = number of elements of one layer output, or of groups in ``layer_mask``
+            (sorted by id); unit i is element i of the flattened output(s) without a mask.
         """
-        evaluator, unit_shape = self._evaluator(
-            inputs, target, additional_forward_args, perturbations_per_eval
-        )
-        with torch.no_grad():
-            p, p_single = evaluator.singles()
-        return scores.score_difference(p[:, None], p_single, self.mode).mean(0).reshape(unit_shape)
+        plan, units = self._plan(
+            inputs, target, additional_forward_args, layer_baselines, layer_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        single, pair, rows = _engine.sums(plan)
+        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)
 
-    def synergy_matrix(
-        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None,
-        additional_forward_args: Any = None, perturbations_per_eval: int = 1024,
+
+class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
+    r"""Synergy of input features for one neuron's value (a Captum neuron attribution).
+
+    Input features (every element, or the groups of ``feature_mask`` exactly as in Captum's
+    ``FeatureAblation``: ids global across input tensors) are set to ``baselines`` alone and
+    in pairs; the score p is the selected neuron's value, with ``neuron_selector`` exactly as
+    in ``NeuronFeatureAblation`` (an int, a tuple of ints and slices — a slice sums its
+    neurons — or a callable of the layer output giving one value per row). ``compute`` gives
+    Δ, Δ_ij and S over all rows; ``attribute`` gives each row's synergistic importance of
+    each feature, shaped like the inputs. Masked inputs run in batches of
+    ``perturbations_per_eval`` masks per forward pass. At most 4,096 features or groups (the
+    pairs grow as n²): pass a ``feature_mask`` for larger inputs.
+
+    Parameters
+    ----------
+    forward_func : callable
+        The model or any function of it (BatchNorm and Dropout in eval mode).
+    layer : torch.nn.Module
+        Layer holding the neuron (its output).
+    device_ids : list of int, optional
+        As in Captum, for DataParallel forward functions.
+    mode : {'abs_mean', 'signed'}
+        d = |v - v_U| or v - v_U of the neuron value v.
+
+    Examples
+    --------
+    >>> ns = NeuronSynergy(model, model.conv2)                               # doctest: +SKIP
+    >>> ns.attribute(x, neuron_selector=(3, 4, 4), feature_mask=groups)  # like x
+    >>> ns.compute(x, neuron_selector=(3, 4, 4), feature_mask=groups).synergy
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+        *,
+        mode: str = "abs_mean",
+    ) -> None:
+        _check_common(forward_func, layer, mode)
+        NeuronAttribution.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, forward_func)
+        self.mode = mode
+
+    def _plan(
+        self, inputs: Any, neuron_selector: Any, additional_forward_args: Any, baselines: Any,
+        feature_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        rows_per_chunk: int | None,
+    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+        check_eval_mode(self.forward_func)
+        per_eval = check_per_eval(perturbations_per_eval)
+        if not callable(neuron_selector) and not isinstance(neuron_selector, int | tuple):
+            raise ValueError(f"neuron_selector must be an int, a tuple of ints and slices or "
+                             f"a callable, got {neuron_selector!r}")  # fmt: skip
+        inputs = format_inputs(inputs)
+        rows = len(inputs[0])
+        args = _format_additional_forward_args(additional_forward_args)
+        units = Units(inputs, feature_mask, baselines, ("feature_mask", "baselines"), "input",
+                      rows)  # fmt: skip
+        if units.n > MAX_INPUT_UNITS:
+            raise ValueError(
+                f"{units.n} input features or groups exceed {MAX_INPUT_UNITS} (pairs grow as "
+                "n²): pass a feature_mask grouping the features"
+            )
+        no_target = Target(None, rows)
+        first = RowSlice(inputs, args, no_target, 0, 1)
+        with torch.no_grad():  # checks the selector before any masking
+            probe = _forward_layer_eval(
+                self.forward_func, first.inputs, self.layer, first.args or None,
+                device_ids=self.device_ids,
+            )  # fmt: skip
+        select_neuron(probe, neuron_selector, 1)
+
+        def evaluator(start: int, stop: int) -> NeuronEvaluator:
+            part = RowSlice(inputs, args, no_target, start, stop)
+            return NeuronEvaluator(
+                self.forward_func, self.layer, part, units.rows(start, stop), neuron_selector,
+                per_eval, self.device_ids,
+            )  # fmt: skip
+
+        per_chunk = _ELEMENTS_PER_CHUNK // max(units.n, per_eval)
+        chunk = _check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
+        return _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress), units
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        neuron_selector: int | tuple | Callable,
+        additional_forward_args: Any = None,
+        baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        alpha: float = 20.0,
+        perturbations_per_eval: int = 1,
         show_progress: bool = False,
-    ) -> Tensor:  # fmt: skip
-        """S (n, n): symmetric, zero diagonal, units flattened in layer-output order.
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""Per-row synergistic importance of each input feature for the selected neuron.
 
-        Arguments as in :meth:`attribute`; ``perturbations_per_eval`` pairs per block.
+        Parameters
+        ----------
+        inputs : tensor or tuple of tensors
+            (N, ...) model inputs.
+        neuron_selector : int, tuple of int/slice, or callable
+            As in ``NeuronFeatureAblation``: an int (2-D layer output), a tuple with one
+            entry per dimension beyond the batch (slices sum their neurons), or a callable
+            of the layer output returning one value per row.
+        additional_forward_args : any, optional
+            Extra arguments of ``forward_func`` after the inputs.
+        baselines : number, tensor or tuple, optional
+            Value a masked feature takes, as in Captum (broadcastable, first dim 1 or N);
+            default 0.
+        feature_mask : tensor or tuple of tensors, optional
+            Integer group ids as in ``FeatureAblation``; features of a group are masked
+            together and share its value. Default: every element is a feature.
+        alpha : float
+            Weight of the synergy term.
+        perturbations_per_eval : int
+            Masks per forward pass.
+        show_progress : bool
+            Progress bar over pairs (shown only on a terminal).
+        rows_per_chunk : int, optional
+            Rows evaluated together (default: sized by memory).
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            Shaped like ``inputs`` (tuple in → tuple out): z_i(x) of the feature (group) each
+            element belongs to, from row x alone.
         """
-        return self._importance_and_synergy(
-            inputs, target, additional_forward_args, perturbations_per_eval, show_progress
-        )[1]
+        alpha = _check_alpha(alpha)
+        plan, units = self._plan(
+            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        expanded = units.expand(_engine.per_row_z(plan, alpha))
+        return _format_output(_is_tuple(inputs), expanded)
 
-    def pair_importance(
-        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None,
-        additional_forward_args: Any = None, perturbations_per_eval: int = 1024,
+    @log_usage()
+    def compute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        neuron_selector: int | tuple | Callable,
+        additional_forward_args: Any = None,
+        baselines: Any = None,
+        feature_mask: Tensor | tuple[Tensor, ...] | None = None,
+        perturbations_per_eval: int = 1,
         show_progress: bool = False,
-    ) -> Tensor:  # fmt: skip
-        """Δ_ij (n, n): Δ of masking units i and j together; the diagonal holds Δ_i."""
-        importance, synergy, _ = self._importance_and_synergy(
-            inputs, target, additional_forward_args, perturbations_per_eval, show_progress
-        )
-        pair = synergy + importance[:, None] + importance[None, :]
-        return pair - torch.diag(pair.diagonal()) + torch.diag(importance)
+        *,
+        rows_per_chunk: int | None = None,
+    ) -> SynergyResult:
+        """Δ, Δ_ij and S of the input features (or ``feature_mask`` groups) over all rows.
 
-    def synergistic_importance(
-        self, inputs: Tensor | tuple[Tensor, ...], alpha: float = 20.0, target: Any = None,
-        additional_forward_args: Any = None, perturbations_per_eval: int = 1024,
-        show_progress: bool = False,
-    ) -> Tensor:  # fmt: skip
-        """Z_i = Δ_i + α · mean_j max(S_ij, 0), shaped like one layer output."""
-        importance, synergy, unit_shape = self._importance_and_synergy(
-            inputs, target, additional_forward_args, perturbations_per_eval, show_progress
-        )
-        return scores.synergistic_importance(importance, synergy, alpha).reshape(unit_shape)
-
-    def synergy_ranking(
-        self, inputs: Tensor | tuple[Tensor, ...], target: Any = None,
-        additional_forward_args: Any = None, perturbations_per_eval: int = 1024,
-        show_progress: bool = False,
-    ) -> Tensor:  # fmt: skip
-        """R_i = Σ_j max(S_ij, 0), shaped like one layer output."""
-        _, synergy, unit_shape = self._importance_and_synergy(
-            inputs, target, additional_forward_args, perturbations_per_eval, show_progress
-        )
-        return scores.synergy_ranking(synergy).reshape(unit_shape)
+        Arguments as in :meth:`attribute` (without ``alpha``).
+        """
+        plan, units = self._plan(
+            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
+            perturbations_per_eval, show_progress, rows_per_chunk,
+        )  # fmt: skip
+        single, pair, rows = _engine.sums(plan)
+        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)

@@ -10,7 +10,11 @@ import torch
 
 from benchmarks.data._base import Dataset, TabularSplits, cached
 
-__all__ = ["load_fish", "load_storms", "FISH_FEATURES", "STORMS_FEATURES"]
+__all__ = [
+    "load_fish", "load_storms", "FISH_FEATURES", "STORMS_FEATURES", "SYNXAI_POSITIVE_RATE",
+]  # fmt: skip
+
+SYNXAI_POSITIVE_RATE = 0.216  # share of positive hauls in SynXAI's catch records
 
 FISH_FEATURES = [
     "lat", "lon", "depth", "temperature", "chlorophyll", "salinity", "day_cos", "day_sin",
@@ -54,7 +58,19 @@ def _split_standardise(
     return *sets, {"mean": mean, "std": std}
 
 
-def _fish_table(n: int, seed: int) -> dict:
+def _offset_for_rate(logit: np.ndarray, rate: float, steepness: float) -> float:
+    """b with mean(sigmoid(steepness · (logit - b))) = rate (bisection; the mean falls in b)."""
+    low, high = float(logit.min()) - 50.0 / steepness, float(logit.max()) + 50.0 / steepness
+    for _ in range(100):
+        middle = 0.5 * (low + high)
+        if np.mean(1.0 / (1.0 + np.exp(-steepness * (logit - middle)))) > rate:
+            low = middle
+        else:
+            high = middle
+    return 0.5 * (low + high)
+
+
+def _fish_table(n: int, seed: int, positive_rate: float | None = None) -> dict:
     rng = np.random.default_rng(seed)
     year = rng.integers(2000, 2020, n)
     day = rng.uniform(0, 365, n)
@@ -87,13 +103,17 @@ def _fish_table(n: int, seed: int) -> dict:
         + 0.3 * (tow - 3.25) / 1.6
         - 0.05 * (year - 2010)
     )
-    logit = logit - np.median(logit)
-    y = rng.random(n) < 1 / (1 + np.exp(-2.0 * logit))
+    steepness = 2.0
+    if positive_rate is None:
+        logit = logit - np.median(logit)
+    else:
+        logit = logit - _offset_for_rate(logit, positive_rate, steepness)
+    y = rng.random(n) < 1 / (1 + np.exp(-steepness * logit))
     order = year * 365 + day
     return {"x": features, "y": y.astype(np.float64), "order": order}
 
 
-def load_fish(n: int = 20000, seed: int = 0) -> TabularSplits:
+def load_fish(n: int = 20000, seed: int = 0, positive_rate: float | None = None) -> TabularSplits:
     """Synthetic fish presence with known effects: our stand-in for SynXAI's catch data.
 
     Parameters
@@ -102,6 +122,14 @@ def load_fish(n: int = 20000, seed: int = 0) -> TabularSplits:
         Rows (hauls) over the years 2000–2019.
     seed : int
         Seed of everything drawn.
+    positive_rate : float, optional
+        Expected share of positive hauls over the whole table, in (0, 1): the logit is
+        shifted by a constant so that the mean presence probability equals it (features and
+        effects are unchanged, and so are the random draws). None (default) centres the logit
+        at its median, which gives about half positives. SynXAI's catch records hold 21.6 %
+        positives (:data:`SYNXAI_POSITIVE_RATE`); the temporal test split, from the latest
+        years, has somewhat fewer positives than the whole table (the effects include a
+        decline with the year).
 
     Returns
     -------
@@ -112,11 +140,17 @@ def load_fish(n: int = 20000, seed: int = 0) -> TabularSplits:
     """
     if n < 100:
         raise ValueError(f"n must be >= 100, got {n}")
-    table = cached("fish", {"n": n, "seed": seed, "v": 1}, lambda: _fish_table(n, seed))
+    key: dict = {"n": n, "seed": seed, "v": 1}
+    if positive_rate is not None:
+        if not 0.0 < positive_rate < 1.0:
+            raise ValueError(f"positive_rate must lie in (0, 1), got {positive_rate!r}")
+        key["positive_rate"] = float(positive_rate)
+    table = cached("fish", key, lambda: _fish_table(n, seed, positive_rate))
     train, val, test, stats = _split_standardise(
         table["x"], table["y"], table["order"], (0.7, 0.15)
     )
-    meta = {"true_effects": FISH_EFFECTS, "split": "temporal by haul date (70/15/15)", **stats}
+    meta = {"true_effects": FISH_EFFECTS, "split": "temporal by haul date (70/15/15)",
+            "positive_rate": positive_rate, **stats}  # fmt: skip
     return TabularSplits(train, val, test, list(FISH_FEATURES), meta)
 
 

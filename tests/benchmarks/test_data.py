@@ -161,6 +161,26 @@ def test_fish_effects_are_learnable_and_documented():
     assert auc > 0.9
 
 
+@pytest.mark.parametrize("rate", [0.216, 0.5])
+def test_fish_positive_rate_shifts_only_the_labels(rate):
+    default = load_fish(n=4000)
+    shifted, rarer = load_fish(n=4000, positive_rate=rate), load_fish(n=4000, positive_rate=0.1)
+    parts = ("train", "val", "test")
+    y = torch.cat([getattr(shifted, p).y for p in parts])
+    assert abs(y.mean().item() - rate) < 0.025  # 4,000 Bernoulli draws: sd <= 0.008
+    assert shifted.meta["positive_rate"] == rate and default.meta["positive_rate"] is None
+    for part in parts:  # same features and draws: a rarer table's positives stay positive
+        assert torch.equal(getattr(shifted, part).x, getattr(default, part).x)
+        assert (getattr(rarer, part).y <= getattr(shifted, part).y).all()
+    assert abs(torch.cat([getattr(default, p).y for p in parts]).mean().item() - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.2, 1.5])
+def test_fish_rejects_a_positive_rate_outside_the_open_unit_interval(rate):
+    with pytest.raises(ValueError, match=f"positive_rate must lie in \\(0, 1\\), got {rate}"):
+        load_fish(n=400, positive_rate=rate)
+
+
 def test_storms_drops_label_defining_columns():
     splits = load_storms()
     assert not {"status", "category", "wind", "pressure"} & set(splits.feature_names)

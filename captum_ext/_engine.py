@@ -1,0 +1,102 @@
+"""Synergy over rows in chunks: sums for SynergyResult (all-reduced when distributed), or Z per row.
+
+A ``Plan`` names the rows N, the units n, how many rows one chunk holds, and a factory
+``evaluator(start, stop)`` for a chunk (see ``captum_ext._evaluators``). Memory is bounded by
+the chunk, never by N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from captum_ext import scores
+
+__all__ = ["Plan", "sums", "per_row_z"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the engine runs: N rows in chunks of ``rows_per_chunk``, n units, one factory."""
+
+    rows: int
+    n: int
+    rows_per_chunk: int
+    evaluator: Callable[[int, int], Any]
+    mode: str
+    progress: bool
+
+
+def _chunks(plan: Plan) -> Iterator[tuple[Any, Tensor, Tensor, Tensor]]:
+    """Per chunk: its evaluator, p (R,), p_single (R, n) and d_i (R, n)."""
+    for start in range(0, plan.rows, plan.rows_per_chunk):
+        evaluator = plan.evaluator(start, min(plan.rows, start + plan.rows_per_chunk))
+        p, p_single = evaluator.singles()
+        yield evaluator, p, p_single, scores.score_difference(p[:, None], p_single, plan.mode)
+
+
+def _pair_blocks(plan: Plan, evaluator: Any, bar: tqdm) -> Iterator[Tensor]:
+    upper = torch.triu_indices(plan.n, plan.n, offset=1).t()
+    for block in upper.split(evaluator.pairs_per_call):
+        yield block
+        bar.update(len(block))
+
+
+def _bar(plan: Plan) -> tqdm:
+    chunks = -(-plan.rows // plan.rows_per_chunk)
+    return tqdm(
+        total=chunks * plan.n * (plan.n - 1) // 2, desc="synergy pairs", unit="pair",
+        disable=None if plan.progress else True,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def sums(plan: Plan) -> tuple[Tensor, Tensor, int]:
+    """Σ_x d_i(x) (n,), Σ_x d_ij(x) (n, n; upper triangle) and the row count.
+
+    When ``torch.distributed`` is initialized, the sums and counts of all processes are
+    all-reduced: every rank returns those of the whole data set.
+    """
+    single = pair = None
+    with _bar(plan) as bar:
+        for evaluator, p, p_single, d_single in _chunks(plan):
+            if single is None:
+                single = d_single.new_zeros(plan.n)
+                pair = d_single.new_zeros(plan.n, plan.n)
+            single += d_single.sum(0)
+            for block in _pair_blocks(plan, evaluator, bar):
+                d_pair = scores.score_difference(
+                    p[:, None], evaluator.pairs(block, p, p_single), plan.mode
+                )
+                pair[block[:, 0], block[:, 1]] += d_pair.sum(0)
+    rows = plan.rows
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        packed = torch.cat([single, pair.reshape(-1)])
+        count = torch.tensor([rows], dtype=torch.long, device=packed.device)
+        torch.distributed.all_reduce(packed)
+        torch.distributed.all_reduce(count)
+        single, pair, rows = packed[: plan.n], packed[plan.n :].reshape_as(pair), int(count)
+    return single, pair, rows
+
+
+@torch.no_grad()
+def per_row_z(plan: Plan, alpha: float) -> Tensor:
+    """(N, n) z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0), each row from itself alone."""
+    out = []
+    with _bar(plan) as bar:
+        for evaluator, p, p_single, d_single in _chunks(plan):
+            positive = torch.zeros_like(d_single)
+            for block in _pair_blocks(plan, evaluator, bar):
+                d_pair = scores.score_difference(
+                    p[:, None], evaluator.pairs(block, p, p_single), plan.mode
+                )
+                i, j = block[:, 0].to(p.device), block[:, 1].to(p.device)
+                s = scores.pair_synergy(d_pair, d_single[:, i], d_single[:, j]).clamp(min=0)
+                positive.index_add_(1, i, s).index_add_(1, j, s)
+            out.append(scores.z_score(d_single, positive / plan.n, alpha))
+    return torch.cat(out)

@@ -1,0 +1,234 @@
+"""Masked scores of one chunk of rows: by forward passes, or from precomputed contributions.
+
+Every evaluator answers, for R rows and n units, ``singles()`` → p (R,) unmasked and
+p_single (R, n) with each unit masked alone, and ``pairs(index, p, p_single)`` → (R, P) with
+the two units of each pair ``index[k]`` masked together. ``pairs_per_call`` is the block of
+pairs it takes at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum._utils.common import _format_tensor_into_tuples, _verify_select_neuron
+from captum._utils.gradient import _forward_layer_eval
+from torch import Tensor, nn
+
+from captum_ext._masking import RowSlice, Target, Transform, Units
+
+__all__ = ["LayerHookEvaluator", "NeuronEvaluator", "ContributionEvaluator", "select_neuron"]
+
+# rows of one stacked forward pass at most (masks per pass shrink below perturbations_per_eval
+# when a chunk is large)
+_ROWS_PER_PASS = 1 << 16
+# elements of one block of masked pre-activations (8 MB of float32)
+_ELEMENTS_PER_BLOCK = 1 << 21
+
+
+def _pair_masks(index: Tensor, n: int) -> Tensor:
+    masks = torch.zeros(len(index), n, dtype=torch.bool)
+    masks[torch.arange(len(index))[:, None], index] = True
+    return masks
+
+
+class _MaskedForward:
+    """Masks as K stacked copies of the rows, ``per_eval`` masks per forward pass."""
+
+    n: int
+
+    def __init__(self, rows: int, per_eval: int) -> None:
+        self.pairs_per_call = max(1, min(per_eval, _ROWS_PER_PASS // rows))
+
+    def _scores(self, masks: Tensor | None) -> Tensor:
+        """(R, K) scores for K masks (K, n); None → the unmasked (R, 1)."""
+        raise NotImplementedError
+
+    def _batched(self, masks: Tensor) -> Tensor:
+        return torch.cat([self._scores(b) for b in masks.split(self.pairs_per_call)], dim=1)
+
+    def singles(self) -> tuple[Tensor, Tensor]:
+        p = self._scores(None)[:, 0]
+        return p, self._batched(torch.eye(self.n, dtype=torch.bool))
+
+    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
+        return self._batched(_pair_masks(index, self.n))
+
+
+class LayerHookEvaluator(_MaskedForward):
+    """Units of a layer's output masked by a forward hook, in stacked forward passes.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(*inputs, *additional_args)``.
+    layer : nn.Module
+        Its output (a tensor or a tuple of tensors, batch first) is masked.
+    part : RowSlice
+        The rows, their additional arguments and target.
+    units : Units
+        Units of the layer output for these rows.
+    transform : Transform
+    per_eval : int
+        Masks per forward pass.
+    """
+
+    def __init__(
+        self, forward: Any, layer: nn.Module, part: RowSlice, units: Units,
+        transform: Transform, per_eval: int,
+    ) -> None:  # fmt: skip
+        super().__init__(len(part), per_eval)
+        self.n = units.n
+        self._forward, self._layer, self._part = forward, layer, part
+        self._units, self._transform = units, transform
+
+    def _scores(self, masks: Tensor | None) -> Tensor:
+        rows, copies = len(self._part), 1 if masks is None else len(masks)
+
+        def hook(_module: nn.Module, _inp: Any, output: Any) -> Any:
+            parts = _format_tensor_into_tuples(output)
+            if len(parts[0]) != copies * rows:
+                raise ValueError(
+                    f"the layer saw a batch of {len(parts[0])} rows, {copies * rows} expected: "
+                    "masking needs the whole batch at the layer (no DataParallel replicas)"
+                )
+            masked = self._units.apply(parts, masks)
+            return masked if isinstance(output, tuple) else masked[0]
+
+        inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
+        handle = self._layer.register_forward_hook(hook) if masks is not None else None
+        try:
+            output = self._forward(*inputs, *self._part.repeated_args(copies))
+        finally:
+            if handle is not None:
+                handle.remove()
+        scores = self._part.target.select(self._transform(output), copies)
+        return scores.reshape(copies, rows).t()
+
+
+def select_neuron(layer_eval: tuple[Tensor, ...], selector: Any, rows: int) -> Tensor:
+    """The selected neuron's value per row (rows,), as Captum's ``NeuronFeatureAblation``.
+
+    Raises a ValueError naming ``neuron_selector`` when it is out of range, selects nothing,
+    or gives other than one value per row.
+    """
+    shapes = [tuple(t.shape) for t in layer_eval]
+    try:
+        value = _verify_select_neuron(layer_eval, selector)
+    except (IndexError, AssertionError) as error:
+        raise ValueError(f"neuron_selector {selector!r} is not valid for the layer output of "
+                         f"shape(s) {shapes}: {error}") from error  # fmt: skip
+    if not isinstance(value, Tensor):
+        raise ValueError(f"neuron_selector {selector!r} must give a tensor, got {value!r}")
+    if not callable(selector) and isinstance(selector, tuple):
+        picked = layer_eval[0][(slice(None), *selector)]
+        if picked[0].numel() == 0:
+            raise ValueError(f"neuron_selector {selector!r} selects no neuron of the layer "
+                             f"output of shape {shapes[0]}")  # fmt: skip
+    if value.numel() != rows:
+        raise ValueError(f"neuron_selector {selector!r} must give one value per row ({rows}), "
+                         f"got shape {tuple(value.shape)} for layer output(s) {shapes}")
+    return value.reshape(rows)
+
+
+class NeuronEvaluator(_MaskedForward):
+    """Input units masked in stacked batches; the score is the selected neuron's value.
+
+    Parameters
+    ----------
+    forward : callable
+    layer : nn.Module
+    part : RowSlice
+        The rows and their additional arguments (no target).
+    units : Units
+        Units of the inputs for these rows.
+    selector : int, tuple or callable
+        Captum's ``neuron_selector``.
+    per_eval : int
+        Masks per forward pass.
+    device_ids : list of int or None
+    """
+
+    def __init__(
+        self, forward: Any, layer: nn.Module, part: RowSlice, units: Units, selector: Any,
+        per_eval: int, device_ids: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(len(part), per_eval)
+        self.n = units.n
+        self._forward, self._layer, self._part, self._units = forward, layer, part, units
+        self._selector, self._device_ids = selector, device_ids
+
+    def _scores(self, masks: Tensor | None) -> Tensor:
+        rows, copies = len(self._part), 1 if masks is None else len(masks)
+        inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
+        if masks is not None:
+            inputs = self._units.apply(inputs, masks)
+        args = self._part.repeated_args(copies) or None
+        layer_eval = _forward_layer_eval(
+            self._forward, inputs, self._layer, args, device_ids=self._device_ids
+        )
+        value = select_neuron(layer_eval, self._selector, copies * rows)
+        return value.reshape(copies, rows).t()
+
+
+class ContributionEvaluator:
+    """Exact masked scores from a linear map's per-unit contributions, no prefix re-run.
+
+    The layer feeds a linear map L (an ``nn.Linear`` or ``nn.Conv2d``, eval BatchNorm folded
+    in). Masking units U changes L's output z by ``-Σ_{g∈U} C_g`` with C_g = L₀((a - b) ⊙ 1_g)
+    (L₀ without bias), so the rest of the network only runs on ``z - C_i`` and
+    ``z - C_i - C_j``. A unit whose contribution is zero in a row leaves that row unchanged:
+    singles run only the active (row, unit) entries, and pairs (i, j) only the rows where i
+    is active (the other rows take the single score of j).
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        (R, *out) L's unmasked output.
+    contributions : torch.Tensor
+        (R, n, *out) C_g per row and unit.
+    suffix : callable
+        The rest of the network after L, (B, *out) → (B, ...).
+    target : Target
+        Target of these R rows.
+    transform : Transform
+    """
+
+    def __init__(
+        self, z: Tensor, contributions: Tensor, suffix: Any, target: Target,
+        transform: Transform,
+    ) -> None:  # fmt: skip
+        self.n = contributions.shape[1]
+        self.pairs_per_call = max(1, self.n - 1)
+        self._z, self._c = z, contributions
+        self._active = contributions.reshape(len(z), self.n, -1).ne(0).any(2)
+        self._suffix, self._target, self._transform = suffix, target, transform
+        self._step = max(1, _ELEMENTS_PER_BLOCK // max(1, z[0].numel()))
+
+    def _scores(self, rows: Tensor, z: Tensor) -> Tensor:
+        return self._target.rows(rows).select(self._transform(self._suffix(z)))
+
+    def singles(self) -> tuple[Tensor, Tensor]:
+        all_rows = torch.arange(len(self._z), device=self._z.device)
+        p = self._scores(all_rows, self._z)
+        rows, units = torch.nonzero(self._active, as_tuple=True)
+        p_single = p[:, None].repeat(1, self.n)
+        for block in torch.arange(len(rows), device=rows.device).split(self._step):
+            r, k = rows[block], units[block]
+            p_single[r, k] = self._scores(r, self._z[r] - self._c[r, k])
+        return p, p_single
+
+    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
+        index = index.to(self._z.device)
+        out = p_single[:, index[:, 1]].clone()  # rows where unit i is inactive: p_j
+        for i in index[:, 0].unique().tolist():
+            columns = torch.nonzero(index[:, 0] == i)[:, 0]
+            j = index[columns, 1]
+            step = max(1, self._step // len(j))
+            for rows in torch.nonzero(self._active[:, i])[:, 0].split(step):
+                base = self._z[rows] - self._c[rows, i]
+                z = base[:, None] - self._c[rows][:, j]  # (rows, pairs, *out)
+                flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
+                scores = self._scores(flat_rows, z.reshape(-1, *z.shape[2:]))
+                out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
+        return out
