@@ -16,6 +16,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,11 +73,13 @@ class Settings:
     batch_size: int = 64
     landscape_images: int = 200
     landscape_grid: int = 11
+    prune_fractions: tuple[float, ...] = tuple(np.round(np.arange(0.0, 0.951, 0.05), 2))
 
 
 FULL = Settings()
 QUICK = Settings(n_train=512, n_test=200, epochs=2, seeds=(0,), sweep_epochs=None,
-                 landscape_grid=5)  # fmt: skip
+                 landscape_images=100, landscape_grid=5,
+                 prune_fractions=(0.0, 0.25, 0.5, 0.75, 0.9))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,20 @@ def _regularizer(maps: Any, lam1: float, lam2: float, epsilon: float):
     return lambda: sum(weight * loss(maps.value) for weight, loss in terms)
 
 
+def _cache_path(key: dict[str, Any], suffix: str) -> Path:
+    text = json.dumps({**key, "v": _CACHE_VERSION}, sort_keys=True)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return cache_dir("models", "sync") / f"{digest}{suffix}.pt"
+
+
+def _save(value: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then an atomic rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+
+
 def train(config: Config, train_set: tuple, progress: bool) -> tuple[nn.Module, dict]:
     """VGGSmall(3) initialised under ``config.seed``, trained with the config's losses (cached).
 
@@ -133,8 +150,7 @@ def train(config: Config, train_set: tuple, progress: bool) -> tuple[nn.Module, 
     """
     from captum_ext.regularizers import capture_output
 
-    key = json.dumps({**asdict(config), "v": _CACHE_VERSION}, sort_keys=True)
-    path = cache_dir("models", "sync") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    path = _cache_path(asdict(config), "")
     torch.manual_seed(config.seed)
     model = VGGSmall(num_classes=3)
     if path.exists():
@@ -146,10 +162,7 @@ def train(config: Config, train_set: tuple, progress: bool) -> tuple[nn.Module, 
         log = fit(model, train_set, epochs=config.epochs, lr=config.lr,
                   batch_size=config.batch_size, seed=config.seed, progress=progress,
                   regularizer=penalty)  # fmt: skip
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save({"state": model.state_dict(), "log": log, "config": asdict(config)}, tmp)
-    os.replace(tmp, path)
+    _save({"state": model.state_dict(), "log": log, "config": asdict(config)}, path)
     return model, {**log, "cached": False}
 
 
@@ -283,7 +296,7 @@ def _mean_sd(values: list[float], digits: int = 4) -> str:
     return f"{mean:.{digits}f} ± {float(np.std(values, ddof=1)):.{digits}f}"
 
 
-def _taylor_curve(model: nn.Module, train_set, test) -> dict[str, list[float]]:
+def _taylor_curve(model: nn.Module, train_set, test, fractions) -> dict[str, list[float]]:
     """Fig. 9: accuracy as the filters of :data:`LAYER` with the lowest Taylor score are zeroed."""
     from captum_ext.pruning import pruning_curve, taylor_scores
 
@@ -291,8 +304,36 @@ def _taylor_curve(model: nn.Module, train_set, test) -> dict[str, list[float]]:
     scores = taylor_scores(model, layer, *train_set)
     channels = torch.arange(scores.numel()).reshape(1, -1, 1, 1)
     return pruning_curve(model, layer, scores, test.x, test.y, layer_mask=channels,
-                         fractions=tuple(np.round(np.arange(0.0, 0.951, 0.05), 2)),
-                         progress=False)  # fmt: skip
+                         fractions=fractions, progress=False)  # fmt: skip
+
+
+def study(config: Config, train_data, test, top_rates: dict[str, float], settings: Settings,
+          progress: bool) -> dict[str, Any]:  # fmt: skip
+    """Train (or load) one model and measure everything the tables and figures need (cached).
+
+    Returns
+    -------
+    dict
+        :func:`assess`'s result, ``pruning`` (Fig. 9 curve), ``landscape`` ((alphas, loss),
+        Fig. 10) and ``train_time_s``; the cache key is the config and the evaluation settings.
+    """
+    key = {**asdict(config), "n_test": len(test), "top_rates": top_rates,
+           "landscape": [settings.landscape_images, settings.landscape_grid],
+           "prune_fractions": list(settings.prune_fractions)}  # fmt: skip
+    path = _cache_path(key, "-study")
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    model, log = train(config, (train_data.x, train_data.y), progress)
+    result = assess(model, test, top_rates)
+    rows = slice(0, len(test))  # Taylor scores on as many training images as there are tests
+    result["pruning"] = _taylor_curve(model, (train_data.x[rows], train_data.y[rows]), test,
+                                      settings.prune_fractions)  # fmt: skip
+    images = slice(0, settings.landscape_images)
+    result["landscape"] = loss_landscape(model, test.x[images], test.y[images],
+                                         settings.landscape_grid)  # fmt: skip
+    result["train_time_s"] = log["train_time_s"]
+    _save(result, path)
+    return result
 
 
 def _analyse(report: Report, data: str, settings: Settings, progress: bool) -> dict[str, Any]:
@@ -303,23 +344,21 @@ def _analyse(report: Report, data: str, settings: Settings, progress: bool) -> d
     test = _parts(data, settings.n_test, 1)
     area = float(test.mask.any(dim=1).float().mean())
     top_rates = {"main": area, "csgcnn": CSGCNN_TOP_RATE}
-    train_set = (train_data.x, train_data.y)
-    taylor_set = (train_data.x[: settings.n_test], train_data.y[: settings.n_test])
     found: dict[str, list[dict]] = {variant: [] for variant in VARIANTS}
     figures: dict[str, dict] = {}
     for variant, (lam1, lam2) in VARIANTS.items():
         for seed in settings.seeds:
             config = Config(data, lam1, lam2, EPSILON, seed, settings.epochs, settings.n_train,
                             settings.lr, settings.batch_size)  # fmt: skip
-            model, log = train(config, train_set, progress)
-            result = assess(model, test, top_rates)
-            result["pruning"] = _taylor_curve(model, taylor_set, test)
-            result["train_time_s"] = log["train_time_s"]
+            result = dict(study(config, train_data, test, top_rates, settings, progress))
             maps, iou = result.pop("maps"), result.pop("iou")
+            landscape = result.pop("landscape")
+            alphas, loss = landscape
+            centre = len(alphas) // 2
+            result["landscape_mean"] = float(loss.mean())
+            result["landscape_rise"] = float(loss.mean() - loss[centre, centre])
             if seed == settings.seeds[0]:
-                rows = test.x[: settings.landscape_images], test.y[: settings.landscape_images]
-                surface = loss_landscape(model, *rows, settings.landscape_grid)
-                figures[variant] = {"maps": maps, "iou": iou, "landscape": surface}
+                figures[variant] = {"maps": maps, "iou": iou, "landscape": landscape}
             found[variant].append(result)
 
     label = f"{data} parts"
@@ -349,14 +388,9 @@ def _analyse(report: Report, data: str, settings: Settings, progress: bool) -> d
                       f"{label}: test cross-entropy ({settings.landscape_images} images) on a "
                       f"{settings.landscape_grid}² grid of two filter-normalized directions of "
                       f"{TOP_CONV}'s weights (Fig. 10)")  # fmt: skip
-    summary = {v: {"landscape_mean": float(f["landscape"][1].mean()),
-                   "landscape_rise": float(f["landscape"][1].mean()
-                                           - f["landscape"][1][settings.landscape_grid // 2,
-                                                               settings.landscape_grid // 2])}
-               for v, f in figures.items()}  # fmt: skip
     report.results[f"{data}_runs"] = found
     report.results[f"{data}_landscape"] = {v: f["landscape"][1] for v, f in figures.items()}
-    return {"found": found, "landscape": summary, "area": area}
+    return {"found": found, "area": area}
 
 
 def _tables(report: Report, label: str, found: dict[str, list[dict]], area: float) -> None:
@@ -454,8 +488,8 @@ def _claims(results: dict[str, dict]) -> list[dict]:
         check("regularized models are more redundant: accuracy at 50 % filters pruned "
               "L_lac ≥ both > baseline (Fig. 9)", " / ".join(f"{x:.2%}" for x in half),
               half[1] >= half[2] > half[0])
-        rise = {v: result["landscape"][v]["landscape_rise"] for v in VARIANTS}
-        level = {v: result["landscape"][v]["landscape_mean"] for v in VARIANTS}
+        rise = {v: _mean(result["found"][v], "landscape_rise") for v in VARIANTS}
+        level = {v: _mean(result["found"][v], "landscape_mean") for v in VARIANTS}
         check("both losses: lower and flatter loss landscape than baseline and L_lac (Fig. 10)",
               "mean " + " / ".join(f"{level[v]:.3f}" for v in VARIANTS) + "; rise "
               + " / ".join(f"{rise[v]:.3f}" for v in VARIANTS),
