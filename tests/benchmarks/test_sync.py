@@ -87,9 +87,10 @@ def test_activation_examples_pick_the_iou_quantiles_of_live_filters():
 
 def test_run_fills_tables_claims_and_figures(tmp_path):
     pytest.importorskip("sklearn")
-    settings = sync.Settings(n_train=48, n_test=40, epochs=1, seeds=(0, 1), data=("easy",),
-                             sweep_epochs=1, sweep_data="easy", sweep_values=(0.03, 0.3),
-                             landscape_images=20, landscape_grid=3)  # fmt: skip
+    settings = sync.Settings(n_train=32, n_test=24, epochs=1, seeds=(0, 1), data=("easy",),
+                             sweep_epochs=1, sweep_data="easy", sweep_values=(0.3,),
+                             landscape_images=8, landscape_grid=3,
+                             prune_fractions=(0.0, 0.5))  # fmt: skip
     report = Report("sync", tmp_path / "out")
     sync.run(report, quick=True, progress=False, settings=settings)
     path = report.write()
