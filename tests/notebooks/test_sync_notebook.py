@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 
-def test_sync_notebook_executes(run_notebook):
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sync_notebook_executes(run_notebook, monkeypatch):
+    # the kernel imports this checkout's packages, not whichever one the venv was installed from
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT),
+                                                                   os.environ.get("PYTHONPATH")])))
     outputs = run_notebook("sync")
     assert "L_lac blob < scattered: True" in outputs
     assert "L_sync far groups < close groups: True" in outputs
