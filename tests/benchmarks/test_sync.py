@@ -85,6 +85,7 @@ def test_activation_examples_pick_the_iou_quantiles_of_live_filters():
         assert unit != 2 and float(best[image, unit]) == value
 
 
+@pytest.mark.slow  # trains 6 tiny models, draws 7 figures and times the losses: ~1 min
 def test_run_fills_tables_claims_and_figures(tmp_path):
     pytest.importorskip("sklearn")
     settings = sync.Settings(n_train=32, n_test=24, epochs=1, seeds=(0, 1), data=("easy",),
