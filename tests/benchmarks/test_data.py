@@ -210,3 +210,36 @@ def test_parts_masks_are_disjoint_and_cover_the_object():
 def test_loaders_name_bad_arguments(loader, kwargs, word):
     with pytest.raises(ValueError, match=word):
         loader(**kwargs)
+
+
+def test_hard_parts_hide_the_colour_shortcut_and_keep_exact_masks():
+    easy = load_parts(n=90, size=48, seed=3)
+    data = load_parts(n=90, size=48, seed=3, hard=True)
+    occluder = data.meta["occluder"]
+    assert data.x.shape == (90, 3, 48, 48) and data.mask.shape == (90, 4, 48, 48)
+    assert data.x.min() >= 0 and data.x.max() <= 1
+    _balanced(data.y, 3)
+    assert torch.equal(data.y, easy.y), "same figures, only their looks change"
+    assert data.mask.sum(1).max() <= 1, "parts overlap"
+    assert not (data.mask & occluder[:, None]).any(), "an occluded pixel is still in a mask"
+    assert occluder.flatten(1).any(1).all(), "every image has an occluder"
+    visible = data.mask.flatten(2).any(2)
+    assert visible[:, 0].float().mean() > 0.9 and not visible[data.y == 0, 2].any()
+    for k in range(4):  # a part's visible pixels are one flat colour
+        owners = torch.nonzero(data.mask[:, k])[:, 0]
+        pixels = data.x.permute(0, 2, 3, 1)[data.mask[:, k]]
+        for i in owners.unique()[:5]:
+            assert pixels[owners == i].unique(dim=0).shape[0] == 1
+    # colour no longer names the part: every part's mean colour is the shared mean (0.5),
+    # where the easy variant dims one channel per part
+    for dataset, shared in ((data, True), (easy, False)):
+        means = torch.stack([dataset.x.permute(0, 2, 3, 1)[dataset.mask[:, k]].mean(0)
+                             for k in range(4)])  # fmt: skip
+        assert bool(((means - 0.5).abs() < 0.1).all()) is shared
+    # textured background: neighbouring background pixels correlate (noise would not)
+    for dataset, hidden, textured in ((data, occluder, True), (easy, 0 * occluder, False)):
+        background = ~(dataset.mask.any(1) | hidden.bool())
+        pairs = background[:, :, :-1] & background[:, :, 1:]
+        grey = dataset.x.mean(1)
+        neighbours = torch.stack([grey[:, :, :-1][pairs], grey[:, :, 1:][pairs]])
+        assert bool(torch.corrcoef(neighbours)[0, 1] > 0.5) is textured

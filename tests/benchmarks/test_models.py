@@ -90,3 +90,66 @@ def test_efficientnet_lite0_recognises_real_photos():
         labels = [classes[i] for i in top5[names.index(name)]]
         assert any(word in label.lower() for label in labels), (name, labels)
     assert not model.training
+
+
+def _reference_fit(model, x, y, epochs, batch_size, seed, penalty):
+    """Adam on cross-entropy + penalty(output), batches in fit's documented seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seen = []
+    for _ in range(epochs):
+        per_epoch = []
+        for index in torch.randperm(len(x), generator=generator).split(batch_size):
+            out = model(x[index])
+            extra = penalty(out)
+            loss = torch.nn.functional.cross_entropy(out, y[index]) + extra
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            per_epoch.append(float(extra.detach()))
+        seen.append(sum(per_epoch) / len(per_epoch))
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fit_adds_the_regularizer_to_every_step(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(21, 5, dtype=dtype)
+    y = torch.randint(0, 3, (21,))
+    ours = torch.nn.Sequential(torch.nn.Linear(5, 3)).to(dtype)
+    reference = torch.nn.Sequential(torch.nn.Linear(5, 3)).to(dtype)
+    reference.load_state_dict(ours.state_dict())
+
+    def penalty(out):
+        return 0.3 * (out - 2.0).pow(2).mean()
+
+    captured, calls = {}, []
+    ours[0].register_forward_hook(lambda _m, _i, out: captured.update(out=out))
+
+    def regularizer():
+        calls.append(1)
+        return penalty(captured["out"])
+
+    log = fit(ours, (x, y), epochs=3, lr=1e-2, batch_size=8, seed=4, progress=False,
+              regularizer=regularizer)  # fmt: skip
+    expected = _reference_fit(reference, x, y, 3, 8, 4, penalty)
+    assert len(calls) == 3 * 3, "one call per training step"
+    for (name, value), ref in zip(ours.state_dict().items(), reference.state_dict().values(),
+                                  strict=True):  # fmt: skip
+        torch.testing.assert_close(value, ref, msg=name)
+    assert log["regularizer_history"] == pytest.approx(expected, rel=1e-6)
+    plain = torch.nn.Sequential(torch.nn.Linear(5, 3)).to(dtype)
+    plain.load_state_dict(reference.state_dict())
+    assert "regularizer_history" not in fit(plain, (x, y), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("regularizer", "error", "word"),
+    [(0.5, TypeError, "callable"), (lambda: torch.ones(2), ValueError, "0-d"),
+     (lambda: 1.0, ValueError, "0-d")],
+)  # fmt: skip
+def test_fit_rejects_bad_regularizers(regularizer, error, word):
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(error, match=word):
+        fit(model, (torch.randn(6, 4), torch.randint(0, 2, (6,))), epochs=1, progress=False,
+            regularizer=regularizer)  # fmt: skip
