@@ -14,7 +14,7 @@ import torch
 from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
 from torch import Tensor
 
-__all__ = ["Units", "Target", "Transform", "Scorer", "RowSlice", "format_inputs"]
+__all__ = ["Units", "Target", "Transform", "RowSlice", "format_inputs"]
 
 
 class Transform:
@@ -284,23 +284,3 @@ def format_inputs(inputs: Any) -> tuple[Tensor, ...]:
                          f"{[tuple(x.shape) for x in inputs]}")  # fmt: skip
     return inputs
 
-
-class Scorer:
-    """Transform, then target: one score per row of a forward output (used by ``pruning``).
-
-    Parameters
-    ----------
-    transform : None, 'sigmoid', 'softmax' or callable
-    target : any Captum target (see :class:`Target`)
-    rows : int
-        N, the number of rows the target refers to.
-    """
-
-    def __init__(self, transform: Any, target: Any, rows: int) -> None:
-        self._transform = Transform(transform)
-        self._target = Target(target, rows)
-
-    def __call__(self, output: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Scores (R,) of the outputs (R, ...) of the rows ``rows`` (default: all, in order)."""
-        target = self._target if rows is None else self._target.rows(rows)
-        return target.select(self._transform(output))
