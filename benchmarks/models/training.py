@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmarks.cache import cache_dir
-from benchmarks.models.architectures import DNACNN, MNISTMLP, SynergyMLP, VGGSmall
+from benchmarks.models.architectures import DNACNN, MNISTMLP, NRMTable2MLP, SynergyMLP, VGGSmall
 
 __all__ = ["fit", "evaluate", "get_trained", "MODEL_NAMES"]
 
@@ -196,6 +196,7 @@ _RECIPES = {
     "mnist_mlp": _Recipe(MNISTMLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "mnist_mlp_nobias": _Recipe(lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3},
                                 {"epochs": 12}),
+    "mnist_mlp2_nobias": _Recipe(NRMTable2MLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), {**_SYNXAI, "epochs": 15}, _SYNXAI),
     "storms_mlp": _Recipe(lambda: SynergyMLP(in_features=8), _table("load_storms"),
                           {**_SYNXAI, "epochs": 15}, _SYNXAI),
@@ -212,7 +213,7 @@ def get_trained(
     ----------
     name : str
         One of :data:`MODEL_NAMES`: 'shapes_cnn', 'cluttered_cnn', 'dna_cnn4', 'dna_cnn32',
-        'mnist_mlp', 'mnist_mlp_nobias', 'fish_mlp', 'storms_mlp'.
+        'mnist_mlp', 'mnist_mlp_nobias', 'mnist_mlp2_nobias', 'fish_mlp', 'storms_mlp'.
     quick : bool
         Small data and few epochs (seconds to a minute on 2 cores) instead of full training.
     progress : bool
