@@ -1,7 +1,7 @@
 """Normalized rules for NRM: every neuron passes on exactly the relevance it receives.
 
 A Zennit rule maps the relevance ``R`` at a layer's output to its input with a matrix that is
-linear in ``R``: ``R_in = M̃ R``. NRM (notes/nrm-equations.md, eq. 17) divides each column of
+linear in ``R``: ``R_in = M̃ R``. NRM (Xiong et al., arXiv:2606.00557, eq. 17) divides each column of
 ``M̃`` by its sum, so that no bias or ε absorbs relevance. :class:`NormalizedHook` does that
 for any Zennit ``BasicHook``: it obtains the column sums ``M̃ᵀ 1`` once per forward pass by
 differentiating the rule's own backward with respect to a probe of ones (exact, because the

@@ -1,6 +1,7 @@
 """NRM: normalized joint, marginal and conditional relevance of neuron sets across layers.
 
-Implements "Beyond Single Neurons" (the NRM paper; see the README's References). A
+Implements "Normalized Relevance Measure as a Unifying Framework to Explain Neural Network
+Latent Structures" (Xiong, Schnake, Montavon, Müller, Nakajima; arXiv:2606.00557). A
 :class:`~zennit_ext.normalize.NormalizedComposite` makes every layer pass on exactly the
 relevance it receives (eq. 17) and the output relevance sums to 1 (eq. 18), so relevance is a
 normalized measure on the walks through the network; by Theorem 1 the joint relevance of sets

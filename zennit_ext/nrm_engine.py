@@ -7,11 +7,12 @@ the messages of the checked pass and its :class:`Report` (relevance that stops a
 zero column sum, eq. 15 violations). The query functions of this module answer on a session
 without another forward or checked pass.
 
-By Theorem 1 of "Beyond Single Neurons: normalized relevance of neuron sets" (the NRM paper, see
-the README's References), the joint relevance of sets on several layers is a masked message
-passing: the message from the output is multiplied by each set's mask on its way down, and the
-relevance is the total message arriving at the input. Conditions run along a new leading axis
-in batched partial backward passes (``is_grads_batched``).
+By Theorem 1 of "Normalized Relevance Measure as a Unifying Framework to Explain Neural Network
+Latent Structures" (Xiong et al., arXiv:2606.00557), the joint relevance of sets on several
+layers is a masked message passing: the message from the output is multiplied by each set's
+mask on its way down, and the relevance is the total message arriving at the input.
+Conditions run along a new leading axis in batched partial backward passes
+(``is_grads_batched``).
 
 Channel messages: where the segment between two set layers is one rule layer (Conv2d or Linear,
 one group) plus modules whose backward is the identity (Pass-ruled activations, merged
