@@ -363,12 +363,17 @@ def interactions(
 ) -> torch.Tensor:
     """(batch, n_lowest, ..., n_top) joint relevance, ``names`` from top to lowest.
 
-    With the channel fast path, the top layer's channel messages reach the next layer by
-    :meth:`RuleSegment.channel_messages`; their sum must equal the top message pushed down
-    by autograd (one partial backward), or the table is recomputed without the fast path.
+    Fast paths: two layers joined by one rule layer take :func:`edges`; otherwise the top
+    layer's channel messages reach the next layer by :meth:`RuleSegment.channel_messages`,
+    whose sum must equal the top message pushed down by autograd (one partial backward), or
+    the table is recomputed without the fast path.
     """
     fast = session.fast if fast is None else fast
     top, lowest = names[0], names[-1]
+    if fast and len(names) == 2:
+        table = edges(session, lowest, top, levels)
+        if table is not None:
+            return table
     counts = [unit_count(levels[name], session.shape(name)) for name in names]
     message = session.messages[top]
     lowest_reach = reach(session, [lowest])[lowest]
@@ -425,39 +430,45 @@ def consecutive_edges(
     dict of (str, str) to torch.Tensor
         ``{(lower, upper): (batch, n_lower, n_upper)}``, equal to ``pairwise(lower, upper)``.
     """
-    fast = session.fast if fast is None else fast
     ascending = sorted(session.layers, key=session.order.index)
-    result = {}
-    relevance = layer_relevance(session) if fast else {}
-    for lower, upper in zip(ascending[:-1], ascending[1:], strict=False):
-        table = edges(session, lower, upper, level, relevance) if fast else None
-        if table is None:
-            table = interactions(session, [upper, lower], {upper: level, lower: level}, fast)
-        result[(lower, upper)] = table
-    return result
+    return {
+        (lower, upper): interactions(session, [upper, lower], {upper: level, lower: level}, fast)
+        for lower, upper in zip(ascending[:-1], ascending[1:], strict=False)
+    }
 
 
 def edges(
-    session: Session, lower: str, upper: str, level: Level, relevance: dict[str, torch.Tensor]
+    session: Session, lower: str, upper: str, levels: Mapping[str, Level]
 ) -> torch.Tensor | None:
-    """The fast path of :func:`consecutive_edges` for one pair, or None where it does not apply.
+    """Joint relevance of every (lower unit, upper unit) pair, (batch, n_lower, n_upper), by
+    per-sample weight gradients; None where this fast path does not apply.
 
     With the rule's live terms ``t`` (coefficients ``c_t``, normalized scales ``s̃_t``,
     parameter-modified weights ``W'_t``) and the message ``m`` at ``upper``,
     ``E[i, j] = Σ_t Σ_kernel W'_t[j, i] ⊙ ∂⟨s̃_t ⊙ m, f(c_t; W'_t)⟩/∂W'_t[j, i]``: one
-    per-sample weight gradient per term. Rows must sum to the lower layer's relevance.
+    per-sample weight gradient per term, about one layer forward, no (C_up, C_in, H, W)
+    intermediate. It applies where ``upper`` is a Conv2d/Linear rule layer fed from ``lower``
+    through identity-backward modules (and pooling, where no relevance stops), at channel
+    level (or neurons of (batch, n) layers). Rows must sum to the lower layer's relevance
+    (free, from the checked pass), or else to the relevance arriving at ``lower`` from
+    ``upper`` (one partial backward; e.g. where a skip connection bypasses ``upper``).
     """
-    if isinstance(level, torch.Tensor):
+    level_low, level_up = levels[lower], levels[upper]
+    if isinstance(level_low, torch.Tensor) or isinstance(level_up, torch.Tensor):
         return None
     segment = rule_segment(session, lower, upper, pooling=not session.lost)
-    if segment is None or not segment.carries_channels(level):
+    if segment is None or not segment.carries_channels(level_up):
         return None
-    if level == "neuron" and (session.outputs[lower].dim() != 2):
+    if level_low == "neuron" and session.outputs[lower].dim() != 2:
         return None
     reaches = reach(session, [lower])[lower]
     table = segment.edges(session.messages[upper], reaches)  # (B, C_in, C_up)
-    rows = reduce_units(relevance[lower], "channel", session.outputs[lower].dim() - 1)
-    return table if _close(table.sum(2), rows) else None
+    ndim = session.outputs[lower].dim() - 1
+    rows = reduce_units(session.messages[lower] * reaches, "channel", ndim)
+    if _close(table.sum(2), rows):
+        return table
+    arriving = session.segment(upper, lower, session.messages[upper][None])[0] * reaches
+    return table if _close(table.sum(2), reduce_units(arriving, "channel", ndim)) else None
 
 
 # ----------------------------------------------------------------------- rule segments

@@ -221,7 +221,7 @@ CONV_RULES = {
 
 @pytest.mark.parametrize("rule", list(CONV_RULES))
 @pytest.mark.parametrize("net", ["cnn", "vgg_blocks"])
-def test_grouped_channel_messages_equal_batched_backward(rule, net):
+def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch):
     from zennit.canonizers import SequentialMergeBatchNorm
 
     if net == "cnn":
@@ -236,19 +236,38 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net):
     composites = [LayerMapComposite(rules, canonizers=canonizers) for _ in range(2)]
     fast = NRM(model, layers, composites[0], on_violation="warn", batch_size=4)
     slow = NRM(model, layers, composites[1], on_violation="warn", batch_size=4, fast=False)
-    with fast.explain(x, 0) as e:
+    # neurons below: the grouped transposed convolution; channels below: weight gradients
+    calls = {"grouped": 0, "edges": 0}
+    for method, key in ((engine.RuleSegment.channel_messages, "grouped"),
+                        (engine.RuleSegment.edges, "edges")):  # fmt: skip
+        monkeypatch.setattr(engine.RuleSegment, method.__name__, _counted(method, calls, key))
+
+    def queries(e):
         found = {pair: e.pairwise(*pair) for pair in pairs}
+        found.update({("neurons", *pair): e.pairwise(*pair, level={pair[0]: "neuron",
+                                                                  pair[1]: "channel"})
+                      for pair in pairs})  # fmt: skip
         found["triple"] = e.interactions([pairs[0][0], pairs[0][1], layers[-1]])
+        return found
+
+    with fast.explain(x, 0) as e:
+        found = queries(e)
         taken = [engine.rule_segment(e.session, lower, upper) is not None for lower, upper in pairs]
-    assert all(taken), taken  # the fast path ran (else this test would compare a path with itself)
+    assert all(taken), taken  # the fast paths ran (else this test compares a path with itself)
+    assert calls["grouped"] >= len(pairs) and calls["edges"] >= len(pairs), calls
     with slow.explain(x, 0) as reference:
-        for pair in pairs:
-            expected = reference.pairwise(*pair)
-            scale = expected.abs().max()
-            torch.testing.assert_close(found[pair], expected, rtol=0, atol=1e-6 * scale)
-        expected = reference.interactions([pairs[0][0], pairs[0][1], layers[-1]])
-        torch.testing.assert_close(found["triple"], expected, rtol=0,
-                                   atol=1e-6 * expected.abs().max())  # fmt: skip
+        expected = queries(reference)
+    for key, value in expected.items():
+        scale = value.abs().max()
+        torch.testing.assert_close(found[key], value, rtol=0, atol=1e-6 * scale, msg=str(key))
+
+
+def _counted(method, calls: dict, key: str):
+    def counted(*args, **kwargs):
+        calls[key] += 1
+        return method(*args, **kwargs)
+
+    return counted
 
 
 def test_segments_with_pooling_or_two_rule_layers_fall_back():
@@ -305,7 +324,8 @@ def test_consecutive_edges_fast_path_equals_pairwise(rule, net):
         edges = e.consecutive_edges(level)
         relevance = e.layer_relevance()
         taken = {
-            pair: engine.edges(e.session, *pair, level, relevance) is not None for pair in edges
+            pair: engine.edges(e.session, *pair, dict.fromkeys(pair, level)) is not None
+            for pair in edges
         }
         pairwise = {pair: e.pairwise(*pair, level=level) for pair in edges}
     expected_fast = {
