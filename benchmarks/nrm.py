@@ -92,22 +92,26 @@ def _score_tuples(space, layers, tuples, target, nrm_scores, composite) -> dict:
     }  # fmt: skip
 
 
-def _mlp_order2(e, model, x, target, layers) -> dict:
-    table = e.pairwise(*layers, level="neuron")[0]  # (256, 128)
+def _mlp_order2(table: torch.Tensor, model, x, target, layers) -> dict:
+    """Scores of every (relu1, relu2) pair, ``table`` (256, 128) from NRM's ``pairwise``."""
     space = UnitSpace(model, x, dict.fromkeys(layers, "neuron"))
     scores = table.double().numpy().reshape(-1)
     return _score_tuples(space, list(layers), _all_pairs(table.shape), target, scores,
                          _mlp_rules())  # fmt: skip
 
 
-def _mlp_order3(e, model, x, target, layers, n_triples: int, seed: int) -> dict:
+def _triples(e, x, layers, n_triples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random (pixel, relu1, relu2) triples and their NRM joint relevance (one explanation)."""
     rng = np.random.default_rng(seed)
     sizes = (x[0].numel(), *(e.session.shape(name)[1] for name in layers))
     tuples = np.stack([rng.integers(0, size, n_triples) for size in sizes], -1)
     pairs, inverse = np.unique(tuples[:, 1:], axis=0, return_inverse=True)
     conditions = [{layers[0]: [int(i)], layers[1]: [int(j)]} for i, j in pairs]
     heat = e.heatmaps(conditions).flatten(2)[:, 0]  # (n_pairs, 784)
-    scores = heat[inverse.reshape(-1), tuples[:, 0]].double().numpy()
+    return tuples, heat[inverse.reshape(-1), tuples[:, 0]].double().numpy()
+
+
+def _mlp_order3(tuples, scores, model, x, target, layers) -> dict:
     space = UnitSpace(model, x, {INPUT: "neuron", **dict.fromkeys(layers, "neuron")})
     return _score_tuples(space, [INPUT, *layers], tuples, target, scores, _mlp_rules())
 
@@ -137,9 +141,11 @@ def _mlp(report: Report, quick: bool, progress: bool, which: str) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)  # LRP-0 has signed column sums
         for index in tqdm(chosen, desc=f"NRM MLP {shape}", disable=None if progress else True):
             x, target = test.x[index : index + 1], int(test.y[index])
-            with nrm.explain(x, target) as e:
-                order2.append(_mlp_order2(e, model, x, target, pair))
-                order3.append(_mlp_order3(e, model, x, target, pair, n_triples, seed=index))
+            with nrm.explain(x, target) as e:  # the baselines run the model: after closing it
+                table = e.pairwise(*pair, level="neuron")[0]  # (256, 128)
+                tuples, scores = _triples(e, x, pair, n_triples, seed=index)
+            order2.append(_mlp_order2(table, model, x, target, pair))
+            order3.append(_mlp_order3(tuples, scores, model, x, target, pair))
     report.add_text(
         f"Real MNIST, bias-free MLP {shape} (test accuracy {info['accuracy']:.4f}), "
         "rules LRP-0 (negative column sums are normalized by their signed sum); "
@@ -154,9 +160,8 @@ def _all_pairs(shape: tuple[int, int]) -> np.ndarray:
     return np.stack(np.meshgrid(*map(np.arange, shape), indexing="ij"), -1).reshape(-1, 2)
 
 
-def _pair_scores(e, model, x, target, layers, levels) -> dict:
-    """NRM's pairwise table against the joint contribution of every unit pair."""
-    table = e.pairwise(*layers, level=levels)[0]
+def _pair_scores(table, model, x, target, layers, levels) -> dict:
+    """NRM's pairwise ``table`` against the joint contribution of every unit pair."""
     space = UnitSpace(model, x, levels)
     scores = table.double().numpy().reshape(-1)
     return _score_tuples(space, list(layers), _all_pairs(table.shape), target, scores,
@@ -167,11 +172,13 @@ def _cnn_sample(nrm, model, x, target, k_clusters: int, channel: bool) -> dict:
     found = {}
     activations = UnitSpace(model, x, dict.fromkeys(CLUSTER_LAYERS, "channel")).activations
     clusters = {name: cluster_masks(activations[name], k_clusters) for name in CLUSTER_LAYERS}
-    with nrm.explain(x, target) as e:
-        if channel:
-            levels = dict.fromkeys(CNN_LAYERS, "channel")
-            found["channel"] = _pair_scores(e, model, x, target, CNN_LAYERS, levels)
-        found["cluster"] = _pair_scores(e, model, x, target, CLUSTER_LAYERS, clusters)
+    levels = dict.fromkeys(CNN_LAYERS, "channel")
+    with nrm.explain(x, target) as e:  # the baselines run the model: after closing it
+        channels = e.pairwise(*CNN_LAYERS, level=levels)[0] if channel else None
+        by_cluster = e.pairwise(*CLUSTER_LAYERS, level=clusters)[0]
+    if channel:
+        found["channel"] = _pair_scores(channels, model, x, target, CNN_LAYERS, levels)
+    found["cluster"] = _pair_scores(by_cluster, model, x, target, CLUSTER_LAYERS, clusters)
     found["clusters"] = clusters
     return found
 

@@ -208,7 +208,8 @@ class NRMExplanation:
     """NRM's answers for one input batch: one forward pass and one checked pass, many queries.
 
     Created by :meth:`NRM.explain`; a context manager whose exit removes NRM's hooks from the
-    model and releases the graph (:meth:`close`).
+    model and releases the graph (:meth:`close`). While it is open the model carries NRM's
+    hooks: run other forward passes of the model outside the block (queries raise otherwise).
 
     Attributes
     ----------
@@ -236,6 +237,7 @@ class NRMExplanation:
         """The open engine session (raises once closed)."""
         if self._session.closed:
             raise RuntimeError("this NRM explanation is closed; call nrm.explain(x, target) again")
+        self._session.check_intact()
         return self._session
 
     @property

@@ -144,6 +144,7 @@ class Session:
             self._forward(x)
             self.relevance = output_relevance(self.output, target)
             self._checked_pass()
+            self._stored = {name: _stored_input(hook) for name, hook in self.hooks.items()}
         except BaseException:
             self.close()
             raise
@@ -230,6 +231,18 @@ class Session:
         """Whether :meth:`close` ran (queries need an open session)."""
         return not self._open
 
+    def check_intact(self) -> None:
+        """Raise if the model ran another forward pass while the session's hooks were on it:
+        the rules would then read that pass's inputs."""
+        changed = [name for name, hook in self.hooks.items()
+                   if _stored_input(hook) is not self._stored[name]]  # fmt: skip
+        if changed:
+            raise RuntimeError(
+                f"the model ran a forward pass while this NRM explanation was open (layers "
+                f"{changed[:3]} saw new inputs), so its answers would mix two inputs; run other "
+                "forward passes outside the `with nrm.explain(...)` block"
+            )
+
     # --------------------------------------------------------------------------- helpers
 
     def shape(self, name: str) -> torch.Size:
@@ -266,6 +279,11 @@ class Session:
     def steps(self) -> int:
         """Number of layers with a normalized rule (walk length ``L``, Def. 3)."""
         return len(self.hooks)
+
+
+def _stored_input(hook: NormalizedHook) -> torch.Tensor | None:
+    stored = hook.stored_tensors.get("input")
+    return stored[0] if stored else None
 
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

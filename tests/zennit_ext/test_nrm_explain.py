@@ -99,6 +99,9 @@ def test_closed_explanation_refuses_queries_and_model_is_hook_free():
         explanation.heatmap()
     with nrm.explain(x, 0) as e:  # usable again
         assert e.heatmap().shape == x.shape
+        model(x)  # another forward pass through the hooked model: the rules' inputs change
+        with pytest.raises(RuntimeError, match="forward pass while this NRM explanation"):
+            e.heatmap()
 
 
 def _stopping_mlp(seed: int) -> nn.Sequential:
