@@ -390,7 +390,7 @@ def _speed(report: Report, quick: bool) -> None:
         timing = compare(ours, plain_lrp, **repeats)
         queries = compare(one_explanation, one_shot, **repeats)
     report.add_speed("VGG16 512x512 channel pairs", timing,
-                     ours="NRM explain + pairwise (grouped channel messages)",
+                     ours="NRM explain + pairwise (per-sample weight gradients)",
                      anchor="one plain Zennit LRP pass (same rules)")  # fmt: skip
     report.add_speed("Three queries, one VGG16 image", queries,
                      ours="one explanation (heatmap, joint, marginal)",
