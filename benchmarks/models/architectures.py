@@ -137,7 +137,7 @@ def MNISTMLP(hidden: Sequence[int] = (256, 128, 64), bias: bool = True) -> nn.Se
     Parameters
     ----------
     hidden : sequence of int
-        The three hidden widths.
+        The hidden widths (three by default; see :func:`NRMTable2MLP` for two).
     bias : bool
         Biases in every Linear (NRM's normalization makes them irrelevant to relevance).
 
@@ -154,3 +154,12 @@ def MNISTMLP(hidden: Sequence[int] = (256, 128, 64), bias: bool = True) -> nn.Se
         width = units
     layers["out"] = nn.Linear(width, 10, bias=bias)
     return nn.Sequential(layers)
+
+
+def NRMTable2MLP() -> nn.Sequential:  # noqa: N802
+    """The MLP of the NRM paper's Table 2 as we read it: bias-free 784-256-128-10.
+
+    Two hidden layers, so the paper's (relu1, relu2) neuron pairs sit next to the output
+    logit. Modules: ``flatten, fc1, relu1, fc2, relu2, out``.
+    """
+    return MNISTMLP((256, 128), bias=False)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from benchmarks.cache import cache_dir
 from benchmarks.data.tabular import SYNXAI_POSITIVE_RATE
-from benchmarks.models.architectures import DNACNN, MNISTMLP, SynergyMLP, VGGSmall
+from benchmarks.models.architectures import DNACNN, MNISTMLP, NRMTable2MLP, SynergyMLP, VGGSmall
 
 __all__ = ["fit", "evaluate", "get_trained", "MODEL_NAMES"]
 
@@ -223,6 +223,7 @@ _RECIPES = {
     "mnist_mlp": _Recipe(MNISTMLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "mnist_mlp_nobias": _Recipe(lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3},
                                 {"epochs": 12}),
+    "mnist_mlp2_nobias": _Recipe(NRMTable2MLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), {**_SYNXAI, "epochs": 15}, _SYNXAI),
     # the fish table at SynXAI's share of positives (21.6 %) instead of about half
     "fish_mlp_rare": _Recipe(SynergyMLP, _table("load_fish", positive_rate=SYNXAI_POSITIVE_RATE),
@@ -242,8 +243,8 @@ def get_trained(
     ----------
     name : str
         One of :data:`MODEL_NAMES`: 'shapes_cnn', 'cluttered_cnn', 'parts_cnn', 'dna_cnn4',
-        'dna_cnn32', 'mnist_mlp', 'mnist_mlp_nobias', 'fish_mlp', 'fish_mlp_rare' (21.6 %
-        positives), 'storms_mlp'.
+        'dna_cnn32', 'mnist_mlp', 'mnist_mlp_nobias', 'mnist_mlp2_nobias' (two hidden layers,
+        NRM's Table 2), 'fish_mlp', 'fish_mlp_rare' (21.6 % positives), 'storms_mlp'.
     quick : bool
         Small data and few epochs (seconds to a minute on 2 cores) instead of full training.
     progress : bool

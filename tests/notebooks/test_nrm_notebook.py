@@ -10,6 +10,9 @@ def test_nrm_notebook_executes(run_notebook):
         "conditional x marginal = joint: True",
         "pairwise sums to the marginals: True",
         "cluster heatmaps add up to the full heatmap: True",
+        "reached + stopped = 1: True",
+        "one-shot call gives the same: True",
+        "edges equal pairwise: True",
     ):
         assert check in outputs
     assert "nan" not in outputs

@@ -1,4 +1,6 @@
-"""Brute-force NRM reference: enumerate every walk of a small ReLU MLP (notes eq. 5–18).
+"""Brute-force NRM reference: enumerate every walk of a small ReLU MLP.
+
+Equations 5–18 of the NRM paper (Xiong et al., arXiv:2606.00557).
 
 The normalized conditionals are written in matrix form from the weights and activations,
 independently of Zennit: ``R(n_{l-1} = j | n_l = k) = a_j w̃_kj / Σ_j' a_j' w̃_kj'`` with
