@@ -24,7 +24,12 @@ def _check_level(level: str) -> None:
 
 
 def set_mask(
-    spec: SetSpec, shape: torch.Size, level: str = "neuron", name: str = ""
+    spec: SetSpec,
+    shape: torch.Size,
+    level: str = "neuron",
+    name: str = "",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Float 0/1 mask of shape ``shape`` = (batch, ...) selecting a set of one layer's neurons.
 
@@ -40,6 +45,9 @@ def set_mask(
         How integer indices are read; ignored for boolean masks.
     name : str
         Layer name for error messages.
+    dtype, device : optional
+        Of the mask (default: torch's default dtype, the device of ``spec`` or the CPU); NRM
+        passes the layer output's.
 
     Returns
     -------
@@ -47,15 +55,16 @@ def set_mask(
         Float mask, shape ``shape``.
     """
     _check_level(level)
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     if isinstance(spec, torch.Tensor) and spec.dtype == torch.bool:
         try:
-            return torch.broadcast_to(spec, shape).to(torch.get_default_dtype())
+            return torch.broadcast_to(spec.to(device), shape).to(dtype)
         except RuntimeError:
             raise ValueError(
                 f"boolean mask for layer {name!r} has shape {tuple(spec.shape)}, which does not "
                 f"broadcast to the layer's output {tuple(shape)}"
             ) from None
-    index = torch.as_tensor(spec)
+    index = torch.as_tensor(spec, device=device)
     if index.is_floating_point() or index.dim() > 1:
         raise TypeError(
             f"set for layer {name!r} must be int indices or a boolean mask, got "
@@ -68,7 +77,7 @@ def set_mask(
             f"set for layer {name!r} has {level} indices {index.tolist()} outside [0, {size}) "
             f"(layer output {tuple(shape)})"
         )
-    vector = torch.zeros(size)
+    vector = torch.zeros(size, dtype=dtype, device=index.device)
     vector[index] = 1.0
     return vector.view(_unit_view(level, shape)).expand(shape).clone()
 
@@ -88,7 +97,12 @@ def unit_count(level: str | torch.Tensor, shape: torch.Size) -> int:
     return shape[1] if level == "channel" else shape[1:].numel()
 
 
-def unit_masks(level: str | torch.Tensor, shape: torch.Size, units: torch.Tensor) -> torch.Tensor:
+def unit_masks(
+    level: str | torch.Tensor,
+    shape: torch.Size,
+    units: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Masks of the selected ``units``, shape (len(units), *shape) (batch included).
 
     Parameters
@@ -99,12 +113,16 @@ def unit_masks(level: str | torch.Tensor, shape: torch.Size, units: torch.Tensor
     shape : torch.Size
         The layer's output shape, (batch, ...).
     units : torch.Tensor
-        Long indices of units.
+        Long indices of units; the masks are created on their device.
+    dtype : torch.dtype, optional
+        Of the masks (default: torch's default dtype).
     """
+    dtype = torch.get_default_dtype() if dtype is None else dtype
     if isinstance(level, torch.Tensor):
-        return torch.broadcast_to(level[units], (len(units), *shape)).to(torch.get_default_dtype())
+        masks = level.to(units.device)[units]
+        return torch.broadcast_to(masks, (len(units), *shape)).to(dtype)
     onehot = torch.nn.functional.one_hot(units, unit_count(level, shape))
-    onehot = onehot.to(torch.get_default_dtype()).view(len(units), *_unit_view(level, shape))
+    onehot = onehot.to(dtype).view(len(units), *_unit_view(level, shape))
     return onehot.expand(len(units), *shape)
 
 

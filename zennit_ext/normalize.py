@@ -7,13 +7,13 @@ for any Zennit ``BasicHook``: it obtains the column sums ``M̃ᵀ 1`` once per f
 differentiating the rule's own backward with respect to a probe of ones (exact, because the
 rule is linear in ``R``), and scales the incoming message by their inverse. A neuron whose
 column sum is 0 passes 0; a negative column sum at a neuron that carries relevance violates
-the positive-sum condition (eq. 15) and raises.
+the positive-sum condition (eq. 15); NRM's engine checks it on the checked pass
+(:mod:`zennit_ext.nrm_engine`), so the hooks themselves hold no switches.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,32 +37,6 @@ class PositiveSumError(ValueError):
 
 
 @dataclass
-class NormalizationSettings:
-    """State shared by all hooks of one :class:`NormalizedComposite`.
-
-    Attributes
-    ----------
-    check : bool
-        Test the positive-sum condition on every backward pass. The check reads the message,
-        so it is switched off for passes batched with ``is_grads_batched`` (vmap).
-    on_violation : {'raise', 'warn'}
-        What a failed check does. With 'warn' the neuron's conditionals still sum to 1 but
-        have the opposite sign of its unnormalized ones.
-    lost : bool
-        Set by a checked pass when relevance reached a neuron with zero column sum, where it
-        ends (so not every unit message reaches the input).
-    """
-
-    check: bool = True
-    on_violation: str = "raise"
-    lost: bool = False
-
-    def __post_init__(self) -> None:
-        if self.on_violation not in ("raise", "warn"):
-            raise ValueError(f"on_violation must be 'raise' or 'warn', got {self.on_violation!r}")
-
-
-@dataclass
 class _Linearized:
     """A rule's terms for one forward pass (see :meth:`NormalizedHook._linearized`)."""
 
@@ -71,6 +45,8 @@ class _Linearized:
     live: list[int]
     scales: list[torch.Tensor]
     coefs: list[torch.Tensor]
+    weights: list[torch.Tensor | None]
+    biases: list[torch.Tensor | None]
     sums: torch.Tensor | None = None
     normalized: list[torch.Tensor] | None = None
 
@@ -115,13 +91,10 @@ class NormalizedHook(StatefulHook):
     ----------
     layer_name : str
         Name of the module, for error messages.
-    settings : NormalizationSettings
-        Shared switches.
     """
 
-    state_names = ("layer_name", "settings")
+    state_names = ("layer_name",)
     layer_name: str
-    settings: NormalizationSettings
 
     @staticmethod
     def _bridged(inputs: tuple, output: Any) -> Any:
@@ -146,19 +119,23 @@ class NormalizedHook(StatefulHook):
             """Zennit's ``post_forward`` on the bridged output (zennit 0.5)."""
             return super().post_forward(module, input, self._bridged(input, output))
 
-    def _terms(self, module: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The rule's modified inputs (requiring grad) and outputs, recomputed as Zennit does."""
+    def _terms(self, module: nn.Module) -> tuple[list[torch.Tensor], ...]:
+        """The rule's modified inputs (requiring grad), outputs, and the parameter-modified
+        weights and biases (None where the module has none), recomputed as Zennit does."""
         first, *args = self.stored_tensors["input"]
         kwargs = self.stored_tensors.get("kwargs", {})  # zennit >= 1.0 keeps keyword arguments
-        inputs, outputs = [], []
+        inputs, outputs, weights, biases = [], [], [], []
         for in_mod, param_mod, out_mod in zip(
             self.input_modifiers, self.param_modifiers, self.output_modifiers, strict=True
         ):
             input = in_mod(first.detach()).requires_grad_()  # a fresh leaf, no copy
             with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
                 outputs.append(out_mod(modified.forward(input, *args, **kwargs)))
+                for store, key in ((weights, "weight"), (biases, "bias")):
+                    value = getattr(modified, key, None)
+                    store.append(value.detach() if isinstance(value, torch.Tensor) else None)
             inputs.append(input)
-        return inputs, outputs
+        return inputs, outputs, weights, biases
 
     def _linearized(self, module: nn.Module, shape: torch.Size) -> _Linearized:
         """The rule as a linear map of the message, for the stored input (cached per forward).
@@ -172,7 +149,7 @@ class NormalizedHook(StatefulHook):
         first = self.stored_tensors["input"][0]
         if getattr(self, "_linear_key", None) is first:
             return self._linear
-        inputs, outputs = self._terms(module)
+        inputs, outputs, weights, biases = self._terms(module)
         ones = torch.ones((), dtype=first.dtype, device=first.device).expand(shape)
         scales = [s.detach() for s in _as_list(self.gradient_mapper(ones, outputs))]
         negated = _as_list(self.gradient_mapper(-ones, outputs))
@@ -191,7 +168,7 @@ class NormalizedHook(StatefulHook):
             )
         live = [i for i in range(len(inputs)) if scales[i].any() and coefs[i].any()]
         self._linear_key = first
-        self._linear = _Linearized(inputs, outputs, live, scales, coefs)
+        self._linear = _Linearized(inputs, outputs, live, scales, coefs, weights, biases)
         return self._linear
 
     def rule_backward(
@@ -252,26 +229,8 @@ class NormalizedHook(StatefulHook):
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
         """Relevance of the layer's input under the column-normalized rule."""
         message = grad_output[0]
-        sums = self.column_sums(module, message.shape)
-        if self.settings.check:
-            self._check(module, sums, message)
+        self.column_sums(module, message.shape)
         return self.rule_backward(module, grad_input, message, normalize=True)
-
-    def _check(self, module: nn.Module, sums: torch.Tensor, message: torch.Tensor) -> None:
-        """Eq. 15 at the neurons that carry relevance; note relevance that ends here."""
-        carries = message != 0
-        self.settings.lost = self.settings.lost or bool((carries & (sums == 0)).any())
-        violated = carries & (sums < 0)
-        if violated.any():
-            text = (
-                f"layer {self.layer_name!r} ({type(module).__name__}, rule "
-                f"{type(self).__bases__[1].__name__}) has {int(violated.sum())} negative "
-                "column sums at neurons that carry relevance; NRM needs positive sums "
-                "(eq. 15): use z+ (or a larger gamma) on a ReLU network"
-            )
-            if self.settings.on_violation == "raise":
-                raise PositiveSumError(text)
-            warnings.warn(text, RuntimeWarning, stacklevel=3)
 
 
 class NormalizedComposite(RuleWrappingComposite):
@@ -282,7 +241,8 @@ class NormalizedComposite(RuleWrappingComposite):
     base : zennit.core.Composite
         Its rules define the unnormalized propagation ``M̃``; its canonizers are applied.
     on_violation : {'raise', 'warn'}
-        What a negative column sum at a neuron carrying relevance does (eq. 15).
+        What a negative column sum at a neuron carrying relevance does (eq. 15); read by
+        NRM's engine after its checked pass.
 
     Raises
     ------
@@ -292,14 +252,16 @@ class NormalizedComposite(RuleWrappingComposite):
     """
 
     def __init__(self, base: Composite, on_violation: str = "raise") -> None:
-        self.settings = NormalizationSettings(on_violation=on_violation)
+        if on_violation not in ("raise", "warn"):
+            raise ValueError(f"on_violation must be 'raise' or 'warn', got {on_violation!r}")
+        self.on_violation = on_violation
         self.hooked: dict[str, Hook] = {}
         super().__init__(base)
 
     def wrap_rule(self, ctx: dict, name: str, module: nn.Module, template: Hook) -> Hook:
         """``BasicHook`` rules get normalized; others (e.g. ``Pass``) are kept."""
         if isinstance(template, BasicHook):
-            template = mixin_hook(template, NormalizedHook, layer_name=name, settings=self.settings)
+            template = mixin_hook(template, NormalizedHook, layer_name=name)
         self.hooked[name] = template
         return template
 

@@ -9,7 +9,7 @@ from zennit.core import BasicHook
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 
 from zennit_ext.hooks import mixin_hook
-from zennit_ext.normalize import NormalizationSettings, NormalizedHook
+from zennit_ext.normalize import NormalizedHook
 
 RULES = {
     "epsilon": Epsilon,
@@ -39,7 +39,7 @@ def _relevance_by_zennit(rule, module, x, message):
 
 
 def _ours(rule, module, x):
-    hook = mixin_hook(rule, NormalizedHook, layer_name="m", settings=NormalizationSettings())
+    hook = mixin_hook(rule, NormalizedHook, layer_name="m")
     handles = hook.register(module)
     inputs = x.clone().requires_grad_()
     output = module(inputs)

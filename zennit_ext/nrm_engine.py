@@ -1,0 +1,634 @@
+"""NRM's engine: one registered forward pass, its checked pass, and masked message passing.
+
+A :class:`Session` registers the normalized rules (:mod:`zennit_ext.normalize`) on the model,
+runs the forward pass and one checked backward pass, and keeps everything the queries need as
+its own explicit state: the input, the output relevance (eq. 18), the captured layer outputs,
+the messages of the checked pass and its :class:`Report` (relevance that stops at neurons with
+zero column sum, eq. 15 violations). The query functions of this module answer on a session
+without another forward or checked pass.
+
+By Theorem 1 of "Beyond Single Neurons: normalized relevance of neuron sets" (the NRM paper, see
+the README's References), the joint relevance of sets on several layers is a masked message
+passing: the message from the output is multiplied by each set's mask on its way down, and the
+relevance is the total message arriving at the input. Conditions run along a new leading axis
+in batched partial backward passes (``is_grads_batched``).
+
+Channel messages: where the segment between two set layers is one rule layer (Conv2d or Linear,
+one group) plus modules whose backward is the identity (Pass-ruled activations, merged
+BatchNorms, Dropout in eval mode, Identity), a message confined to one channel of the upper
+layer only needs that channel's filter slice, so all channel messages go through the layer as
+one grouped transposed convolution (:func:`channel_messages`); and the edge weights of adjacent
+layers are per-sample weight gradients (:func:`edges`). Both read the rule's one linearization
+(:meth:`zennit_ext.normalize.NormalizedHook.linear_terms`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+from zennit.rules import Pass
+
+from zennit_ext.neuron_sets import reduce_units, set_mask, unit_count, unit_masks
+from zennit_ext.normalize import NormalizedComposite, NormalizedHook, PositiveSumError
+
+__all__ = [
+    "Report", "Session", "propagate", "interactions", "layer_relevance", "consecutive_edges",
+    "RuleSegment", "rule_segment",
+]  # fmt: skip
+
+Level = str | torch.Tensor
+
+
+@dataclass
+class Report:
+    """What the checked pass found, per sample.
+
+    Attributes
+    ----------
+    stopped : dict of str to torch.Tensor
+        Per layer with a normalized rule: the relevance mass, (batch,), that arrives at its
+        output neurons with zero column sum and ends there (eq. 17's dead neurons).
+    reached : torch.Tensor
+        (batch,): the relevance mass that reaches the input. ``reached + Σ stopped = 1``.
+    violations : dict of str to torch.Tensor
+        Per layer: the number of neurons, (batch,) long, with a negative column sum that carry
+        relevance (eq. 15 violated); only layers with violations are listed.
+    """
+
+    stopped: dict[str, torch.Tensor]
+    reached: torch.Tensor
+    violations: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Session:
+    """One registered forward pass and its checked pass (the state every query reads).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; hooks and canonizers are applied until :meth:`close`.
+    composite : NormalizedComposite
+        Registered on ``model`` for the session's lifetime.
+    layers : sequence of str
+        NRM's set layers (their outputs are captured).
+    x : torch.Tensor
+        Input batch (batch, ...).
+    target : int, sequence of int or torch.Tensor
+        Class per sample, or unnormalized output relevance (batch, n_outputs).
+    batch_size : int
+        Messages per batched backward pass.
+    progress : bool
+        Progress bars over message batches.
+    fast : bool
+        Use the channel-message and edge fast paths where they apply.
+
+    Attributes
+    ----------
+    inputs, output, relevance : torch.Tensor
+        The input leaf, the model output and its normalized relevance (eq. 18).
+    outputs : dict of str to torch.Tensor
+        Captured outputs of the set layers and of every module with a normalized rule.
+    order : list of str
+        Captured names in the order their modules finished the forward pass.
+    calls : list of str
+        Every module call, in the order the calls finished.
+    hooks : dict of str to NormalizedHook
+        The registered normalized rules by module name.
+    messages : dict of str to torch.Tensor
+        Message of the checked pass at each captured output (the gradient there).
+    heat : torch.Tensor
+        The normalized LRP heatmap (input relevance of all walks), like ``x``.
+    report : Report
+        The checked pass's findings.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: NormalizedComposite,
+        layers: Sequence[str],
+        x: torch.Tensor,
+        target: Any,
+        batch_size: int = 64,
+        progress: bool = False,
+        fast: bool = True,
+    ) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise TypeError(f"x must be a (batch, ...) tensor, got {type(x).__name__}")
+        _refuse_open_session(model)
+        self.model, self.composite, self.layers = model, composite, list(layers)
+        self.batch_size, self.progress, self.fast = batch_size, progress, fast
+        self.modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []
+        self.calls: list[str] = []
+        self._handles: list[Any] = []
+        self.segments: dict[tuple[str, str, bool], Any] = {}
+        self._open = True
+        composite.register(model)
+        try:
+            self.hooks = {
+                hook.layer_name: hook
+                for hook in composite.hook_refs
+                if isinstance(hook, NormalizedHook)
+            }
+            self._forward(x)
+            self.relevance = output_relevance(self.output, target)
+            self._checked_pass()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------------ life cycle
+
+    def _forward(self, x: torch.Tensor) -> None:
+        captured = set(self.layers) | set(self.hooks)
+        for name, module in self.modules.items():
+            # after the composite's hooks: zennit wraps the outputs the hooks capture
+            self._handles.append(module.register_forward_hook(self._recorder(name, captured)))
+        self.inputs = x.detach().clone().requires_grad_()
+        with torch.enable_grad():
+            self.output = self.model(self.inputs)
+        missing = [name for name in self.layers if name not in self.outputs]
+        if missing:
+            raise ValueError(f"layers {missing} were not called in the forward pass")
+
+    def _recorder(self, name: str, captured: set[str]):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.calls.append(name)
+            if name in captured and isinstance(output, torch.Tensor):
+                self.outputs[name] = output
+                self.order.append(name)
+
+        return hook
+
+    def _checked_pass(self) -> None:
+        """One full backward pass: the heatmap, every captured message, the report (eq. 15)."""
+        names = [name for name in self.order if self.outputs[name].requires_grad]
+        grads = torch.autograd.grad(
+            self.output, [self.inputs, *(self.outputs[n] for n in names)], self.relevance,
+            retain_graph=True, allow_unused=True,
+        )  # fmt: skip
+        self.heat = _or_zeros(grads[0], self.inputs)
+        self.messages = {
+            name: _or_zeros(grad, self.outputs[name])
+            for name, grad in zip(names, grads[1:], strict=True)
+        }
+        for name in self.layers:
+            self.messages.setdefault(name, torch.zeros_like(self.outputs[name]))
+        stopped, violations = {}, {}
+        for name, hook in self.hooks.items():
+            if name not in self.messages:
+                continue
+            message = self.messages[name]
+            sums = hook.column_sums(self.modules[name], message.shape)
+            carries = message != 0
+            stopped[name] = (message * (sums == 0)).flatten(1).sum(1)
+            violated = (carries & (sums < 0)).flatten(1).sum(1)
+            if violated.any():
+                violations[name] = violated
+        self.report = Report(stopped, self.heat.flatten(1).sum(1), violations)
+        self.lost = any(bool((mass != 0).any()) for mass in stopped.values())
+        for name, count in violations.items():
+            self._violation(name, int(count.sum()))
+
+    def _violation(self, name: str, count: int) -> None:
+        hook = self.hooks[name]
+        text = (
+            f"layer {name!r} ({type(self.modules[name]).__name__}, rule "
+            f"{type(hook).__bases__[1].__name__}) has {count} negative column sums at neurons "
+            "that carry relevance; NRM needs positive sums (eq. 15): use z+ (or a larger "
+            "gamma) on a ReLU network"
+        )
+        if self.composite.on_violation == "raise":
+            raise PositiveSumError(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=5)
+
+    def close(self) -> None:
+        """Remove the hooks and canonizers (the model is as before) and drop the graph."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.composite.remove()
+        if self._open:
+            self._open = False
+            for name in ("inputs", "output", "relevance", "heat"):
+                self.__dict__.pop(name, None)
+            self.outputs, self.messages, self.hooks = {}, {}, {}
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (queries need an open session)."""
+        return not self._open
+
+    # --------------------------------------------------------------------------- helpers
+
+    def shape(self, name: str) -> torch.Size:
+        return self.outputs[name].shape
+
+    def descending(self, names: Sequence[str]) -> list[str]:
+        """``names`` from the layer closest to the output down to the input."""
+        return sorted(names, key=self.order.index, reverse=True)
+
+    def masks(self, sets: Mapping, level: str) -> dict[str, torch.Tensor]:
+        """Float masks of ``{layer: set}`` on the layers' device and dtype."""
+        return {name: self.mask(name, spec, level) for name, spec in sets.items()}
+
+    def mask(self, name: str, spec: Any, level: str) -> torch.Tensor:
+        like = self.outputs[name]
+        return set_mask(spec, like.shape, level, name, dtype=like.dtype, device=like.device)
+
+    def chunks(self, count: int, size: int, desc: str) -> Iterator[torch.Tensor]:
+        chunks = torch.arange(count, device=self.inputs.device).split(max(1, size))
+        return iter(tqdm(chunks, desc=desc, disable=None if self.progress else True))
+
+    def segment(self, upper: str | None, lower: str | None, messages: torch.Tensor):
+        """Push messages (n, *upper shape) down to ``lower`` (None: the input) in one batched
+        partial backward; ``upper`` None is the model output."""
+        top = self.output if upper is None else self.outputs[upper]
+        below = self.inputs if lower is None else self.outputs[lower]
+        (result,) = torch.autograd.grad(
+            top, below, messages, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        if result is None:
+            raise ValueError("NRM's layers must lie on one path from the input to the output")
+        return result
+
+    def steps(self) -> int:
+        """Number of layers with a normalized rule (walk length ``L``, Def. 3)."""
+        return len(self.hooks)
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _refuse_open_session(model: nn.Module) -> None:
+    """A second session on a model would run the first one's hooks too."""
+    for name, module in model.named_modules():
+        for hook in module._forward_hooks.values():
+            if isinstance(getattr(hook, "__self__", None), NormalizedHook):
+                raise RuntimeError(
+                    f"module {name or 'model'!r} still has NRM's hooks from an explanation that "
+                    "was not closed; close it first (use `with nrm.explain(x, target) as e:`)"
+                )
+
+
+def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
+    """Normalized output relevance ``R(n_L = k)`` (eq. 18), shape of ``output``."""
+    if output.dim() != 2:
+        raise ValueError(f"NRM needs a (batch, n_outputs) model output, got {tuple(output.shape)}")
+    batch, n_out = output.shape
+    if isinstance(target, torch.Tensor) and target.is_floating_point():
+        if target.shape != output.shape:
+            raise ValueError(
+                f"target relevance must have the output's shape {tuple(output.shape)}, "
+                f"got {tuple(target.shape)}"
+            )
+        target = target.to(device=output.device, dtype=output.dtype)
+        total = target.sum(1, keepdim=True)
+        if (total <= 0).any():
+            raise ValueError("target relevance must have a positive sum per sample (eq. 16)")
+        return target / total
+    index = torch.as_tensor(target, device=output.device).long().reshape(-1)
+    if index.numel() == 1:
+        index = index.expand(batch)
+    if index.numel() != batch or index.min() < 0 or index.max() >= n_out:
+        raise ValueError(
+            f"target must be one class or one per sample in [0, {n_out}), got {target!r}"
+        )
+    return nn.functional.one_hot(index, n_out).to(output.dtype)
+
+
+# ------------------------------------------------------------------------------- queries
+
+
+def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Input relevance of the walks through each condition's masks, (n, *x.shape)."""
+    names = session.descending({name for masks in conditions for name in masks})
+    if not names:
+        return session.heat[None].expand(len(conditions), *session.heat.shape)
+    top = session.messages[names[0]]
+    results = []
+    for chunk in session.chunks(len(conditions), session.batch_size, "NRM conditions"):
+        message, upper = top[None], None
+        for name in names:
+            if upper is not None:
+                message = session.segment(upper, name, message)
+            ones = torch.ones_like(session.outputs[name])
+            mask = torch.stack([conditions[i].get(name, ones) for i in chunk.tolist()])
+            upper, message = name, message * mask
+        results.append(session.segment(upper, None, message))
+    return torch.cat(results)
+
+
+def reach(session: Session, names: Sequence[str]) -> dict[str, torch.Tensor | float]:
+    """Fraction of a unit message at each neuron of each layer that reaches the input.
+
+    ``Mᵀ 1`` of the normalized propagation below the layer: 1 for every neuron, except where
+    relevance ends at a neuron with zero column sum. If the checked pass saw no relevance end,
+    it is 1; otherwise one double backward pass gives it for all ``names`` at once (the
+    heatmap of probes on every layer is linear in each probe).
+    """
+    if not session.lost:
+        return dict.fromkeys(names, 1.0)
+    with torch.enable_grad():
+        probes = [torch.ones_like(session.outputs[n], requires_grad=True) for n in names]
+        (heat,) = torch.autograd.grad(
+            [session.outputs[n] for n in names], session.inputs, probes,
+            retain_graph=True, create_graph=True,
+        )  # fmt: skip
+        found = torch.autograd.grad(heat.sum(), probes, retain_graph=True, allow_unused=True)
+    return {n: _or_zeros(f, p).detach() for n, f, p in zip(names, found, probes, strict=True)}
+
+
+def layer_relevance(session: Session) -> dict[str, torch.Tensor]:
+    """Marginal relevance ``R(n_l = i)`` of every neuron of every set layer (eq. 9 with one
+    layer), {layer: (batch, *layer shape)}: the checked pass's message times the reach."""
+    reaches = reach(session, session.layers)
+    return {name: session.messages[name] * reaches[name] for name in session.layers}
+
+
+def interactions(
+    session: Session, names: list[str], levels: dict[str, Level], fast: bool | None = None
+) -> torch.Tensor:
+    """(batch, n_lowest, ..., n_top) joint relevance, ``names`` from top to lowest.
+
+    With the channel fast path, the top layer's channel messages reach the next layer by
+    :meth:`RuleSegment.channel_messages`; their sum must equal the top message pushed down
+    by autograd (one partial backward), or the table is recomputed without the fast path.
+    """
+    fast = session.fast if fast is None else fast
+    top, lowest = names[0], names[-1]
+    counts = [unit_count(levels[name], session.shape(name)) for name in names]
+    message = session.messages[top]
+    lowest_reach = reach(session, [lowest])[lowest]
+    per_top = max(1, session.batch_size // max(1, math.prod(counts[1:-1])))
+    segment = rule_segment(session, names[1], top) if fast else None
+    if segment is not None and not segment.carries_channels(levels[top]):
+        segment = None
+    pairs = list(zip(names[:-1], names[1:], strict=False))
+    blocks, total = [], None
+    for chunk in session.chunks(counts[0], per_top, "NRM interactions"):
+        if segment is not None:
+            messages = segment.channel_messages(message, chunk)
+            total = messages.sum(0) if total is None else total + messages.sum(0)
+            if names[1] != lowest:
+                messages = _split(session, names[1], levels[names[1]], messages)
+        else:
+            masks = unit_masks(levels[top], session.shape(top), chunk, message.dtype)
+            messages = message[None] * masks
+        for upper, lower in pairs[1:] if segment is not None else pairs:
+            messages = session.segment(upper, lower, messages)
+            if lower != lowest:  # split every message over the units of the next layer
+                messages = _split(session, lower, levels[lower], messages)
+        blocks.append(
+            reduce_units(messages * lowest_reach, levels[lowest], len(session.shape(lowest)) - 1)
+        )
+    if segment is not None and not _close(total, session.segment(top, names[1], message[None])[0]):
+        return interactions(session, names, levels, fast=False)
+    table = torch.cat(blocks).view(*counts[:-1], *blocks[0].shape[1:])  # (top.., B, n_low)
+    dims = table.dim()
+    return table.permute(dims - 2, dims - 1, *reversed(range(dims - 2)))
+
+
+def _split(session: Session, name: str, level: Level, messages: torch.Tensor) -> torch.Tensor:
+    """Every message (n, batch, ...) split over the units of layer ``name``: (n * units, ...)."""
+    shape = session.shape(name)
+    units = torch.arange(unit_count(level, shape), device=messages.device)
+    masks = unit_masks(level, shape, units, messages.dtype)
+    return (messages[:, None] * masks[None]).flatten(0, 1)
+
+
+def _close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal up to rounding (√eps of the dtype, relative to the largest value)."""
+    scale = reference.abs().max().clamp(min=torch.finfo(reference.dtype).tiny)
+    return bool((ours - reference).abs().max() <= torch.finfo(reference.dtype).eps ** 0.5 * scale)
+
+
+def consecutive_edges(
+    session: Session, level: Level = "channel", fast: bool | None = None
+) -> dict[tuple[str, str], torch.Tensor]:
+    """Joint relevance of every unit pair of adjacent set layers (in forward order).
+
+    Returns
+    -------
+    dict of (str, str) to torch.Tensor
+        ``{(lower, upper): (batch, n_lower, n_upper)}``, equal to ``pairwise(lower, upper)``.
+    """
+    fast = session.fast if fast is None else fast
+    ascending = sorted(session.layers, key=session.order.index)
+    result = {}
+    relevance = layer_relevance(session) if fast else {}
+    for lower, upper in zip(ascending[:-1], ascending[1:], strict=False):
+        table = edges(session, lower, upper, level, relevance) if fast else None
+        if table is None:
+            table = interactions(session, [upper, lower], {upper: level, lower: level}, fast)
+        result[(lower, upper)] = table
+    return result
+
+
+def edges(
+    session: Session, lower: str, upper: str, level: Level, relevance: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """The fast path of :func:`consecutive_edges` for one pair, or None where it does not apply.
+
+    With the rule's live terms ``t`` (coefficients ``c_t``, normalized scales ``s̃_t``,
+    parameter-modified weights ``W'_t``) and the message ``m`` at ``upper``,
+    ``E[i, j] = Σ_t Σ_kernel W'_t[j, i] ⊙ ∂⟨s̃_t ⊙ m, f(c_t; W'_t)⟩/∂W'_t[j, i]``: one
+    per-sample weight gradient per term. Rows must sum to the lower layer's relevance.
+    """
+    if isinstance(level, torch.Tensor):
+        return None
+    segment = rule_segment(session, lower, upper, pooling=not session.lost)
+    if segment is None or not segment.carries_channels(level):
+        return None
+    if level == "neuron" and (session.outputs[lower].dim() != 2):
+        return None
+    reaches = reach(session, [lower])[lower]
+    table = segment.edges(session.messages[upper], reaches)  # (B, C_in, C_up)
+    rows = reduce_units(relevance[lower], "channel", session.outputs[lower].dim() - 1)
+    return table if _close(table.sum(2), rows) else None
+
+
+# ----------------------------------------------------------------------- rule segments
+
+_IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+_POOLING = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # fmt: skip
+
+
+@dataclass
+class RuleSegment:
+    """One rule layer (Conv2d or Linear) between two set layers, read from its linearization.
+
+    Attributes
+    ----------
+    module : nn.Conv2d or nn.Linear
+        The rule layer.
+    terms : list of (torch.Tensor, torch.Tensor, torch.Tensor)
+        Per live term of the rule: coefficient ``c_t`` (like the layer input), normalized scale
+        ``s̃_t`` (like its output) and modified weight ``W'_t``.
+    """
+
+    module: nn.Module
+    terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+    def carries_channels(self, level: Level) -> bool:
+        """Whether unit messages at ``level`` are confined to one output channel."""
+        if isinstance(level, torch.Tensor):
+            return False
+        return level == "channel" or isinstance(self.module, nn.Linear)
+
+    def _conv(self) -> dict[str, Any]:
+        module = self.module
+        return {"stride": module.stride, "padding": module.padding, "dilation": module.dilation}
+
+    def channel_messages(self, message: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+        """The message at the layer's input of each channel-confined part of ``message``.
+
+        Parameters
+        ----------
+        message : torch.Tensor
+            Message at the layer's output, (batch, C_out, ...).
+        channels : torch.Tensor
+            Long (n,): the output channels whose parts are pushed down.
+
+        Returns
+        -------
+        torch.Tensor
+            (n, batch, C_in, ...): ``Σ_t c_t ⊙ J_tᵀ (s̃_t ⊙ m ⊙ 1_channel)``, for a convolution
+            one grouped transposed convolution per term (group k: the filter of channel k).
+        """
+        result = 0
+        for coef, scale, weight in self.terms:
+            values = (scale * message)[:, channels]  # (B, n, ...)
+            if isinstance(self.module, nn.Linear):
+                pushed = values[..., None] * weight[channels][None]  # (B, n, C_in)
+            else:
+                batch, count = values.shape[:2]
+                size = (batch, count * coef.shape[1], *coef.shape[2:])
+                pushed = torch.nn.grad.conv2d_input(
+                    size, weight[channels], values, groups=count, **self._conv()
+                ).view(batch, count, *coef.shape[1:])
+            result = result + coef[:, None] * pushed
+        return result.transpose(0, 1)
+
+    def edges(self, message: torch.Tensor, reaches: torch.Tensor | float) -> torch.Tensor:
+        """Joint relevance of every (input channel, output channel) pair, (batch, C_in, C_out).
+
+        ``reaches`` (1 or like the layer input) weights each input neuron by the share of its
+        relevance that reaches the network input.
+        """
+        table = 0
+        for coef, scale, weight in self.terms:
+            values, coef = scale * message, coef * reaches
+            if isinstance(self.module, nn.Linear):
+                table = table + weight[None] * values[:, :, None] * coef[:, None, :]
+                continue
+            gradient = functools.partial(_weight_gradient, weight=weight, options=self._conv())
+            grads = torch.func.vmap(gradient)(coef, values)  # (B, C_out, C_in, kh, kw)
+            table = table + (weight[None] * grads).flatten(3).sum(3)
+        return table.transpose(1, 2)
+
+
+def _weight_gradient(
+    coef: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, options: dict[str, Any]
+) -> torch.Tensor:
+    """∂⟨values, conv(coef; W)⟩/∂W at ``weight`` for one sample (coef (C_in, ...), values
+    (C_out, ...)): the weight gradient, shape of ``weight``."""
+
+    def convolve(w: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(coef[None], w, None, **options)
+
+    return torch.func.vjp(convolve, weight)[1](values[None])[0]
+
+
+def rule_segment(
+    session: Session, lower: str, upper: str, pooling: bool = False
+) -> RuleSegment | None:
+    """The rule layer between ``lower`` and ``upper`` if the segment is one Conv2d/Linear with
+    a normalized rule plus modules whose backward is the identity (and, with ``pooling``,
+    pooling layers below the rule layer); None otherwise or without the fast path."""
+    if not session.fast:
+        return None
+    key = (lower, upper, pooling)
+    if key not in session.segments:
+        session.segments[key] = _find_segment(session, lower, upper, pooling)
+    return session.segments[key]
+
+
+def _find_segment(session: Session, lower: str, upper: str, pooling: bool) -> RuleSegment | None:
+    calls = session.calls
+    if lower not in calls or upper not in calls:
+        return None
+    start = len(calls) - 1 - calls[::-1].index(lower)
+    stop = len(calls) - 1 - calls[::-1].index(upper)
+    between = [name for name in calls[start + 1 : stop + 1]
+               if next(session.modules[name].children(), None) is None]  # fmt: skip
+    rules = [name for name in between
+             if isinstance(session.modules[name], (nn.Conv2d, nn.Linear))]  # fmt: skip
+    if len(rules) != 1 or rules[0] not in session.hooks:
+        return None
+    name = rules[0]
+    position = between.index(name)
+    if not all(_identity(session, n) for n in between[position + 1 :]):
+        return None
+    below = between[:position]
+    if not all(_identity(session, n) or (pooling and _pool(session, n)) for n in below):
+        return None
+    module, hook = session.modules[name], session.hooks[name]
+    if isinstance(module, nn.Conv2d) and (
+        module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)
+    ):
+        return None
+    output = session.outputs[name]
+    if session.shape(upper) != output.shape:
+        return None
+    linear = hook._linearized(module, output.shape)
+    inputs, below_shape = linear.inputs[0].shape, session.shape(lower)
+    if inputs != below_shape and not (pooling and inputs[:2] == below_shape[:2]
+                                      and len(inputs) == len(below_shape)):  # fmt: skip
+        return None
+    scales = linear.normalized_scales()
+    terms = []
+    for t in linear.live:
+        weight, bias = linear.weights[t], linear.biases[t]
+        if weight is None or not _is_affine(module, linear.inputs[t], weight, bias,
+                                            linear.outputs[t]):  # fmt: skip
+            return None
+        terms.append((linear.coefs[t], scales[t], weight))
+    return RuleSegment(module, terms)
+
+
+def _identity(session: Session, name: str) -> bool:
+    module = session.modules[name]
+    if isinstance(session.composite.hooked.get(name), Pass):
+        return True
+    dropout = isinstance(module, (nn.Dropout, nn.Dropout1d, nn.Dropout2d))
+    return isinstance(module, _IDENTITY) and not (dropout and module.training)
+
+
+def _pool(session: Session, name: str) -> bool:
+    return isinstance(session.modules[name], _POOLING)
+
+
+def _is_affine(module: nn.Module, input: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor | None, output: torch.Tensor) -> bool:  # fmt: skip
+    """Whether the rule's term is the layer's own affine map with the modified parameters
+    (no output modifier), so that its transpose is a transposed convolution with ``weight``."""
+    with torch.no_grad():
+        if isinstance(module, nn.Linear):
+            expected = nn.functional.linear(input, weight, bias)
+        else:
+            expected = nn.functional.conv2d(input, weight, bias, module.stride, module.padding,
+                                            module.dilation)  # fmt: skip
+    return expected.shape == output.shape and _close(expected, output.detach())
