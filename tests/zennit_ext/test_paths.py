@@ -14,7 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.models import VGGSmall
-from zennit_ext.paths import NeuronGraph, NeuronPaths, Paths, select_units
+from zennit_ext.path_graph import NeuronGraph, Paths, select_units
+from zennit_ext.paths import NeuronPaths
 from zennit_ext.pruning import mass_threshold_mask
 
 DTYPES = (torch.float32, torch.float64)
