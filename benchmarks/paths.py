@@ -281,7 +281,9 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)  # random VGG16 weights break eq. 15
         vgg = _vgg16(report, quick)
         _vgg16_report(report, vgg)
+    report.write()  # partial results survive an interrupted run
     eff = _efficientnet(report, quick, progress)
+    report.write()
     fractions = {
         "VGG16 (random)": (list(VGG_LAYERS), vgg["graph"].kept_fraction().mean(0).numpy()),
         "EfficientNet-Lite0": (list(eff["layers"]), torch.cat([
