@@ -1,0 +1,458 @@
+"""Relevant-neuron paths: neuron graphs, k-best paths, k-path heatmaps and deconvolution views.
+
+After "Neural Network Interpretability With Layer-Wise Relevance Propagation: Novel
+Techniques for Neuron Selection and Visualization" (Bhati et al., 2024, arXiv:2412.05686).
+The paper scores each neuron (channel of a convolution) by its spatially summed relevance,
+keeps those above ``mean − 1·std`` of their layer, links kept neurons of consecutive layers
+into paths from the output to the input, and shows the top-k paths as heatmaps and
+deconvolution reconstructions (Zeiler & Fergus, "Visualizing and Understanding Convolutional
+Networks", arXiv:1311.2901). Its algorithm section is not public; what follows are **our
+definitions**, all built on NRM ("Normalized relevance of neuron sets", see
+:class:`zennit_ext.NRM`):
+
+- an edge between unit ``i`` of a lower and ``j`` of the next upper layer is their joint NRM
+  relevance ``R(n_lower = i, n_upper = j)`` (the relevance of the walks through both); the
+  output node links to each top-layer unit with that unit's relevance;
+- a path's score is the sum of its ``L`` edge weights; the top-k paths are found exactly by
+  k-best dynamic programming over the dense edge tensors;
+- the heatmap of k paths is the sum of the k single-path NRM joint heatmaps (not the heatmap
+  of the union of their units, which would also count walks mixing units of different paths);
+- a threshold ``c`` is tuned by comparing the heatmap restricted to kept units with the full
+  one (:meth:`NeuronPaths.tune_threshold`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from zennit.core import Composite
+from zennit.types import Activation
+
+from zennit_ext.nrm import NRM
+from zennit_ext.path_graph import NeuronGraph, Paths, real_number, select_units
+
+__all__ = ["select_units", "Paths", "NeuronGraph", "Threshold", "NeuronPaths"]
+
+SCORES = ("relevance", "activation")
+RECTIFIERS = (nn.ReLU, nn.ReLU6)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Curves of :meth:`NeuronPaths.tune_threshold` over the grid of ``c`` (our definition).
+
+    Attributes
+    ----------
+    grid : tuple of float
+        The multipliers ``c``.
+    kept_fraction : torch.Tensor
+        (n_c, batch, L): kept units per layer.
+    nmse, smape : torch.Tensor
+        (n_c, batch): errors of the restricted heatmap against the full one.
+    kept_relevance : torch.Tensor
+        (n_c, batch): joint relevance ``R(S_Λ)`` of the kept units of all layers.
+    score_ratio : torch.Tensor
+        (n_c, batch): class score with the unkept units zeroed over the class score.
+    chosen : float
+        The ``c`` with the smallest mean kept fraction among those with mean nMSE ≤
+        ``max_error``; if none, the ``c`` with the smallest mean nMSE (``met`` False).
+    met : bool
+        Whether ``chosen`` meets ``max_error``.
+    """
+
+    grid: tuple[float, ...]
+    kept_fraction: torch.Tensor
+    nmse: torch.Tensor
+    smape: torch.Tensor
+    kept_relevance: torch.Tensor
+    score_ratio: torch.Tensor
+    chosen: float
+    met: bool
+
+
+class NeuronPaths:
+    """Neuron graphs, top-k paths and their heatmaps on top of one :class:`~zennit_ext.NRM`.
+
+    Every method opens one NRM explanation (one forward pass and one checked pass) for its
+    inputs and composes its queries.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A feed-forward network (as for :class:`~zennit_ext.NRM`).
+    layers : sequence of str
+        Layers whose units form the graph, bottom → top (names from ``model.named_modules()``).
+        Units are channels of (batch, C, ...) outputs and neurons of (batch, n) outputs.
+    composite, canonizers, on_violation, batch_size
+        As in :class:`~zennit_ext.NRM`.
+
+    Examples
+    --------
+    >>> paths = NeuronPaths(model, ['features.0', 'features.3', 'features.6'])  # doctest: +SKIP
+    >>> graph = paths.graph(x, target)                   # c = 1: the paper's threshold
+    >>> top = graph.top_paths(k=5)
+    >>> heat = paths.heatmap(x, target, top)             # like x
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        composite: Composite | None = None,
+        canonizers: list | None = None,
+        on_violation: str = "raise",
+        batch_size: int = 64,
+    ) -> None:
+        self.nrm = NRM(model, layers, composite=composite, canonizers=canonizers,
+                       on_violation=on_violation, batch_size=batch_size)  # fmt: skip
+        if len(self.nrm.layers) != len(layers):
+            raise ValueError(f"layers must be distinct, got {list(layers)!r}")
+        self.model = model
+        self.layers = tuple(self.nrm.layers)
+
+    # ----------------------------------------------------------------------------- public API
+
+    def graph(self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"):
+        """The neuron graph of ``x``: unit scores, kept units (``mean − c·σ``) and edges.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (batch, ...) inputs.
+        target : int, sequence of int, or torch.Tensor
+            Explained class per sample, or output relevance (as in :meth:`NRM.joint`).
+        c : float
+            Threshold multiplier of :func:`select_units`.
+        score : {'relevance', 'activation'}
+            What selects the kept units: NRM relevance (the paper's "difference of forward
+            and backward results", read as relevance) or the activation, summed over space.
+
+        Returns
+        -------
+        NeuronGraph
+        """
+        real_number("c", c)
+        self._check_score(score)
+        with self._explain(x, target) as (explanation, activation, _):
+            relevance = self._unit_relevance(explanation)
+            edges = explanation.consecutive_edges(level="channel")
+        pairs = list(zip(self.layers[:-1], self.layers[1:], strict=True))
+        missing = [pair for pair in pairs if pair not in edges]
+        if missing:
+            raise ValueError(
+                f"layers must be given bottom → top in forward order; NRM has no edges for "
+                f"{missing} (it has {list(edges)})"
+            )
+        scores = relevance if score == "relevance" else activation
+        kept = {name: select_units(scores[name], c) for name in self.layers}
+        return NeuronGraph(self.layers, relevance, activation, kept,
+                           {pair: edges[pair] for pair in pairs}, float(c), score)  # fmt: skip
+
+    def path_relevance(self, x: torch.Tensor, target: Any, paths: Paths) -> torch.Tensor:
+        """Exact NRM joint relevance of each path (all walks through its L units), (batch, k)."""
+        with self._explain(x, target) as (explanation, _, shapes):
+            conditions = self._path_sets(paths, shapes, len(x))
+            return explanation.joint_many(conditions).T
+
+    def heatmap(self, x: torch.Tensor, target: Any, paths: Paths) -> torch.Tensor:
+        """Relevance-based k-path heatmap, like ``x``: Σ over paths of their NRM joint heatmaps.
+
+        Distinct paths have disjoint sets of walks, so this is the input relevance of the
+        walks that follow any one of the paths.
+        """
+        with self._explain(x, target) as (explanation, _, shapes):
+            conditions = self._path_sets(paths, shapes, len(x))
+            return explanation.heatmaps(conditions).sum(0)
+
+    def restricted_heatmap(
+        self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"
+    ) -> torch.Tensor:
+        """NRM heatmap of the walks through kept units only (in every layer), like ``x``."""
+        real_number("c", c)
+        self._check_score(score)
+        with self._explain(x, target) as (explanation, activation, shapes):
+            scores = self._unit_relevance(explanation) if score == "relevance" else activation
+            kept = {name: select_units(scores[name], c) for name in self.layers}
+            return explanation.heatmap(self._kept_sets(kept, shapes))
+
+    def tune_threshold(
+        self,
+        x: torch.Tensor,
+        target: Any,
+        grid: Sequence[float] = (1, 0.5, 0, -0.5, -1, -1.5, -2),
+        max_error: float = 0.05,
+    ) -> Threshold:
+        """Error of the restricted heatmap against the full one over a grid of ``c``.
+
+        Our definition (the paper tunes by "averaging MSE" without details). Per ``c`` and
+        sample, over the colour-summed pixels of the restricted heatmap ``H_c`` and the full
+        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), SMAPE = mean 2|H_c − H| /
+        (|H_c| + |H|) with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
+        the ratio of the class score with every unkept unit's output set to 0 to the class
+        score. ``chosen`` is the ``c`` with the smallest mean kept fraction whose mean nMSE is
+        ≤ ``max_error``.
+
+        Returns
+        -------
+        Threshold
+        """
+        if isinstance(grid, str | bytes) or not isinstance(grid, Sequence) or not grid:
+            raise ValueError(f"grid must be a non-empty sequence of numbers, got {grid!r}")
+        grid = tuple(real_number("grid values", value) for value in grid)
+        if len(set(grid)) != len(grid):
+            raise ValueError(f"grid must not repeat values, got {grid!r}")
+        if real_number("max_error", max_error) <= 0:
+            raise ValueError(f"max_error must be positive, got {max_error!r}")
+        with self._explain(x, target) as (explanation, _, shapes):
+            relevance = self._unit_relevance(explanation)
+            kept = [{n: select_units(relevance[n], c) for n in self.layers} for c in grid]
+            restricted = explanation.heatmaps([self._kept_sets(k, shapes) for k in kept])
+            full = explanation.heatmap()
+        plane, restricted_plane = _colour_sum(full, x.dim()), _colour_sum(restricted, x.dim())
+        difference = restricted_plane - plane
+        nmse = _ratio(difference.square().mean(-1), plane.square().mean(-1))
+        smape = _ratio(2 * difference.abs(), restricted_plane.abs() + plane.abs()).mean(-1)
+        fraction = torch.stack(
+            [torch.stack([k[n].to(x.dtype).mean(1) for n in self.layers], 1) for k in kept]
+        )  # fmt: skip
+        scores = torch.stack([self._class_score(x, target, k) for k in kept])
+        baseline = self._class_score(x, target, None)
+        mean_nmse, mean_kept = nmse.mean(1), fraction.mean((1, 2))
+        feasible = (mean_nmse <= max_error).nonzero()[:, 0]
+        if len(feasible):
+            index = int(feasible[mean_kept[feasible].argmin()])
+        else:
+            index = int(mean_nmse.argmin())
+        return Threshold(grid, fraction, nmse, smape, restricted.flatten(2).sum(2),
+                         scores / baseline, grid[index], bool(len(feasible)))  # fmt: skip
+
+    def deconvolution(
+        self,
+        x: torch.Tensor,
+        paths: Paths,
+        layer: str | None = None,
+        rectifiers: Sequence[type[nn.Module]] = (nn.ReLU,),
+    ) -> torch.Tensor:
+        """Activation-based view of the paths' units: deconvolution (Zeiler & Fergus), like x.
+
+        Captum's ``NeuronDeconvolution`` on ``layer`` with the selector ``½ Σ a²`` over the
+        channels the paths visit in that layer: its gradient is the activation map itself on
+        those channels and 0 elsewhere, so the backward pass is Algorithm 3 of the paper (zero
+        the other maps, unpool with the max switches, rectify, transposed convolutions
+        without bias).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (batch, ...) inputs.
+        paths : Paths
+            From :meth:`NeuronGraph.top_paths` of these inputs.
+        layer : str, optional
+            One of ``layers``; default the top one.
+        rectifiers : sequence of module classes
+            The rectifier modules of the model, a subset of (nn.ReLU, nn.ReLU6); every one of
+            them is rectified in the backward pass. Any other activation module raises.
+
+        Raises
+        ------
+        TypeError
+            If the model has an activation module that is not one of ``rectifiers``.
+        """
+        from captum.attr import NeuronDeconvolution
+
+        layer = self.layers[-1] if layer is None else layer
+        index = self._layer_index(layer)
+        self._check_paths(paths, len(x))
+        rectifiers = tuple(rectifiers)
+        if not rectifiers or not all(r in RECTIFIERS for r in rectifiers):
+            raise ValueError(f"rectifiers must be a subset of {RECTIFIERS}, got {rectifiers!r}")
+        units = paths.units[:, :, index]
+        module = self.nrm.modules[layer]
+        attribution = NeuronDeconvolution(self.model, module)
+        attribution.deconv = _deconvolution_class()(self.model, rectifiers)
+
+        def selector(output: torch.Tensor) -> torch.Tensor:
+            mask = torch.zeros(output.shape[:2], dtype=output.dtype, device=output.device)
+            mask = mask.scatter(1, units.to(output.device), 1.0)
+            mask = mask.view(*mask.shape, *[1] * (output.dim() - 2))
+            return 0.5 * (output * mask).square().flatten(1).sum(1)
+
+        with _only_rectifiers_below(self.model, module, rectifiers), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require")
+            return attribution.attribute(x, selector)
+
+    # -------------------------------------------------------------------------- the machinery
+
+    @contextlib.contextmanager
+    def _explain(self, x: torch.Tensor, target: Any) -> Iterator[tuple]:
+        """One NRM explanation, with the layers' spatially summed outputs and output shapes."""
+        activation: dict[str, torch.Tensor] = {}
+        shapes: dict[str, torch.Size] = {}
+
+        def capture(name: str):
+            def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+                shapes[name] = output.shape
+                activation[name] = _unit_sums(output.detach())
+
+            return hook
+
+        handles = [self.nrm.modules[name].register_forward_hook(capture(name))
+                   for name in self.layers]  # fmt: skip
+        try:
+            with self.nrm.explain(x, target) as explanation:
+                for handle in handles:
+                    handle.remove()
+                yield explanation, activation, shapes
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _unit_relevance(self, explanation: Any) -> dict[str, torch.Tensor]:
+        relevance = explanation.layer_relevance()
+        return {name: _unit_sums(relevance[name]) for name in self.layers}
+
+    @staticmethod
+    def _check_score(score: str) -> None:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+
+    def _layer_index(self, layer: str) -> int:
+        if layer not in self.layers:
+            raise ValueError(f"layer must be one of {list(self.layers)}, got {layer!r}")
+        return self.layers.index(layer)
+
+    def _check_paths(self, paths: Paths, batch: int) -> None:
+        if not isinstance(paths, Paths):
+            raise TypeError(f"paths must be a Paths (NeuronGraph.top_paths), got {paths!r}")
+        if paths.layers != self.layers or paths.units.shape[0] != batch:
+            raise ValueError(
+                f"paths are for layers {list(paths.layers)} and batch {paths.units.shape[0]}; "
+                f"expected layers {list(self.layers)} and batch {batch}"
+            )
+
+    def _path_sets(self, paths: Paths, shapes: Mapping, batch: int) -> list[dict]:
+        """One condition per path rank: per layer a per-sample one-unit boolean mask."""
+        self._check_paths(paths, batch)
+        conditions = []
+        for rank in range(paths.units.shape[1]):
+            conditions.append({
+                name: _unit_mask(paths.units[:, rank, depth], shapes[name])
+                for depth, name in enumerate(self.layers)
+            })  # fmt: skip
+        return conditions
+
+    @staticmethod
+    def _kept_sets(kept: Mapping[str, torch.Tensor], shapes: Mapping) -> dict:
+        return {name: mask.view(*mask.shape, *[1] * (len(shapes[name]) - 2))
+                for name, mask in kept.items()}  # fmt: skip
+
+    def _class_score(self, x: torch.Tensor, target: Any, kept: Mapping | None) -> torch.Tensor:
+        """Class score per sample, (batch,), with the unkept units' outputs set to 0."""
+
+        def zero_unkept(name: str):
+            def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+                mask = kept[name].to(output.dtype)
+                return output * mask.view(*mask.shape, *[1] * (output.dim() - 2))
+
+            return hook
+
+        handles = []
+        try:
+            if kept is not None:
+                handles = [self.nrm.modules[n].register_forward_hook(zero_unkept(n))
+                           for n in self.layers]  # fmt: skip
+            with torch.no_grad():
+                output = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if isinstance(target, torch.Tensor) and target.is_floating_point():
+            return (output * target.to(output)).sum(1)
+        index = torch.as_tensor(target, device=output.device).long().reshape(-1)
+        return output.gather(1, index.expand(len(output))[:, None])[:, 0]
+
+
+@functools.cache
+def _deconvolution_class() -> type:
+    """Captum's ``Deconvolution`` rectifying the backward pass of every given rectifier class
+    (Captum's own hooks ``nn.ReLU`` modules only)."""
+    from captum._utils.common import _register_backward_hook
+    from captum.attr import Deconvolution
+
+    class RectifierDeconvolution(Deconvolution):
+        def __init__(self, model: nn.Module, rectifiers: tuple[type[nn.Module], ...]) -> None:
+            super().__init__(model)
+            self.rectifiers = rectifiers
+
+        def _register_hooks(self, module: nn.Module) -> None:
+            if isinstance(module, self.rectifiers):
+                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook,
+                                                                   self))  # fmt: skip
+
+    return RectifierDeconvolution
+
+
+@contextlib.contextmanager
+def _only_rectifiers_below(
+    model: nn.Module, layer: nn.Module, rectifiers: tuple[type[nn.Module], ...]
+) -> Iterator[None]:
+    """Raise TypeError when an activation module other than ``rectifiers`` runs before
+    ``layer`` in a forward pass inside the context (deconvolution cannot pass it)."""
+    reached = []
+
+    def check(name: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            if not reached:
+                raise TypeError(
+                    f"module {name!r} is a {type(module).__name__} below the explained layer, "
+                    f"not one of the rectifiers {[r.__name__ for r in rectifiers]}; pass "
+                    f"rectifiers=(nn.ReLU, nn.{type(module).__name__}) if it is a rectifier"
+                )
+
+        return hook
+
+    handles = [layer.register_forward_hook(lambda *args: reached.append(True))]
+    try:
+        for name, module in model.named_modules():
+            if isinstance(module, Activation) and not isinstance(module, rectifiers):
+                handles.append(module.register_forward_pre_hook(check(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _unit_sums(values: torch.Tensor) -> torch.Tensor:
+    """(batch, C, ...) → (batch, C): sum over the spatial axes."""
+    return values.flatten(2).sum(2) if values.dim() > 2 else values
+
+
+def _unit_mask(units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Bool (batch, C, 1, ...): one unit per sample, broadcastable to ``shape``."""
+    mask = torch.zeros(shape[:2], dtype=torch.bool, device=units.device)
+    mask[torch.arange(len(units), device=units.device), units] = True
+    return mask.view(*mask.shape, *[1] * (len(shape) - 2))
+
+
+def _colour_sum(heatmap: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Per sample pixels: (..., batch, C, H, W) → (..., batch, H·W) for images (``ndim`` 4),
+    else the sample's values flattened."""
+    if ndim == 4:
+        return heatmap.sum(-3).flatten(-2)
+    return heatmap.flatten(heatmap.dim() - ndim + 1)
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator with 0/0 := 0 (and x/0 := inf for x > 0)."""
+    safe = torch.where(denominator != 0, denominator, 1.0)
+    zero_case = torch.where(numerator == 0, 0.0, math.inf).to(numerator.dtype)
+    return torch.where(denominator != 0, numerator / safe, zero_case)
