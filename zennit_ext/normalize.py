@@ -182,18 +182,18 @@ class NormalizedHook(StatefulHook):
         """
         linear = self._linearized(module, message.shape)
         scales = linear.normalized_scales() if normalize else linear.scales
-        gradients = torch.autograd.grad(
-            [linear.outputs[i] for i in linear.live],
-            [linear.inputs[i] for i in linear.live],
-            grad_outputs=[message * scales[i] for i in linear.live],
-            retain_graph=True,
-            create_graph=message.requires_grad,
-        )
         if linear.live:
+            gradients = torch.autograd.grad(
+                [linear.outputs[i] for i in linear.live],
+                [linear.inputs[i] for i in linear.live],
+                grad_outputs=[message * scales[i] for i in linear.live],
+                retain_graph=True,
+                create_graph=message.requires_grad,
+            )
             relevance = sum(
                 linear.coefs[i] * g for i, g in zip(linear.live, gradients, strict=True)
             )
-        else:
+        else:  # no term carries relevance (e.g. every input of the layer is 0): all stops here
             relevance = torch.zeros_like(linear.inputs[0]) * message.sum()
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
 

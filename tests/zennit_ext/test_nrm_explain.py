@@ -138,6 +138,23 @@ def test_report_stopped_mass_and_reached_share_sum_to_one(seed):
             torch.testing.assert_close(table, reference.pairwise(lower, upper, "neuron"))
 
 
+def test_layer_whose_inputs_are_all_zero_stops_everything_without_error():
+    """A rule layer with no live term (every input 0 on every sample) ends all relevance."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    model = model.double().eval()
+    model[2].bias.data.fill_(-10.0)  # relu 3 is 0 on every input in [0, 1]^6
+    x = torch.rand(2, 6, dtype=torch.float64)
+    assert not model[:4](x).any() and model(x).abs().sum() > 0
+    nrm = NRM(model, ["1", "3"], composite=_composite("zplus"))
+    torch.testing.assert_close(nrm.joint(x, 0, {"3": [0, 1, 2, 3]}), torch.zeros(2).double())
+    with nrm.explain(x, 0) as e:
+        torch.testing.assert_close(e.stopped["4"], torch.ones(2).double())
+        torch.testing.assert_close(e.reached, torch.zeros(2).double())
+        assert not e.pairwise("1", "3", level="neuron").any()
+        assert not e.heatmap().isnan().any()
+
+
 def test_violations_are_reported_per_layer():
     model = _mlp(0)
     model[2].weight.data = -model[2].weight.data.abs()
