@@ -74,6 +74,9 @@ def _settings(quick: bool) -> dict[str, Any]:
             "vgg": (1, 32),
             "repeats": 1,
             "dna_models": ("dna_cnn4", "dna_cnn32_local"),
+            "cluttered_quick_model": True,
+            "efficientnet_lipschitz": False,
+            "image_tasks": True,
         }
     return {
         "ps": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
@@ -87,6 +90,9 @@ def _settings(quick: bool) -> dict[str, Any]:
         "vgg": (8, 224),
         "repeats": 3,
         "dna_models": ("dna_cnn4", "dna_cnn32", "dna_cnn32_local"),
+        "cluttered_quick_model": False,
+        "efficientnet_lipschitz": True,
+        "image_tasks": True,
     }
 
 
@@ -102,23 +108,16 @@ def _tasks(quick: bool, progress: bool, cfg: dict) -> list[Task]:
     from benchmarks.models import get_trained, load_efficientnet_lite0, load_photos
 
     tasks = []
-    model, _ = get_trained("cluttered_cnn", quick=quick, progress=progress)
-    data = load_cluttered(n=256, size=64, seed=1, split="test")
-    idx = _correct(model, data.x, data.y, cfg["n_img"])
-    tasks.append(
-        Task(
-            "cluttered_cnn",
-            "image",
-            model,
-            data.x[idx],
-            data.y[idx],
-            data.mask[idx].numpy(),
-            {"low": 0.0, "high": 1.0},
-            0.0,
-            8,
-            True,
-        )
-    )
+    if cfg["image_tasks"]:
+        model, _ = get_trained("cluttered_cnn", quick=cfg["cluttered_quick_model"],
+                               progress=progress)  # fmt: skip
+        data = load_cluttered(n=256, size=64, seed=1, split="test")
+        idx = _correct(model, data.x, data.y, cfg["n_img"])
+        mask = data.mask[idx].numpy()
+        base = {"low": 0.0, "high": 1.0}
+        task = Task("cluttered_cnn", "image", model, data.x[idx], data.y[idx], mask, base, 0.0,
+                    8, True)  # fmt: skip
+        tasks.append(task)
     dna = load_dna(n=400, seed=1)
     for name in cfg["dna_models"]:
         model, _ = get_trained(name, quick=quick, progress=progress)
@@ -138,13 +137,15 @@ def _tasks(quick: bool, progress: bool, cfg: dict) -> list[Task]:
                 False,
             )
         )
-    model = load_efficientnet_lite0()
-    x, _ = load_photos(cfg["photo_size"])
-    x = x[: cfg["n_photos"]]
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    base = {"low": -1.0, "high": 1.0, "canonizers": [EfficientNetLiteCanonizer()]}
-    tasks.append(Task("efficientnet_lite0", "image", model, x, y, None, base, 0.0, 16, not quick))
+    if cfg["image_tasks"]:
+        model = load_efficientnet_lite0()
+        x, _ = load_photos(cfg["photo_size"])
+        x = x[: cfg["n_photos"]]
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        base = {"low": -1.0, "high": 1.0, "canonizers": [EfficientNetLiteCanonizer()]}
+        tasks.append(Task("efficientnet_lite0", "image", model, x, y, None, base, 0.0, 16,
+                          cfg["efficientnet_lipschitz"]))  # fmt: skip
     return tasks
 
 
@@ -537,18 +538,28 @@ def _speed(report: Report, tasks, cfg) -> None:
             )
 
 
-def run(report: Report, quick: bool, progress: bool) -> None:
-    """Fill ``report`` with the PLRP curves, heatmaps, claims per task and speed ratios."""
+def run(
+    report: Report, quick: bool, progress: bool, settings: dict[str, Any] | None = None
+) -> None:
+    """Fill ``report`` with the PLRP curves, heatmaps, claims per task and speed ratios.
+
+    ``settings`` overrides entries of the quick or full settings (e.g. full DNA tasks with
+    ``{"image_tasks": False}``); the report states every setting used.
+    """
     from benchmarks import plrp_plots
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     quick = quick or os.environ.get("NEURON_XAI_QUICK") == "1"
-    cfg = _settings(quick)
+    cfg = {**_settings(quick), **(settings or {})}
     tasks = _tasks(quick, progress, cfg)
+    report.results["settings"] = cfg
     report.add_text(
-        f"Settings ({'quick' if quick else 'full'}): p ∈ {list(cfg['ps'])} and sparsity gain 1; "
+        f"Settings ({'quick' if quick else 'full'}{' with overrides' if settings else ''}: "
+        f"{settings or {}}): p ∈ {list(cfg['ps'])} and sparsity gain 1; "
         f"base composite EpsilonGammaBox (γ=0.25, z^B first layer); cluttered CNN "
-        f"{len(tasks[0].x)} correctly classified test images; DNA models "
+        f"({'quick' if cfg['cluttered_quick_model'] else 'full'}-trained) {cfg['n_img']} correctly "
+        f"classified test images; EfficientNet-Lite0 Lipschitz: {cfg['efficientnet_lipschitz']}; "
+        f"DNA models "
         f"{', '.join(cfg['dna_models'])} ({cfg['n_dna']} correctly classified motif-positive "
         f"sequences each; dna_cnn32_local = 32 filters, local max-pooling over 8 windows of 29 "
         f"positions, our ablation of global max-pooling); {cfg['n_photos']} photos "
@@ -566,11 +577,17 @@ def run(report: Report, quick: bool, progress: bool) -> None:
     report.add_table("PLRP metrics", rows, direction=DIRECTION, key="metrics")
     for kind, figure in FIGURES.items():
         mine = [t for t in tasks if t.kind == kind]
+        if not mine:
+            continue
         report.add_figure(
             plrp_plots.curves_figure(rows, mine, f"as the paper's {figure}"),
             f"plrp_curves_{kind}",
             f"Metrics vs p, {kind} tasks, as the paper's {figure} (dashed: LRP)",
         )
+    table = claims(rows, {t.name: t.kind for t in tasks}, cfg["ps"])
+    report.add_table("Paper claims per task vs our numbers", table, key="claims")
+    if not cfg["image_tasks"]:
+        return
     report.add_figure(
         plrp_plots.faithfulness_figure(curves, tasks, cfg["ps"]),
         "plrp_faithfulness",
@@ -582,6 +599,4 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         "plrp_heatmaps",
         "Heatmaps: LRP, PLRP-λ and PLRP-M for growing p (red +, blue −)",
     )
-    table = claims(rows, {t.name: t.kind for t in tasks}, cfg["ps"])
-    report.add_table("Paper claims per task vs our numbers", table, key="claims")
     _speed(report, tasks, cfg)
