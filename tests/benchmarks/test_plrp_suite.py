@@ -94,7 +94,7 @@ def _rows(task, lrp, lam, mm, extra_lrp=None, extra_lam=None):
             if method == "PLRP-λ" and extra_lam:
                 row.update({k: v[i] for k, v in extra_lam.items()})
             rows.append(row)
-        rows.append({"task": task, "method": method, "p": float("nan"), "gini": 0.0, "rma": 0.0})
+        rows.append({**rows[-1], "p": float("nan"), "gini": 0.0})  # sparsity gain: not claimed
     return rows
 
 
@@ -191,3 +191,41 @@ def test_each_image_claim_fails_alone(kwargs, failing):
 def test_claims_reject_an_unknown_kind():
     with pytest.raises(ValueError, match="kinds"):
         claims(_rows("x", *GENOMICS.values()), {"x": "audio"}, PS)
+
+
+def test_figures_draw_every_task_metric_and_tie_order():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.plrp import Task
+    from benchmarks.plrp_plots import curves_figure, faithfulness_figure, heatmap_figure
+
+    image = Task("img", "image", None, torch.rand(2, 3, 8, 8), torch.zeros(2), None, {}, 0.0, 4,
+                 True)  # fmt: skip
+    dna = Task("dna", "genomics", None, torch.rand(2, 4, 30), torch.zeros(2), None, {}, 0.0, 0,
+               False)  # fmt: skip
+    rows = _rows("img", {"gini": 0.6, "rma": 0.8, "lipschitz": 0.1, **_faith(0.2, 0.1)},
+                 *({"gini": [0.7] * 3, "rma": [0.8] * 3, "lipschitz": [0.1] * 3,
+                    **{k: [v] * 3 for k, v in _faith(0.2, 0.1).items()}},) * 2)  # fmt: skip
+    rows += _rows("dna", *GENOMICS.values())
+    labels = ["LRP"] + [f"{m} p={p:g}" for m in ("PLRP-λ", "PLRP-M") for p in PS[1:]]
+    curves = {("img", label): {"": np.linspace(1, 0, 5), "_rand": np.linspace(1, 0.2, 5)}
+              for label in labels}  # fmt: skip
+    heatmaps = {("img", label): np.random.default_rng(0).normal(size=(2, 1, 8, 8))
+                for label in labels}  # fmt: skip
+    fig = curves_figure(rows, [image], "as the paper's Figure 2 (images)")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert {"img: faith_auc (lower better)", "img: faith_auc_rand (lower better)"} <= set(titles)
+    assert fig._suptitle.get_text() == "as the paper's Figure 2 (images)"
+    fig = curves_figure(rows, [dna], "as the paper's Figure 8 (genomics)")
+    assert [ax.get_title() for ax in fig.axes] == [f"dna: {m} ({d} better)" for m, d in
+                                                   (("gini", "higher"), ("rma", "higher"))]
+    fig = faithfulness_figure(curves, [image, dna], PS)
+    assert [ax.get_title() for ax in fig.axes] == [
+        "img: ties in raster order", "img: ties in random order (seed 0)"]
+    assert len(fig.axes[0].lines) == 5  # LRP and both variants at the smallest and largest p
+    fig = heatmap_figure(heatmaps, [image, dna], PS)
+    assert len(fig.axes) == 2 * (len(labels) + 1)
+    plt.close("all")
