@@ -97,34 +97,53 @@ class VGGSmall(nn.Module):
         return self.classifier(self.features(x))
 
 
-def DNACNN(filters: int = 4, length: int = 250, kernel_size: int = 19) -> nn.Sequential:  # noqa: N802
-    """PLRP's genomics CNN: Conv1d(4 → filters) → ReLU → global max-pool → dense → 2 logits.
+def DNACNN(  # noqa: N802
+    filters: int = 4, length: int = 250, kernel_size: int = 19, pool: int | None = None
+) -> nn.Sequential:
+    """A one-conv genomics CNN: Conv1d(4 → filters) → ReLU → max-pool → dense → 2 logits.
+
+    "Sparse Explanations of Neural Networks Using Pruned Layer-Wise Relevance Propagation"
+    (PLRP) evaluates CNNs with 4 and 32 filters on synthetic DNA but does not give their
+    architecture. Global max-pooling (``pool=None``), one hidden dense layer of 32
+    units and kernel 19 (the longest planted motif) are our choices. With global max-pooling the
+    dense layer sees one number per filter, so PLRP (which never prunes the first layer) can
+    only drop whole filters, never positions; ``pool=k`` (local max-pooling over windows of
+    ``k`` positions, stride ``k``) keeps positions in the dense layer's input, so pruning there
+    drops (filter, window) pairs. It is our ablation of that choice.
 
     Parameters
     ----------
     filters : int
         Convolution filters (4 or 32 in the paper).
     length : int
-        Sequence length (only checked by the caller; the global pool makes the net length-free).
+        Sequence length; with global pooling only checked (the net is then length-free).
     kernel_size : int
-        Filter width (19, the longest planted motif).
+        Filter width.
+    pool : int, optional
+        Local max-pooling window (and stride); None pools globally.
 
     Notes
     -----
-    Input (N, 4, L) one-hot → output (N, 2). Modules: ``conv, relu, pool, flatten, fc1,
-    relu_fc, out``.
+    Input (N, 4, length) one-hot → output (N, 2). Modules: ``conv, relu, pool, flatten, fc1,
+    relu_fc, out``; ``fc1`` has ``filters`` inputs (global pooling) or
+    ``filters * ((length - kernel_size + 1) // pool)`` (local pooling).
     """
     if filters < 1:
         raise ValueError(f"filters must be >= 1, got {filters}")
     if length < kernel_size:
         raise ValueError(f"length must be >= kernel_size={kernel_size}, got {length}")
+    positions = length - kernel_size + 1
+    if pool is not None and not 1 <= pool <= positions:
+        raise ValueError(f"pool must be None or in [1, {positions}] (length {length}), got {pool}")
+    pooling = nn.AdaptiveMaxPool1d(1) if pool is None else nn.MaxPool1d(pool)
+    width = filters if pool is None else filters * (positions // pool)
     return nn.Sequential(
         OrderedDict(
             conv=nn.Conv1d(4, filters, kernel_size),
             relu=nn.ReLU(),
-            pool=nn.AdaptiveMaxPool1d(1),
+            pool=pooling,
             flatten=nn.Flatten(),
-            fc1=nn.Linear(filters, 32),
+            fc1=nn.Linear(width, 32),
             relu_fc=nn.ReLU(),
             out=nn.Linear(32, 2),
         )

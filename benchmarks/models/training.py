@@ -220,6 +220,8 @@ _RECIPES = {
                          {"epochs": 2, "batch_size": 64}, {"epochs": 8, "batch_size": 64}),
     "dna_cnn4": _Recipe(lambda: DNACNN(4), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "dna_cnn32": _Recipe(lambda: DNACNN(32), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
+    "dna_cnn32_local": _Recipe(lambda: DNACNN(32, pool=29), _images(_dna, 4000, 10000),
+                               _DNA_QUICK, _DNA_FULL),
     "mnist_mlp": _Recipe(MNISTMLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "mnist_mlp_nobias": _Recipe(lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3},
                                 {"epochs": 12}),
@@ -243,8 +245,9 @@ def get_trained(
     ----------
     name : str
         One of :data:`MODEL_NAMES`: 'shapes_cnn', 'cluttered_cnn', 'parts_cnn', 'dna_cnn4',
-        'dna_cnn32', 'mnist_mlp', 'mnist_mlp_nobias', 'mnist_mlp2_nobias' (two hidden layers,
-        NRM's Table 2), 'fish_mlp', 'fish_mlp_rare' (21.6 % positives), 'storms_mlp'.
+        'dna_cnn32', 'dna_cnn32_local' (local max-pooling, 8 windows of 29), 'mnist_mlp',
+        'mnist_mlp_nobias', 'mnist_mlp2_nobias' (two hidden layers, NRM's Table 2), 'fish_mlp',
+        'fish_mlp_rare' (21.6 % positives), 'storms_mlp'.
     quick : bool
         Small data and few epochs (seconds to a minute on 2 cores) instead of full training.
     progress : bool

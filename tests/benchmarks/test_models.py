@@ -25,6 +25,7 @@ ARCHITECTURES = [
     (lambda: VGGSmall(num_classes=4, batch_norm=True), (4, 3, 64, 64), 4),
     (lambda: DNACNN(4), (4, 4, 250), 2),
     (lambda: DNACNN(32), (4, 4, 250), 2),
+    (lambda: DNACNN(32, pool=8), (4, 4, 250), 2),
     (lambda: MNISTMLP(), (4, 1, 28, 28), 10),
 ]
 
@@ -45,6 +46,15 @@ def test_forward_shape_and_one_training_step(build, shape, outputs):
     assert evaluate(model, x, y)["loss"] < loss_before
 
 
+def test_dna_cnn_local_pooling_keeps_positions_for_the_dense_layer():
+    local, pooled = DNACNN(3, length=40, kernel_size=5, pool=4), DNACNN(3, length=40, kernel_size=5)
+    assert local.fc1.in_features == 3 * (36 // 4) and pooled.fc1.in_features == 3
+    x = torch.rand(2, 4, 40)
+    conv = torch.relu(local.conv(x))  # (2, 3, 36): windows of 4 positions, filter-major order
+    expected = conv.reshape(2, 3, 9, 4).amax(-1).flatten(1)
+    torch.testing.assert_close(local[:4](x), expected)
+
+
 def test_synergy_mlp_names_its_relus():
     model = SynergyMLP()
     names = [name for name, _ in model.named_children()]
@@ -53,7 +63,9 @@ def test_synergy_mlp_names_its_relus():
 
 
 @pytest.mark.parametrize(("build", "word"), [(lambda: SynergyMLP(logits=3), "logits"),
-                                             (lambda: DNACNN(0), "filters")])  # fmt: skip
+                                             (lambda: DNACNN(0), "filters"),
+                                             (lambda: DNACNN(4, pool=233), "pool"),
+                                             (lambda: DNACNN(4, pool=0), "pool")])  # fmt: skip
 def test_architectures_reject_bad_arguments(build, word):
     with pytest.raises(ValueError, match=word):
         build()
