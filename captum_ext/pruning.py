@@ -18,6 +18,7 @@ __all__ = [
     "layer_unit_shape",
     "recalibrate_batchnorm",
     "DEFAULT_FRACTIONS",
+    "taylor_scores",
 ]
 
 DEFAULT_FRACTIONS = tuple(np.round(np.arange(0.0, 0.951, 0.05), 2))
@@ -281,9 +282,6 @@ def layer_unit_shape(model: nn.Module, layer: nn.Module, x: Tensor) -> torch.Siz
     if not found:
         raise ValueError(f"layer {layer!r} was not called by the model's forward pass")
     return found[0]
-
-
-__all__ += ["taylor_scores"]
 
 
 def taylor_scores(

@@ -32,8 +32,9 @@ import torch
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlusFlat
 import captum_ext, zennit_ext
-from captum_ext import NeuronSynergy
+from captum_ext import LayerSynergy, NeuronSynergy, SynchronizationLoss
 from zennit_ext import NRM, PLRPLambda
+from zennit_ext.paths import select_units
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(
@@ -50,11 +51,20 @@ with Gradient(model=model, composite=PLRPLambda(p=0.0)) as attributor:
 with Gradient(model=model, composite=PLRPLambda(p=0.5)) as attributor:
     _, plrp = attributor(x, torch.eye(3, dtype=x.dtype)[[0, 2]])
 nrm = NRM(model, layers=["1", "3"])
+with nrm.explain(x, 0) as explanation:
+    reached = (explanation.reached + sum(explanation.stopped.values())).tolist()
+synergy = LayerSynergy(model, model[3]).compute(x, target=0)
+sync = SynchronizationLoss()(torch.rand(2, 4, 5, 5, dtype=torch.float64))
 print(json.dumps({
     "zennit_ext": zennit_ext.__file__,
     "captum_ext": captum_ext.__file__,
     "versions": [zennit_ext.__version__, captum_ext.__version__],
-    "synergy": NeuronSynergy.__module__,
+    "synergy": [NeuronSynergy.__module__, LayerSynergy.__module__],
+    "synergy_shape": list(synergy.synergy.shape),
+    "synergy_symmetric": bool(torch.equal(synergy.synergy, synergy.synergy.T)),
+    "sync_finite": bool(torch.isfinite(sync)),
+    "nrm_reached_plus_stopped": reached,
+    "paths_kept": select_units(torch.tensor([[1.0, 2.0, 3.0]]), c=0.0).tolist(),
     "benchmarks": importlib.util.find_spec("benchmarks") is not None,
     "sys_path": sys.path,
     "plrp_zero_error": float((plrp_zero - base).abs().max()),
@@ -125,7 +135,11 @@ def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):
     assert report["benchmarks"] is False
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert report["versions"] == [version, version]
-    assert report["synergy"] == "captum_ext.synergy"
+    assert report["synergy"] == ["captum_ext.neuron_synergy", "captum_ext.layer_synergy"]
+    assert report["synergy_shape"] == [4, 4] and report["synergy_symmetric"]
+    assert report["sync_finite"]
+    assert report["nrm_reached_plus_stopped"] == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert report["paths_kept"] == [[False, True, True]]
     # PLRP with p = 0 is its base composite exactly; p = 0.5 prunes something
     assert report["plrp_zero_error"] < 1e-12
     assert report["plrp_changed"] > 1e-6 and report["plrp_finite"]
