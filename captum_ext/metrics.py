@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from captum_ext.regularizers import check_maps
+
 __all__ = [
     "part_iou",
     "interp",
@@ -52,18 +54,6 @@ DIRECTION = {
 """Which way each key of :func:`filter_metrics` is better (for ``Report.add_table``)."""
 
 _CHUNK = 1 << 24  # upsampled values per chunk of images in part_iou
-
-
-def _check_maps(maps: object, name: str = "maps") -> Tensor:
-    if not isinstance(maps, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
-    if maps.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions (N, C, h, w), got {tuple(maps.shape)}")
-    if not maps.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype, got {maps.dtype}")
-    if 0 in maps.shape:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(maps.shape)}")
-    return maps
 
 
 def _check_iou(iou: object) -> Tensor:
@@ -98,7 +88,7 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     torch.Tensor
         (N, C, K) IoU in the maps' dtype on their device; NaN where image n has no part k.
     """
-    _check_maps(maps)
+    check_maps(maps)
     if not isinstance(masks, Tensor) or masks.ndim != 4 or masks.dtype != torch.bool:
         got = (masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks)
         raise TypeError(f"masks must be a bool tensor (N, K, H, W), got {got}")
@@ -257,7 +247,7 @@ def module_consistency(
     float
         In [0, 0.5]; 0 when every image yields the same partition.
     """
-    _check_maps(maps)
+    check_maps(maps)
     if live_only:
         maps = maps[:, _live(maps)]
     _check_modules(n_modules, maps.shape[1])
@@ -304,7 +294,7 @@ def module_part_alignment(
     """
     from sklearn import metrics
 
-    _check_maps(maps)
+    check_maps(maps)
     if _check_iou(iou).shape[:2] != maps.shape[:2]:
         raise ValueError(f"iou must have shape (N, C, K) = ({maps.shape[0]}, {maps.shape[1]}, "
                          f"K) for these maps, got {tuple(iou.shape)}")  # fmt: skip

@@ -34,15 +34,26 @@ __all__ = [
 Coords = str | float
 
 
-def _check_maps(maps: Any) -> None:
+def check_maps(maps: Any, name: str = "maps") -> Tensor:
+    """``maps`` if it is a non-empty floating (batch, C, H, W) tensor, else a clear error.
+
+    Raises
+    ------
+    TypeError
+        Not a tensor, or not floating point.
+    ValueError
+        Not 4-D, or empty.
+    """
     if not isinstance(maps, Tensor):
-        raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
     if maps.ndim != 4:
-        raise ValueError(f"maps must have 4 dimensions (B, C, H, W), got shape {tuple(maps.shape)}")
+        raise ValueError(f"{name} must have 4 dimensions (batch, C, H, W), got shape "
+                         f"{tuple(maps.shape)}")  # fmt: skip
     if not maps.is_floating_point():
-        raise TypeError(f"maps must have a floating dtype, got {maps.dtype}")
+        raise TypeError(f"{name} must have a floating dtype, got {maps.dtype}")
     if maps.numel() == 0:
-        raise ValueError(f"maps must not be empty, got shape {tuple(maps.shape)}")
+        raise ValueError(f"{name} must not be empty, got shape {tuple(maps.shape)}")
+    return maps
 
 
 def _check_coords(coords: Any) -> Coords:
@@ -99,7 +110,7 @@ def expected_positions(maps: Tensor, coords: Coords = "cell") -> tuple[Tensor, T
     rows, cols : torch.Tensor
         (B, C) expected row and column positions x̄ (differentiable).
     """
-    _check_maps(maps)
+    check_maps(maps)
     grid_r, grid_c = _grids(maps, _check_coords(coords))
     log_q = maps.flatten(2).log_softmax(-1).view_as(maps)
     q = log_q.exp()
