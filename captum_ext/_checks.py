@@ -10,7 +10,7 @@ from captum_ext import scores
 
 __all__ = [
     "check_attribution", "check_per_eval", "check_eval_mode", "check_rows_per_chunk",
-    "check_alpha", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
+    "check_alpha", "hook_rows_per_chunk", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
 ]  # fmt: skip
 
 # elements held per chunk of rows (masked-score tables, contributions): 64 MB of float32
@@ -18,6 +18,11 @@ ELEMENTS_PER_CHUNK = 1 << 24
 # rows of one chunk at most when masks run through the whole model (its activations grow with
 # the rows of a pass, which are the chunk's rows times the masks per pass)
 HOOK_ROWS_PER_CHUNK = 4096
+
+
+def hook_rows_per_chunk(n_units: int, per_eval: int) -> int:
+    """Default rows per chunk when every mask runs a forward pass (the hook paths)."""
+    return min(HOOK_ROWS_PER_CHUNK, ELEMENTS_PER_CHUNK // max(n_units, per_eval))
 
 
 def check_attribution(forward_func: Any, layer: Any, mode: str) -> None:

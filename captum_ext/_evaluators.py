@@ -17,13 +17,26 @@ from torch import Tensor, nn
 
 from captum_ext._masking import RowSlice, Target, Transform, Units
 
-__all__ = ["LayerHookEvaluator", "NeuronEvaluator", "ContributionEvaluator", "select_neuron"]
+__all__ = [
+    "LayerHookEvaluator", "NeuronEvaluator", "ContributionEvaluator", "select_neuron",
+    "probe_layer",
+]  # fmt: skip
 
 # rows of one stacked forward pass at most (masks per pass shrink below perturbations_per_eval
 # when a chunk is large)
 _ROWS_PER_PASS = 1 << 16
 # elements of one block of masked pre-activations: 4 MB of float32, small enough to stay in cache
 _ELEMENTS_PER_BLOCK = 1 << 20
+
+
+def probe_layer(
+    forward_func: Any, layer: nn.Module, first: RowSlice, device_ids: Any
+) -> tuple[Tensor, ...]:
+    """The layer's output(s) for the first row alone, unmasked: shapes and selector checks."""
+    with torch.no_grad():
+        return _forward_layer_eval(
+            forward_func, first.inputs, layer, first.args or None, device_ids=device_ids
+        )
 
 
 def _pair_masks(index: Tensor, n: int) -> Tensor:

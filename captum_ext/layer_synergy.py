@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_output
-from captum._utils.gradient import _forward_layer_eval
 from captum.attr._utils.attribution import LayerAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
@@ -15,14 +14,14 @@ from torch import Tensor, nn
 from captum_ext import _engine, _fastpaths
 from captum_ext._checks import (
     ELEMENTS_PER_CHUNK,
-    HOOK_ROWS_PER_CHUNK,
     check_alpha,
     check_attribution,
     check_eval_mode,
     check_per_eval,
     check_rows_per_chunk,
+    hook_rows_per_chunk,
 )
-from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
+from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator, probe_layer
 from captum_ext._masking import RowSlice, Target, Transform, Units, format_inputs
 from captum_ext.synergy_result import SynergyResult
 
@@ -110,18 +109,14 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         args = _format_additional_forward_args(additional_forward_args)
         target = Target(target, rows)
         first = RowSlice(inputs, args, target, 0, 1)
-        with torch.no_grad():
-            probe = _forward_layer_eval(
-                self.forward_func, first.inputs, self.layer, first.args or None,
-                device_ids=self.device_ids,
-            )  # fmt: skip
+        probe = probe_layer(self.forward_func, self.layer, first, self.device_ids)
         units = Units(
             probe, layer_mask, layer_baselines, ("layer_mask", "layer_baselines"),
             "layer output", rows,
         )  # fmt: skip
         split = self._split(inputs, args, units)
         if split is None:
-            per_chunk = min(HOOK_ROWS_PER_CHUNK, ELEMENTS_PER_CHUNK // max(units.n, per_eval))
+            per_chunk = hook_rows_per_chunk(units.n, per_eval)
 
             def evaluator(start: int, stop: int) -> LayerHookEvaluator:
                 part = RowSlice(inputs, args, target, start, stop)

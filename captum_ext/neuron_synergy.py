@@ -5,24 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
-from captum._utils.gradient import _forward_layer_eval
 from captum.attr._utils.attribution import NeuronAttribution, PerturbationAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_ext import _engine
 from captum_ext._checks import (
-    ELEMENTS_PER_CHUNK,
-    HOOK_ROWS_PER_CHUNK,
     check_alpha,
     check_attribution,
     check_eval_mode,
     check_per_eval,
     check_rows_per_chunk,
+    hook_rows_per_chunk,
 )
-from captum_ext._evaluators import NeuronEvaluator, select_neuron
+from captum_ext._evaluators import NeuronEvaluator, probe_layer, select_neuron
 from captum_ext._masking import RowSlice, Target, Units, format_inputs
 from captum_ext.synergy_result import SynergyResult
 
@@ -97,12 +94,8 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
             )
         no_target = Target(None, rows)
         first = RowSlice(inputs, args, no_target, 0, 1)
-        with torch.no_grad():  # checks the selector before any masking
-            probe = _forward_layer_eval(
-                self.forward_func, first.inputs, self.layer, first.args or None,
-                device_ids=self.device_ids,
-            )  # fmt: skip
-        select_neuron(probe, neuron_selector, 1)
+        probe = probe_layer(self.forward_func, self.layer, first, self.device_ids)
+        select_neuron(probe, neuron_selector, 1)  # checks the selector before any masking
 
         def evaluator(start: int, stop: int) -> NeuronEvaluator:
             part = RowSlice(inputs, args, no_target, start, stop)
@@ -111,7 +104,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
                 per_eval, self.device_ids,
             )  # fmt: skip
 
-        per_chunk = min(HOOK_ROWS_PER_CHUNK, ELEMENTS_PER_CHUNK // max(units.n, per_eval))
+        per_chunk = hook_rows_per_chunk(units.n, per_eval)
         chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
         return _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress), units
 
