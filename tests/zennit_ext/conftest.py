@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from random_modules import random_bn
 from torch import nn
 
 # ---- PLRP fixtures (tests/zennit_ext/test_plrp.py, test_explain.py) ----
-
-
-def _plrp_bn(channels: int, seed: int) -> nn.BatchNorm2d:
-    """A BatchNorm with non-trivial running statistics and affine parameters."""
-    g = torch.Generator().manual_seed(seed)
-    bn = nn.BatchNorm2d(channels)
-    bn.running_mean.copy_(torch.randn(channels, generator=g) * 0.1)
-    bn.running_var.copy_(torch.rand(channels, generator=g) + 0.5)
-    bn.weight.data.copy_(torch.rand(channels, generator=g) + 0.5)
-    bn.bias.data.copy_(torch.randn(channels, generator=g) * 0.1)
-    return bn
 
 
 def _plrp_build(name: str) -> tuple[nn.Module, tuple[int, ...], list]:
@@ -41,8 +31,8 @@ def _plrp_build(name: str) -> tuple[nn.Module, tuple[int, ...], list]:
         return model.double().eval(), (3, 8, 8), []
     if name == "cnn_bn":
         model = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), _plrp_bn(6, 1), nn.ReLU(),
-            nn.Conv2d(6, 8, 3, padding=1), _plrp_bn(8, 2), nn.ReLU(),
+            nn.Conv2d(3, 6, 3, padding=1), random_bn(6, 1), nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1), random_bn(8, 2), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 3),
         )  # fmt: skip
         return model.double().eval(), (3, 8, 8), [SequentialMergeBatchNorm()]

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from random_modules import random_bn
 from test_nrm import CNN_LAYERS, HIDDEN, _cnn, _composite, _mlp
 from torch import nn
 from walks import Walks
@@ -206,23 +207,13 @@ def test_devices_and_dtypes(device, dtype):
 # ---- channel messages by grouped transposed convolution ----
 
 
-def _bn(channels: int, seed: int) -> nn.BatchNorm2d:
-    generator = torch.Generator().manual_seed(seed)
-    bn = nn.BatchNorm2d(channels)
-    bn.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
-    bn.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-    bn.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
-    bn.bias.data.copy_(torch.randn(channels, generator=generator) * 0.1)
-    return bn
-
-
 def _vgg_blocks() -> nn.Sequential:
     """Two VGG-style blocks (conv-BN-ReLU ×2, max-pool) with a strided conv, a dense head."""
     torch.manual_seed(11)
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), _bn(6, 1), nn.ReLU(),
-        nn.Conv2d(6, 7, 3, padding=1), _bn(7, 2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(7, 5, 3, padding=2, stride=2, dilation=2), _bn(5, 3), nn.ReLU(),
+        nn.Conv2d(3, 6, 3, padding=1), random_bn(6, 1), nn.ReLU(),
+        nn.Conv2d(6, 7, 3, padding=1), random_bn(7, 2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(7, 5, 3, padding=2, stride=2, dilation=2), random_bn(5, 3), nn.ReLU(),
         nn.Conv2d(5, 4, (3, 1), padding=(1, 0)), nn.ReLU(), nn.Flatten(),
         nn.Linear(4 * 2 * 2, 3),
     ).double().eval()  # fmt: skip
