@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +144,28 @@ class Report:
             f"(speed-up {timing['speedup']:.3g}×, {timing.get('threads', '?')} threads)"
         )
 
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage of the suite (also when it raises); :meth:`write` lists the stages.
+
+        The seconds land in ``results["stages_s"][name]``, so a suite's budget can be read
+        off its report.
+        """
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.results.setdefault("stages_s", {})[name] = time.perf_counter() - start
+
     def write(self) -> Path:
         """Write ``report.md`` and ``results.json``; return the path of ``report.md``."""
         (self.out / "results.json").write_text(json.dumps(_jsonable(self.results), indent=2))
-        body = f"# {self.suite}\n\n" + "\n\n".join(self._sections) + "\n"
+        sections = list(self._sections)
+        stages = self.results.get("stages_s")
+        if stages:
+            sections.append("Wall time by stage: " + ", ".join(
+                f"{name} {seconds:.1f} s" for name, seconds in stages.items()) + ".")
+        body = f"# {self.suite}\n\n" + "\n\n".join(sections) + "\n"
         path = self.out / "report.md"
         path.write_text(body)
         return path

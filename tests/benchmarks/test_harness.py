@@ -63,6 +63,18 @@ def test_report_writes_markdown_json_and_png(tmp_path):
     assert results["figures"] == ["line.png"] and results["speed"][0]["speedup"] == 2.0
 
 
+def test_report_stage_times_also_a_failing_stage(tmp_path, monkeypatch):
+    clock = iter([10.0, 12.5, 20.0, 20.25])
+    monkeypatch.setattr("benchmarks.report.time.perf_counter", lambda: next(clock))
+    report = Report("demo", tmp_path)
+    with report.stage("train"):
+        pass
+    with pytest.raises(RuntimeError), report.stage("broken"):
+        raise RuntimeError("stage failed")
+    assert report.results["stages_s"] == {"train": 2.5, "broken": 0.25}
+    assert "Wall time by stage: train 2.5 s, broken 0.2 s." in report.write().read_text()
+
+
 def test_report_rejects_unknown_direction(tmp_path):
     with pytest.raises(ValueError, match="direction"):
         Report("demo", tmp_path).add_table("t", [{"a": 1}], direction={"a": "up"})
