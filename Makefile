@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,data]'
+	$(BIN)/python -m pip install -q -e '.[dev,data,docs]'
 	touch $@
 
 data: $(STAMP)
