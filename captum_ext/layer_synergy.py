@@ -71,7 +71,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         Applied to the forward output before ``target`` selects the score; 'softmax' over the
         last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model.
     mode : {'abs_mean', 'signed'}
-        d = |p - p_U| (the paper's) or p - p_U.
+        ``d = |p - p_U|`` (the paper's) or ``p - p_U``.
 
     Examples
     --------

@@ -291,7 +291,7 @@ def taylor_scores(
 
     From "Pruning Convolutional Neural Networks for Resource Efficient Inference"
     (Molchanov et al., arXiv:1611.06440): the change of the loss when channel c is zeroed,
-    to first order, Θ_c = mean over images t of |1/M Σ_m a_{t,c,m} ∂C_t/∂a_{t,c,m}|, with
+    to first order, ``Θ_c = mean_t |1/M Σ_m a_{t,c,m} ∂C_t/∂a_{t,c,m}|`` over images t, with
     C_t the cross-entropy of image t and m over the channel's M positions. The model runs in
     eval mode; its parameters, buffers, gradients and mode are left as they were, and the
     hook is removed, also on error.

@@ -165,9 +165,9 @@ class SynchronizationLoss(nn.Module):
     """L_sync (eq. 6–9): pull each filter's x̄ towards its ε-neighbours, push from all others.
 
     Per image, with d_ij = ‖x̄_i − x̄_j‖: Nb(i) = {j ≠ i : d_ij ≤ ε} on detached positions,
-    p(j|i) = 1/|Nb(i)| (eq. 7), q(j|i) = softmax over j ≠ i of −d_ij (eq. 8) and the loss of
+    ``p(j|i) = 1/|Nb(i)|`` (eq. 7), q(j|i) = softmax over j ≠ i of −d_ij (eq. 8) and the loss of
     filter i is −Σ_{j ∈ Nb(i)} p log q = mean_{j ∈ Nb(i)} d_ij + log Σ_{j ≠ i} e^{−d_ij}
-    (eq. 9, with 1/|Nb(i)| on the pull term only). Filters without neighbours are skipped.
+    (eq. 9, with ``1/|Nb(i)|`` on the pull term only). Filters without neighbours are skipped.
 
     Parameters
     ----------

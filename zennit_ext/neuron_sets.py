@@ -103,7 +103,7 @@ def unit_masks(
     units: torch.Tensor,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Masks of the selected ``units``, shape (len(units), *shape) (batch included).
+    """Masks of the selected ``units``, shape ``(len(units), *shape)`` (batch included).
 
     Parameters
     ----------
@@ -127,14 +127,14 @@ def unit_masks(
 
 
 def reduce_units(values: torch.Tensor, level: str | torch.Tensor, ndim: int) -> torch.Tensor:
-    """Sum neuron values of a layer per unit: (..., batch, *layer) → (..., batch, n_units).
+    """Sum neuron values of a layer per unit: ``(..., batch, *layer)`` → ``(..., batch, n_units)``.
 
     Parameters
     ----------
     values : torch.Tensor
         Per-neuron values with the layer's per-sample shape (``ndim`` dims) last.
     level : {'neuron', 'channel'} or torch.Tensor
-        Unit kind, or stacked unit masks (n_units, batch or 1, *layer).
+        Unit kind, or stacked unit masks ``(n_units, batch or 1, *layer)``.
     ndim : int
         Number of dims of one sample's layer output.
     """

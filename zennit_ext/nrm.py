@@ -157,7 +157,7 @@ class NRM:
 
     def heatmaps(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
                  level: str = "neuron") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.heatmaps`, (n_conditions, *x.shape)."""
+        """One-shot :meth:`NRMExplanation.heatmaps`, ``(n_conditions, *x.shape)``."""
         with self.explain(x, target) as e:
             return e.heatmaps(conditions, level)
 
@@ -175,13 +175,13 @@ class NRM:
 
     def pairwise(self, x: torch.Tensor, target: Any, layer_a: str, layer_b: str,
                  level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.pairwise`, (batch, |A|, |B|)."""
+        """One-shot :meth:`NRMExplanation.pairwise`, ``(batch, |A|, |B|)``."""
         with self.explain(x, target) as e:
             return e.pairwise(layer_a, layer_b, level)
 
     def interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str],
                      level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.interactions`, (batch, |L1|, |L2|, …)."""
+        """One-shot :meth:`NRMExplanation.interactions`, ``(batch, |L1|, |L2|, …)``."""
         with self.explain(x, target) as e:
             return e.interactions(layers, level)
 
@@ -303,7 +303,10 @@ class NRMExplanation:
         return engine.propagate(self.session, [self.session.masks(sets, level)])[0]
 
     def heatmaps(self, conditions: Sequence[Sets], level: str = "neuron") -> torch.Tensor:
-        """:meth:`heatmap` of many set combinations in batched passes, (n_conditions, *x.shape)."""
+        """:meth:`heatmap` of many set combinations in batched passes.
+
+        Returns ``(n_conditions, *x.shape)``.
+        """
         for index, sets in enumerate(conditions):
             self.nrm.check_sets(sets, f"conditions[{index}]")
         session = self.session
@@ -329,7 +332,7 @@ class NRMExplanation:
 
     def pairwise(self, layer_a: str, layer_b: str,
                  level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """Joint relevance ``R(n_a = i, n_b = j)`` of every pair of units, (batch, |A|, |B|).
+        """Joint relevance ``R(n_a = i, n_b = j)`` of every pair of units, ``(batch, |A|, |B|)``.
 
         The message at the upper layer is split over its units, all these messages go down to
         the lower layer in batched partial backward passes (or, for channels through one
@@ -348,7 +351,7 @@ class NRMExplanation:
 
     def interactions(self, layers: Sequence[str],
                      level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """Joint relevance of every combination of one unit per layer, (batch, |L1|, |L2|, …).
+        """Joint relevance of every combination of one unit per layer, ``(batch, |L1|, |L2|, …)``.
 
         The generalization of :meth:`pairwise` to any number of layers (e.g. triples).
         """
@@ -382,7 +385,7 @@ class NRMExplanation:
         return indices, values
 
     def layer_relevance(self) -> dict[str, torch.Tensor]:
-        """Marginal relevance of every neuron of every NRM layer, {layer: (batch, *shape)}.
+        """Marginal relevance of every neuron of every NRM layer, ``{layer: (batch, *shape)}``.
 
         From the checked pass (times the share that reaches the input where relevance stops,
         one double backward pass then).

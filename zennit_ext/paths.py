@@ -194,8 +194,8 @@ class NeuronPaths:
 
         Our definition (the paper tunes by "averaging MSE" without details). Per ``c`` and
         sample, over the colour-summed pixels of the restricted heatmap ``H_c`` and the full
-        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), SMAPE = mean 2|H_c − H| /
-        (|H_c| + |H|) with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
+        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), ``SMAPE = mean 2|H_c − H| /
+        (|H_c| + |H|)`` with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
         the ratio of the class score with every unkept unit's output set to 0 to the class
         score. ``chosen`` is the ``c`` with the smallest mean kept fraction whose mean nMSE is
         ≤ ``max_error``.
