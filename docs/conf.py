@@ -103,7 +103,8 @@ def _page(module: str) -> str:
         lines += [f"   {name}" for name in own] + [""]
     if elsewhere:
         lines += ["Also exported here:", ""]
-        lines += [f"- :py:obj:`{module}.{name} <{_home(module, name)}.{name}>`" for name in elsewhere]
+        lines += [f"- :py:obj:`{module}.{name} <{_home(module, name)}.{name}>`"
+                  for name in elsewhere]
         lines += [""]
     return "\n".join(lines)
 

@@ -262,7 +262,7 @@ class Session:
         return iter(tqdm(chunks, desc=desc, disable=None if self.progress else True))
 
     def segment(self, upper: str | None, lower: str | None, messages: torch.Tensor):
-        """Push messages (n, *upper shape) down to ``lower`` (None: the input) in one batched
+        """Push messages ``(n, *upper shape)`` down to ``lower`` (None: the input) in one batched
         partial backward; ``upper`` None is the model output."""
         top = self.output if upper is None else self.outputs[upper]
         below = self.inputs if lower is None else self.outputs[lower]
@@ -328,7 +328,7 @@ def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
 
 
 def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Input relevance of the walks through each condition's masks, (n, *x.shape)."""
+    """Input relevance of the walks through each condition's masks, ``(n, *x.shape)``."""
     names = session.descending({name for masks in conditions for name in masks})
     if not names:
         return session.heat[None].expand(len(conditions), *session.heat.shape)
@@ -368,7 +368,7 @@ def reach(session: Session, names: Sequence[str]) -> dict[str, torch.Tensor | fl
 
 def layer_relevance(session: Session) -> dict[str, torch.Tensor]:
     """Marginal relevance ``R(n_l = i)`` of every neuron of every set layer (eq. 9 with one
-    layer), {layer: (batch, *layer shape)}: the checked pass's message times the reach."""
+    layer), ``{layer: (batch, *layer shape)}``: the checked pass's message times the reach."""
     reaches = reach(session, session.layers)
     return {name: session.messages[name] * reaches[name] for name in session.layers}
 
