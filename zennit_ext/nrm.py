@@ -131,7 +131,9 @@ class NRM:
         )  # fmt: skip
         return NRMExplanation(self, session)
 
-    def joint(self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"):
+    def joint(
+        self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.joint`, (batch,)."""
         with self.explain(x, target) as e:
             return e.joint(sets, level)
@@ -185,7 +187,8 @@ class NRM:
             return e.interactions(layers, level)
 
     def top_interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel"):  # fmt: skip
+                         level: Level | Mapping[str, Level] = "channel",
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """One-shot :meth:`NRMExplanation.top_interactions`: (indices, values)."""
         with self.explain(x, target) as e:
             return e.top_interactions(layers, k, level)
@@ -366,7 +369,8 @@ class NRMExplanation:
         return table.permute(0, *[position[name] for name in layers])
 
     def top_interactions(self, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel"):  # fmt: skip
+                         level: Level | Mapping[str, Level] = "channel",
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The ``k`` most relevant unit combinations per sample.
 
         Returns
