@@ -68,6 +68,11 @@ def set_mask(
                 f"broadcast to the layer's output {tuple(shape)}"
             ) from None
     index = torch.as_tensor(spec, device=device)
+    if index.numel() == 0:
+        raise ValueError(
+            f"set for layer {name!r} is empty; expected at least one {level} index (or a "
+            "boolean mask)"
+        )
     if index.is_floating_point() or index.dim() > 1:
         raise TypeError(
             f"set for layer {name!r} must be int indices or a boolean mask, got "
@@ -75,7 +80,7 @@ def set_mask(
         )
     index = index.reshape(-1).long()
     size = shape[1] if level == "channel" else shape[1:].numel()
-    if index.numel() and (index.min() < 0 or index.max() >= size):
+    if index.min() < 0 or index.max() >= size:
         raise ValueError(
             f"set for layer {name!r} has {level} indices {index.tolist()} outside [0, {size}) "
             f"(layer output {tuple(shape)})"
@@ -193,7 +198,9 @@ def cluster_masks(
     return masks.unsqueeze(2).to(activations.device)
 
 
-def _kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator):
+def _kmeans(
+    points: torch.Tensor, k: int, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
     centers = points[torch.randint(len(points), (1,), generator=generator)]
     for _ in range(k - 1):
         distance = torch.cdist(points, centers).min(1).values.square()
