@@ -121,6 +121,9 @@ class NRM:
 
         Raises
         ------
+        ValueError
+            If ``x`` is empty or not finite, the model output is not finite, or ``target`` is
+            out of range; before any hook is left on the model.
         PositiveSumError
             With ``on_violation='raise'``, if a neuron carrying relevance has a negative
             column sum (eq. 15); the model is restored first.
