@@ -247,7 +247,7 @@ class NRMExplanation:
 
     @property
     def stopped(self) -> dict[str, torch.Tensor]:
-        """{layer name: (batch,)} relevance mass ending at neurons with zero column sum."""
+        """Relevance mass ending at neurons with zero column sum, ``{layer: (batch,)}``."""
         return self.report.stopped
 
     @property
@@ -257,7 +257,7 @@ class NRMExplanation:
 
     @property
     def violations(self) -> dict[str, torch.Tensor]:
-        """{layer name: (batch,)} neurons carrying relevance with a negative column sum."""
+        """Neurons carrying relevance with a negative column sum, ``{layer: (batch,)}``."""
         return self.report.violations
 
     def joint(self, sets: Sets, level: str = "neuron") -> torch.Tensor:
