@@ -9,6 +9,7 @@ without outputs (``tests/test_docs.py``: the notebooks run in ``tests/notebooks`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -71,8 +72,9 @@ myst_enable_extensions = ["dollarmath", "amsmath"]
 PACKAGES = ("zennit_ext", "captum_ext")
 
 
-def _modules() -> list[str]:
-    modules = []
+@functools.cache
+def _modules() -> tuple[str, ...]:
+    modules: list[str] = []
     for package in PACKAGES:
         modules.append(package)
         path = importlib.import_module(package).__path__
@@ -80,7 +82,7 @@ def _modules() -> list[str]:
             f"{package}.{info.name}" for info in pkgutil.iter_modules(path)
             if not info.name.startswith("_")
         )  # fmt: skip
-    return modules
+    return tuple(modules)
 
 
 def _home(module: str, name: str) -> str:
