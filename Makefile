@@ -10,13 +10,13 @@ Z1PY ?= $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
 Z1VENV ?= .venv-zennit1
 Z1STAMP := $(Z1VENV)/.installed
 
-.PHONY: demo test bench data test-zennit1 lint typecheck dist clean
+.PHONY: demo test bench data test-zennit1 lint typecheck docs dist clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,data]'
+	$(BIN)/python -m pip install -q -e '.[dev,data,docs]'
 	touch $@
 
 data: $(STAMP)
@@ -37,12 +37,20 @@ test: $(STAMP) data
 bench: $(STAMP) data
 	$(BIN)/python -m benchmarks all
 
+# ruff over the repository, then mypy over zennit_ext and captum_ext
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python -m mypy
 
-# mypy at the strictness of [tool.mypy] in pyproject.toml, over the modules listed there
+# mypy at the strictness of [tool.mypy] in pyproject.toml, over the packages listed there
 typecheck: $(STAMP)
-	$(BIN)/mypy
+	$(BIN)/python -m mypy
+
+# HTML in docs/_build/html; warnings fail the build; the notebooks are executed (quick settings)
+SPHINX_ARGS ?=
+docs: $(STAMP)
+	rm -rf docs/_build docs/api
+	$(BIN)/python -m sphinx -W --keep-going -b html $(SPHINX_ARGS) docs docs/_build/html
 
 # sdist and wheel of zennit_ext + captum_ext in dist/ (offline: make dist BUILD_ARGS=--no-isolation)
 BUILD_ARGS ?=
@@ -64,4 +72,4 @@ test-zennit1: $(Z1STAMP) data
 
 clean:
 	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .mypy_cache .hypothesis \
-		build dist *.egg-info
+		build dist *.egg-info docs/_build docs/api

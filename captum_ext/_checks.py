@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from captum_ext import scores
+from zennit_ext.hooks import real_number
 
 __all__ = [
     "check_attribution", "check_per_eval", "check_eval_mode", "check_rows_per_chunk",
@@ -48,9 +49,7 @@ def check_rows_per_chunk(rows_per_chunk: Any, default: int, rows: int) -> int:
 
 def check_alpha(alpha: Any) -> float:
     """``alpha`` as a float, or a ValueError naming it."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise ValueError(f"alpha must be a number, got {alpha!r}")
-    return float(alpha)
+    return real_number("alpha", alpha)
 
 
 def check_per_eval(perturbations_per_eval: Any) -> int:

@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from captum_ext import scores
+from zennit_ext.hooks import check_finite
 
 __all__ = ["Plan", "sums", "per_row_z"]
 
@@ -37,6 +38,8 @@ def _chunks(plan: Plan) -> Iterator[tuple[Any, Tensor, Tensor, Tensor]]:
     for start in range(0, plan.rows, plan.rows_per_chunk):
         evaluator = plan.evaluator(start, min(plan.rows, start + plan.rows_per_chunk))
         p, p_single = evaluator.singles()
+        check_finite("the explained output (model output or neuron, finite inputs)", p)
+        check_finite("the explained output with one unit masked", p_single)
         yield evaluator, p, p_single, scores.score_difference(p[:, None], p_single, plan.mode)
 
 
@@ -45,6 +48,15 @@ def _pair_blocks(plan: Plan, evaluator: Any, bar: tqdm) -> Iterator[Tensor]:
     for block in upper.split(evaluator.pairs_per_call):
         yield block
         bar.update(len(block))
+
+
+def _pair_differences(
+    plan: Plan, evaluator: Any, block: Tensor, p: Tensor, p_single: Tensor
+) -> Tensor:
+    """d_ij (R, k) of the k pairs ``block`` (k, 2), from finite masked model outputs."""
+    masked = evaluator.pairs(block, p, p_single)
+    check_finite("the explained output with two units masked", masked)
+    return scores.score_difference(p[:, None], masked, plan.mode)
 
 
 def _bar(plan: Plan) -> tqdm:
@@ -62,18 +74,19 @@ def sums(plan: Plan) -> tuple[Tensor, Tensor, int]:
     When ``torch.distributed`` is initialized, the sums and counts of all processes are
     all-reduced: every rank returns those of the whole data set.
     """
-    single = pair = None
+    sums: tuple[Tensor, Tensor] | None = None
     with _bar(plan) as bar:
         for evaluator, p, p_single, d_single in _chunks(plan):
-            if single is None:
-                single = d_single.new_zeros(plan.n)
-                pair = d_single.new_zeros(plan.n, plan.n)
+            if sums is None:
+                sums = d_single.new_zeros(plan.n), d_single.new_zeros(plan.n, plan.n)
+            single, pair = sums
             single += d_single.sum(0)
             for block in _pair_blocks(plan, evaluator, bar):
-                d_pair = scores.score_difference(
-                    p[:, None], evaluator.pairs(block, p, p_single), plan.mode
-                )
+                d_pair = _pair_differences(plan, evaluator, block, p, p_single)
                 pair[block[:, 0], block[:, 1]] += d_pair.sum(0)
+    if sums is None:
+        raise ValueError(f"no rows to score, got {plan.rows}")
+    single, pair = sums
     rows = plan.rows
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         packed = torch.cat([single, pair.reshape(-1)])
@@ -92,9 +105,7 @@ def per_row_z(plan: Plan, alpha: float) -> Tensor:
         for evaluator, p, p_single, d_single in _chunks(plan):
             positive = torch.zeros_like(d_single)
             for block in _pair_blocks(plan, evaluator, bar):
-                d_pair = scores.score_difference(
-                    p[:, None], evaluator.pairs(block, p, p_single), plan.mode
-                )
+                d_pair = _pair_differences(plan, evaluator, block, p, p_single)
                 i, j = block[:, 0].to(p.device), block[:, 1].to(p.device)
                 s = scores.pair_synergy(d_pair, d_single[:, i], d_single[:, j]).clamp(min=0)
                 positive.index_add_(1, i, s).index_add_(1, j, s)

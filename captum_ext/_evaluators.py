@@ -97,19 +97,10 @@ class LayerHookEvaluator(_MaskedForward):
 
     def _scores(self, masks: Tensor | None) -> Tensor:
         rows, copies = len(self._part), 1 if masks is None else len(masks)
-
-        def hook(_module: nn.Module, _inp: Any, output: Any) -> Any:
-            parts = _format_tensor_into_tuples(output)
-            if len(parts[0]) != copies * rows:
-                raise ValueError(
-                    f"the layer saw a batch of {len(parts[0])} rows, {copies * rows} expected: "
-                    "masking needs the whole batch at the layer (no DataParallel replicas)"
-                )
-            masked = self._units.apply(parts, masks)
-            return masked if isinstance(output, tuple) else masked[0]
-
         inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
-        handle = self._layer.register_forward_hook(hook) if masks is not None else None
+        handle = None
+        if masks is not None:
+            handle = self._layer.register_forward_hook(self._masking_hook(masks, copies * rows))
         try:
             output = self._forward(*inputs, *self._part.repeated_args(copies))
         finally:
@@ -117,6 +108,21 @@ class LayerHookEvaluator(_MaskedForward):
                 handle.remove()
         scores = self._part.target.select(self._transform(output), copies)
         return scores.reshape(copies, rows).t()
+
+    def _masking_hook(self, masks: Tensor, expected: int) -> Any:
+        """A forward hook that masks the layer output of ``expected`` stacked rows."""
+
+        def hook(_module: nn.Module, _inp: Any, output: Any) -> Any:
+            parts = _format_tensor_into_tuples(output)
+            if len(parts[0]) != expected:
+                raise ValueError(
+                    f"the layer saw a batch of {len(parts[0])} rows, {expected} expected: "
+                    "masking needs the whole batch at the layer (no DataParallel replicas)"
+                )
+            masked = self._units.apply(parts, masks)
+            return masked if isinstance(output, tuple) else masked[0]
+
+        return hook
 
 
 def select_neuron(layer_eval: tuple[Tensor, ...], selector: Any, rows: int) -> Tensor:

@@ -10,7 +10,7 @@ prefix (see there).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,15 +26,15 @@ __all__ = [
 _PASS_THROUGH = (nn.Identity, nn.modules.dropout._DropoutNd)
 
 
-def _is_plain_sequential(module: nn.Module) -> bool:
+def _is_plain_sequential(module: nn.Module) -> TypeGuard[nn.Sequential]:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
 def _leaves(module: nn.Module, layer: nn.Module) -> list[nn.Module]:
     """Children of nested plain ``nn.Sequential`` containers in call order (``layer`` kept)."""
-    if module is layer or not _is_plain_sequential(module):
-        return [module]
-    return [leaf for child in module for leaf in _leaves(child, layer)]
+    if module is not layer and _is_plain_sequential(module):
+        return [leaf for child in module for leaf in _leaves(child, layer)]
+    return [module]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Split:
     """
 
     prefix: nn.Sequential
-    linear: nn.Module
+    linear: nn.Linear | nn.Conv2d
     weight: Tensor
     bias: Tensor
     suffix: nn.Sequential
@@ -70,13 +70,23 @@ class Split:
         return torch.addmm(self.bias, activation, self.weight.t())
 
     def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        conv = self.linear
+        conv = cast(nn.Conv2d, self.linear)  # called only when is_conv
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, groups)
 
 
-def _foldable(norm: Any, linear: nn.Module) -> bool:
+def _folded_batchnorm(norm: Any, linear: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """Scale and shift of ``norm`` if it is an eval-mode BatchNorm of ``linear``'s kind."""
     kind = nn.BatchNorm2d if isinstance(linear, nn.Conv2d) else nn.BatchNorm1d
-    return isinstance(norm, kind) and not norm.training and norm.running_var is not None
+    if not isinstance(norm, kind) or norm.training:
+        return None
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None:
+        return None
+    scale = (var + norm.eps).rsqrt()
+    shift = -mean * scale
+    if norm.affine:
+        return scale * norm.weight.detach(), shift * norm.weight.detach() + norm.bias.detach()
+    return scale, shift
 
 
 def split_after(forward_func: Any, layer: nn.Module) -> Split | None:
@@ -99,23 +109,17 @@ def split_after(forward_func: Any, layer: nn.Module) -> Split | None:
     while k < len(leaves) and isinstance(leaves[k], _PASS_THROUGH):
         k += 1
     linear = leaves[k] if k < len(leaves) else None
-    conv_ok = (
-        isinstance(linear, nn.Conv2d) and linear.groups == 1 and linear.padding_mode == "zeros"
-    )
-    if not (isinstance(linear, nn.Linear) or conv_ok):
+    if isinstance(linear, nn.Conv2d):
+        if linear.groups != 1 or linear.padding_mode != "zeros":
+            return None
+    elif not isinstance(linear, nn.Linear):
         return None
     weight = linear.weight.detach().clone()
     out = weight.shape[0]
     bias = weight.new_zeros(out) if linear.bias is None else linear.bias.detach().clone()
-    norm = leaves[k + 1] if k + 1 < len(leaves) else None
-    if _foldable(norm, linear):
-        scale = (norm.running_var + norm.eps).rsqrt()
-        shift = -norm.running_mean * scale
-        if norm.affine:
-            scale, shift = (
-                scale * norm.weight.detach(),
-                shift * norm.weight.detach() + norm.bias.detach(),
-            )
+    folded = _folded_batchnorm(leaves[k + 1] if k + 1 < len(leaves) else None, linear)
+    if folded is not None:
+        scale, shift = folded
         weight = scale.reshape(out, *([1] * (weight.dim() - 1))) * weight
         bias = scale * bias + shift
         k += 1
@@ -218,11 +222,16 @@ def contributions(
         per_channel = weight.transpose(0, 1).reshape(channels * outputs, 1, *weight.shape[2:])
         parts = split._conv(delta, per_channel, None, groups=channels)
         parts = parts.reshape(rows, channels, outputs, *parts.shape[2:])
-        groups = channel_groups(units)
+        channel_units = channel_groups(units)
+        if channel_units is None:
+            raise ValueError("the channel fast path needs units that are sets of whole channels")
+        groups = channel_units
     else:
         parts = delta[:, :, None] * weight.t()[None]  # (R, n_elements, m)
         groups = units.index[0][0]
-    if units.n == parts.shape[1] and bool((groups == torch.arange(units.n)).all()):
+    if units.n == parts.shape[1] and torch.equal(
+        groups, torch.arange(units.n, device=groups.device)
+    ):
         return z, Materialized(parts)
     grouped = parts.new_zeros(rows, units.n, *parts.shape[2:])
     return z, Materialized(grouped.index_add_(1, groups.to(parts.device), parts))

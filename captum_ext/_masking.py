@@ -14,6 +14,8 @@ import torch
 from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
 from torch import Tensor
 
+from zennit_ext.hooks import check_finite
+
 __all__ = ["Units", "Target", "Transform", "RowSlice", "format_inputs"]
 
 
@@ -194,6 +196,7 @@ class Units:
         for b in baselines:
             if not isinstance(b, Tensor | int | float) or isinstance(b, bool):
                 raise ValueError(f"{name} entries must be numbers or tensors, got {b!r}")
+            check_finite(name, torch.as_tensor(b))
         return baselines
 
     def rows(self, start: int, stop: int) -> Units:
@@ -282,5 +285,7 @@ def format_inputs(inputs: Any) -> tuple[Tensor, ...]:
     if any(len(x) != rows for x in inputs):
         raise ValueError(f"inputs must share the batch dimension, got shapes "
                          f"{[tuple(x.shape) for x in inputs]}")  # fmt: skip
+    for position, x in enumerate(inputs):
+        check_finite("inputs" if len(inputs) == 1 else f"inputs[{position}]", x)
     return inputs
 

@@ -71,7 +71,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         Applied to the forward output before ``target`` selects the score; 'softmax' over the
         last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model.
     mode : {'abs_mean', 'signed'}
-        d = |p - p_U| (the paper's) or p - p_U.
+        ``d = |p - p_U|`` (the paper's) or ``p - p_U``.
 
     Examples
     --------
@@ -118,7 +118,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         if split is None:
             per_chunk = hook_rows_per_chunk(units.n, per_eval)
 
-            def evaluator(start: int, stop: int) -> LayerHookEvaluator:
+            def hooks(start: int, stop: int) -> LayerHookEvaluator:
                 part = RowSlice(inputs, args, target, start, stop)
                 return LayerHookEvaluator(
                     self.forward_func, self.layer, part, units.rows(start, stop),
@@ -127,7 +127,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         else:
             per_chunk = ELEMENTS_PER_CHUNK // _fastpaths.elements_per_row(split, units, probe[0])
 
-            def evaluator(start: int, stop: int) -> ContributionEvaluator:
+            def contributions(start: int, stop: int) -> ContributionEvaluator:
                 with torch.no_grad():
                     activation = split.prefix(inputs[0][start:stop])
                     z, c = _fastpaths.contributions(split, units.rows(start, stop), activation)
@@ -136,6 +136,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
                 )
 
         chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
+        evaluator = hooks if split is None else contributions
         plan = _engine.Plan(rows, units.n, chunk, evaluator, self.mode, show_progress)
         return plan, units
 

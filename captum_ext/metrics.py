@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from captum_ext.regularizers import check_maps
+from zennit_ext.hooks import real_number
 
 __all__ = [
     "part_iou",
@@ -60,6 +61,8 @@ def _check_iou(iou: object) -> Tensor:
     if not isinstance(iou, Tensor) or iou.ndim != 3 or not iou.is_floating_point():
         got = tuple(iou.shape) if isinstance(iou, Tensor) else type(iou).__name__
         raise ValueError(f"iou must be a float tensor (N, C, K) from part_iou, got {got}")
+    if bool(iou.isinf().any()):  # NaN marks an absent part (part_iou); ±inf is never an IoU
+        raise ValueError("iou must hold IoUs in [0, 1] or NaN for absent parts, got ±inf")
     return iou
 
 
@@ -131,6 +134,7 @@ def _linear_interpolation(small: int, big: int, like: Tensor) -> Tensor:
 
 def _hits(iou: Tensor, phi: float) -> Tensor:
     """1[IoU > φ] as 0/1 floats (NaN: no hit)."""
+    phi = real_number("phi", phi)
     return (_check_iou(iou) > phi).to(iou.dtype)
 
 

@@ -50,7 +50,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
     device_ids : list of int, optional
         As in Captum, for DataParallel forward functions.
     mode : {'abs_mean', 'signed'}
-        d = |v - v_U| or v - v_U of the neuron value v.
+        ``d = |v - v_U|`` or ``v - v_U`` of the neuron value v.
 
     Examples
     --------

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from zennit_ext.hooks import check_finite
+
 __all__ = [
     "pruning_curve",
     "classification_metrics",
@@ -38,6 +40,11 @@ def masked_units(layer: nn.Module, units: Tensor) -> Iterator[None]:
 
     def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> Tensor:
         flat = output.reshape(len(output), -1).clone()
+        if len(units) and (int(units.min()) < 0 or int(units.max()) >= flat.shape[1]):
+            raise ValueError(
+                f"units must be flat indices in [0, {flat.shape[1]}) of the layer output "
+                f"{tuple(output.shape)}, got {units.tolist()}"
+            )
         flat[:, units.to(output.device)] = 0.0
         return flat.reshape(output.shape)
 
@@ -71,6 +78,7 @@ def recalibrate_batchnorm(
     seed : int or None
         Seed of the row order; None keeps the stored order.
     """
+    _check_rows("x", x)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -91,6 +99,14 @@ def recalibrate_batchnorm(
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
         model.eval()
+
+
+def _check_rows(name: str, x: Tensor) -> None:
+    """ValueError unless ``x`` is a tensor with at least one row and only finite values."""
+    if not isinstance(x, Tensor) or x.dim() == 0 or len(x) == 0:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a (N, ...) tensor with at least one row, got {got}")
+    check_finite(name, x)
 
 
 def classification_metrics(
@@ -212,6 +228,9 @@ def pruning_curve(
     dict
         ``fraction``, ``pruned`` (k) and one list per metric name, one entry per fraction.
     """
+    _check_rows("x_test", x_test)
+    if x_recalibrate is not None:
+        _check_rows("x_recalibrate", x_recalibrate)
     unit_shape = layer_unit_shape(model, layer, x_test[:2])
     groups = _unit_groups(layer_mask, unit_shape)
     n = int(groups.max()) + 1
@@ -222,6 +241,8 @@ def pruning_curve(
         what = "groups of layer_mask" if layer_mask is not None else "units of this layer"
         raise ValueError(f"scores must have shape ({n},), one per {what}, got "
                          f"{tuple(scores.shape)}")  # fmt: skip
+    else:
+        check_finite("scores", scores)
     bad = [f for f in fractions if not 0.0 <= f < 1.0]
     if bad:
         raise ValueError(f"fractions must lie in [0, 1), got {bad}")
@@ -246,6 +267,7 @@ def pruning_curve(
                     recalibrate_batchnorm(model, x_recalibrate, seed=seed)
                 with torch.no_grad():
                     output = torch.cat([model(rows) for rows in x_test.split(batch_size)])
+                check_finite(f"the model output at {fraction:.0%} pruned", output)
                 quality = metric(output, y_test)
             model.load_state_dict(state)
             if not isinstance(quality, Mapping):
@@ -291,7 +313,7 @@ def taylor_scores(
 
     From "Pruning Convolutional Neural Networks for Resource Efficient Inference"
     (Molchanov et al., arXiv:1611.06440): the change of the loss when channel c is zeroed,
-    to first order, Θ_c = mean over images t of |1/M Σ_m a_{t,c,m} ∂C_t/∂a_{t,c,m}|, with
+    to first order, ``Θ_c = mean_t |1/M Σ_m a_{t,c,m} ∂C_t/∂a_{t,c,m}|`` over images t, with
     C_t the cross-entropy of image t and m over the channel's M positions. The model runs in
     eval mode; its parameters, buffers, gradients and mode are left as they were, and the
     hook is removed, also on error.
@@ -317,6 +339,7 @@ def taylor_scores(
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must hold the same, non-zero number of images, got {len(x)} "
                          f"and {len(y)}")  # fmt: skip
+    check_finite("x", x)
     captured: list[Tensor] = []
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
@@ -337,8 +360,13 @@ def taylor_scores(
                 logits = model(x[start : start + batch_size])
                 if not captured:
                     raise ValueError(f"layer {layer!r} was not called by the model's forward")
+                check_finite("the model output (for a finite x)", logits)
+                labels = y[start : start + batch_size]
+                if labels.min() < 0 or labels.max() >= logits.shape[1]:
+                    raise ValueError(f"y must hold class indices in [0, {logits.shape[1]}), got "
+                                     f"{labels.tolist()}")  # fmt: skip
                 loss = nn.functional.cross_entropy(
-                    logits, y[start : start + batch_size].to(logits.device), reduction="sum")
+                    logits, labels.to(logits.device), reduction="sum")
                 (a,) = captured
                 (grad,) = torch.autograd.grad(loss, a)
                 part = (a * grad).reshape(*a.shape[:2], -1).mean(-1).abs().sum(0)
@@ -346,4 +374,5 @@ def taylor_scores(
     finally:
         handle.remove()
         model.train(training)
+    assert total is not None  # x holds at least one image (checked above)
     return total / len(x)

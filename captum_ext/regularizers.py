@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from zennit_ext.hooks import check_finite
+
 __all__ = [
     "LocalActivationConsistencyLoss",
     "SynchronizationLoss",
@@ -53,6 +55,7 @@ def check_maps(maps: Any, name: str = "maps") -> Tensor:
         raise TypeError(f"{name} must have a floating dtype, got {maps.dtype}")
     if maps.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(maps.shape)}")
+    check_finite(name, maps)
     return maps
 
 
@@ -84,7 +87,8 @@ def _grids(maps: Tensor, coords: Coords) -> tuple[Tensor, Tensor]:
     """(H,) row and (W,) column positions of the cells, in ``coords`` units."""
     _, _, h, w = maps.shape
     step = _cell_size(coords, h, w)
-    return tuple(torch.arange(n, device=maps.device, dtype=maps.dtype).mul_(step) for n in (h, w))
+    rows, cols = (torch.arange(n, device=maps.device, dtype=maps.dtype) for n in (h, w))
+    return rows.mul_(step), cols.mul_(step)
 
 
 def _safe_norm(squared: Tensor) -> Tensor:
@@ -165,9 +169,9 @@ class SynchronizationLoss(nn.Module):
     """L_sync (eq. 6–9): pull each filter's x̄ towards its ε-neighbours, push from all others.
 
     Per image, with d_ij = ‖x̄_i − x̄_j‖: Nb(i) = {j ≠ i : d_ij ≤ ε} on detached positions,
-    p(j|i) = 1/|Nb(i)| (eq. 7), q(j|i) = softmax over j ≠ i of −d_ij (eq. 8) and the loss of
+    ``p(j|i) = 1/|Nb(i)|`` (eq. 7), q(j|i) = softmax over j ≠ i of −d_ij (eq. 8) and the loss of
     filter i is −Σ_{j ∈ Nb(i)} p log q = mean_{j ∈ Nb(i)} d_ij + log Σ_{j ≠ i} e^{−d_ij}
-    (eq. 9, with 1/|Nb(i)| on the pull term only). Filters without neighbours are skipped.
+    (eq. 9, with ``1/|Nb(i)|`` on the pull term only). Filters without neighbours are skipped.
 
     Parameters
     ----------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from zennit_ext.hooks import real_number
+
 __all__ = [
     "score_difference", "pair_synergy", "synergistic_importance", "z_score", "synergy_ranking",
     "MODES",
@@ -71,7 +73,7 @@ def synergistic_importance(
     torch.Tensor
         (n,) Z_i.
     """
-    return z_score(importance, synergy.clamp(min=0).mean(1), alpha)
+    return z_score(importance, synergy.clamp(min=0).mean(1), real_number("alpha", alpha))
 
 
 def synergy_ranking(synergy: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Both mask units alone and in pairs and measure the change of a score p:
 
-- d_U(x) = |p(x) - p_U(x)| (``mode='abs_mean'``, the paper's) or p(x) - p_U(x) ('signed'),
+- ``d_U(x) = |p(x) - p_U(x)|`` (``mode='abs_mean'``, the paper's) or ``p(x) - p_U(x)`` ('signed'),
 - Δ_i = mean_x d_i(x), Δ_ij = mean_x d_ij(x), S_ij = Δ_ij - Δ_i - Δ_j (i ≠ j), S_ii = 0,
 - Z_i = Δ_i + α · mean_j max(S_ij, 0) (mean over all n units).
 

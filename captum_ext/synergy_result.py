@@ -30,7 +30,7 @@ class SynergyResult:
     unit_shapes : tuple of tuple of int
         Shape of one row of each masked tensor (e.g. ``((64,),)`` for a (N, 64) layer).
     mode : str
-        'abs_mean' (d = |p - p_U|, SynXAI's) or 'signed' (d = p - p_U).
+        'abs_mean' (``d = |p - p_U|``, SynXAI's) or 'signed' (``d = p - p_U``).
     rows : int
         Number of rows the means run over (over all processes when distributed).
     """

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import tomllib
 import venv
 import zipfile
@@ -22,7 +23,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "MANIFEST.in", "zennit_ext", "captum_ext", "benchmarks")
+SOURCES = (
+    "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "zennit_ext", "captum_ext",
+    "benchmarks",
+)  # fmt: skip
 
 # PLRP through zennit's Gradient, NRM's one-shot joint relevance, synergy's public face;
 # prints where everything came from as JSON on the last line
@@ -102,6 +106,29 @@ def test_wheel_holds_the_two_libraries_only(wheel):
         "zennit_ext", "captum_ext"
     }  # fmt: skip
     assert {"zennit_ext/py.typed", "captum_ext/py.typed"} <= set(names)
+
+
+def test_wheel_and_sdist_ship_the_license(wheel):
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
+    (licence,) = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]
+    assert archive.read(licence) == (ROOT / "LICENSE").read_bytes()
+    metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+    assert "License-Expression: BSD-3-Clause" in archive.read(metadata).decode()
+    assert "License-File: LICENSE" in archive.read(metadata).decode()
+    # the sdist, built from the same copy of the sources
+    src = wheel.parent.parent / "src"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir",
+         str(wheel.parent.parent / "sdist"), str(src)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    (sdist,) = (wheel.parent.parent / "sdist").glob("neuron_xai-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        assert any(name.endswith("/LICENSE") and name.count("/") == 1 for name in names), names
+        top = next(name for name in names if name.endswith("/LICENSE") and name.count("/") == 1)
+        assert tar.extractfile(top).read() == (ROOT / "LICENSE").read_bytes()
 
 
 def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):

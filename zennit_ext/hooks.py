@@ -15,6 +15,7 @@ behaviour to its ``backward``. The pieces they share live here:
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "ModuleState",
     "RuleWrappingComposite",
     "check_finite",
+    "real_number",
     "BatchCheck",
 ]
 
@@ -190,6 +192,13 @@ class RuleWrappingComposite(Composite):
         if self.module_state is not None:
             self.module_state.restore()
             self.module_state = None
+
+
+def real_number(name: str, value: Any) -> float:
+    """``value`` as a float; ValueError naming ``name`` unless it is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> None:

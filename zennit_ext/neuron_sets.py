@@ -68,6 +68,11 @@ def set_mask(
                 f"broadcast to the layer's output {tuple(shape)}"
             ) from None
     index = torch.as_tensor(spec, device=device)
+    if index.numel() == 0:
+        raise ValueError(
+            f"set for layer {name!r} is empty; expected at least one {level} index (or a "
+            "boolean mask)"
+        )
     if index.is_floating_point() or index.dim() > 1:
         raise TypeError(
             f"set for layer {name!r} must be int indices or a boolean mask, got "
@@ -75,7 +80,7 @@ def set_mask(
         )
     index = index.reshape(-1).long()
     size = shape[1] if level == "channel" else shape[1:].numel()
-    if index.numel() and (index.min() < 0 or index.max() >= size):
+    if index.min() < 0 or index.max() >= size:
         raise ValueError(
             f"set for layer {name!r} has {level} indices {index.tolist()} outside [0, {size}) "
             f"(layer output {tuple(shape)})"
@@ -106,7 +111,7 @@ def unit_masks(
     units: torch.Tensor,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Masks of the selected ``units``, shape (len(units), *shape) (batch included).
+    """Masks of the selected ``units``, shape ``(len(units), *shape)`` (batch included).
 
     Parameters
     ----------
@@ -130,14 +135,14 @@ def unit_masks(
 
 
 def reduce_units(values: torch.Tensor, level: str | torch.Tensor, ndim: int) -> torch.Tensor:
-    """Sum neuron values of a layer per unit: (..., batch, *layer) → (..., batch, n_units).
+    """Sum neuron values of a layer per unit: ``(..., batch, *layer)`` → ``(..., batch, n_units)``.
 
     Parameters
     ----------
     values : torch.Tensor
         Per-neuron values with the layer's per-sample shape (``ndim`` dims) last.
     level : {'neuron', 'channel'} or torch.Tensor
-        Unit kind, or stacked unit masks (n_units, batch or 1, *layer).
+        Unit kind, or stacked unit masks ``(n_units, batch or 1, *layer)``.
     ndim : int
         Number of dims of one sample's layer output.
     """
@@ -193,7 +198,9 @@ def cluster_masks(
     return masks.unsqueeze(2).to(activations.device)
 
 
-def _kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator):
+def _kmeans(
+    points: torch.Tensor, k: int, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
     centers = points[torch.randint(len(points), (1,), generator=generator)]
     for _ in range(k - 1):
         distance = torch.cdist(points, centers).min(1).values.square()

@@ -53,7 +53,9 @@ class _Linearized:
     def normalized_scales(self) -> list[torch.Tensor]:
         """Scales divided by the column sums (0 where a sum is 0)."""
         if self.normalized is None:
-            nonzero = self.sums != 0
+            if self.sums is None:
+                raise RuntimeError("normalized_scales needs the column sums (column_sums) first")
+            nonzero = self.sums.ne(0)
             inverse = torch.where(nonzero, 1.0 / torch.where(nonzero, self.sums, 1.0), 0.0)
             self.normalized = [scale * inverse for scale in self.scales]
         return self.normalized
@@ -84,6 +86,26 @@ class _Bridge(torch.autograd.Function):
         return torch.zeros((), dtype=grad.dtype, device=grad.device).expand(ctx.shape), None
 
 
+def _relevance(linear: _Linearized, message: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """``Σ_i c_i ⊙ J_iᵀ (s_i ⊙ m)`` over the live terms, like the layer input (see
+    :meth:`NormalizedHook._linearized`); column-normalized scales with ``normalize``."""
+    scales = linear.normalized_scales() if normalize else linear.scales
+    if not linear.live:  # no term carries relevance (e.g. every input is 0): all stops here
+        return torch.zeros_like(linear.inputs[0]) * message.sum()
+    gradients = torch.autograd.grad(
+        [linear.outputs[i] for i in linear.live],
+        [linear.inputs[i] for i in linear.live],
+        grad_outputs=[message * scales[i] for i in linear.live],
+        retain_graph=True,
+        create_graph=message.requires_grad,
+    )
+    terms = [linear.coefs[i] * g for i, g in zip(linear.live, gradients, strict=True)]
+    relevance = terms[0]
+    for term in terms[1:]:
+        relevance = relevance + term
+    return relevance
+
+
 class NormalizedHook(StatefulHook):
     """Mixin placed before a Zennit ``BasicHook`` rule: column-normalized propagation (eq. 17).
 
@@ -95,6 +117,9 @@ class NormalizedHook(StatefulHook):
 
     state_names = ("layer_name",)
     layer_name: str
+    # the rule linearized for the stored input tensor ``_linear_key`` (one forward pass)
+    _linear_key: torch.Tensor
+    _linear: _Linearized
 
     @staticmethod
     def _bridged(inputs: tuple, output: Any) -> Any:
@@ -106,25 +131,30 @@ class NormalizedHook(StatefulHook):
             return _Bridge.apply(inputs[0], output.detach())
         return output
 
+    def _post_forward_kwargs(
+        self, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
+        """Zennit's ``post_forward`` on the bridged output (zennit >= 1.0)."""
+        return super().post_forward(module, args, kwargs, self._bridged(args, output))
+
+    def _post_forward_args(self, module: nn.Module, input: tuple, output: Any) -> Any:
+        """Zennit's ``post_forward`` on the bridged output (zennit 0.5)."""
+        return super().post_forward(module, input, self._bridged(input, output))
+
     # Zennit 1.0 reads the signature to decide whether the forward hook gets kwargs
-    if _POST_FORWARD_KWARGS:
+    post_forward = _post_forward_kwargs if _POST_FORWARD_KWARGS else _post_forward_args
 
-        def post_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            """Zennit's ``post_forward`` on the bridged output (zennit >= 1.0)."""
-            return super().post_forward(module, args, kwargs, self._bridged(args, output))
-
-    else:
-
-        def post_forward(self, module: nn.Module, input: tuple, output: Any) -> Any:
-            """Zennit's ``post_forward`` on the bridged output (zennit 0.5)."""
-            return super().post_forward(module, input, self._bridged(input, output))
-
-    def _terms(self, module: nn.Module) -> tuple[list[torch.Tensor], ...]:
+    def _terms(self, module: nn.Module) -> tuple[
+        list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]
+    ]:
         """The rule's modified inputs (requiring grad), outputs, and the parameter-modified
         weights and biases (None where the module has none), recomputed as Zennit does."""
         first, *args = self.stored_tensors["input"]
         kwargs = self.stored_tensors.get("kwargs", {})  # zennit >= 1.0 keeps keyword arguments
-        inputs, outputs, weights, biases = [], [], [], []
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        weights: list[torch.Tensor | None] = []
+        biases: list[torch.Tensor | None] = []
         for in_mod, param_mod, out_mod in zip(
             self.input_modifiers, self.param_modifiers, self.output_modifiers, strict=True
         ):
@@ -181,20 +211,7 @@ class NormalizedHook(StatefulHook):
         by its sum (eq. 17; zero sums pass 0).
         """
         linear = self._linearized(module, message.shape)
-        scales = linear.normalized_scales() if normalize else linear.scales
-        if linear.live:
-            gradients = torch.autograd.grad(
-                [linear.outputs[i] for i in linear.live],
-                [linear.inputs[i] for i in linear.live],
-                grad_outputs=[message * scales[i] for i in linear.live],
-                retain_graph=True,
-                create_graph=message.requires_grad,
-            )
-            relevance = sum(
-                linear.coefs[i] * g for i, g in zip(linear.live, gradients, strict=True)
-            )
-        else:  # no term carries relevance (e.g. every input of the layer is 0): all stops here
-            relevance = torch.zeros_like(linear.inputs[0]) * message.sum()
+        relevance = _relevance(linear, message, normalize)
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
 
     def column_sums(self, module: nn.Module, shape: torch.Size) -> torch.Tensor:
@@ -220,8 +237,7 @@ class NormalizedHook(StatefulHook):
         if linear.sums is None:
             with torch.enable_grad():
                 probe = torch.ones_like(linear.scales[0], requires_grad=True)
-                inputs = tuple(linear.inputs[:1])
-                relevance = self.rule_backward(module, inputs, probe, normalize=False)[0]
+                relevance = _relevance(linear, probe, normalize=False)
                 (sums,) = torch.autograd.grad(relevance.sum(), probe, allow_unused=True)
             linear.sums = torch.zeros_like(probe) if sums is None else sums.detach()
         return linear.sums

@@ -121,6 +121,9 @@ class NRM:
 
         Raises
         ------
+        ValueError
+            If ``x`` is empty or not finite, the model output is not finite, or ``target`` is
+            out of range; before any hook is left on the model.
         PositiveSumError
             With ``on_violation='raise'``, if a neuron carrying relevance has a negative
             column sum (eq. 15); the model is restored first.
@@ -131,7 +134,9 @@ class NRM:
         )  # fmt: skip
         return NRMExplanation(self, session)
 
-    def joint(self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"):
+    def joint(
+        self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.joint`, (batch,)."""
         with self.explain(x, target) as e:
             return e.joint(sets, level)
@@ -156,7 +161,7 @@ class NRM:
 
     def heatmaps(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
                  level: str = "neuron") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.heatmaps`, (n_conditions, *x.shape)."""
+        """One-shot :meth:`NRMExplanation.heatmaps`, ``(n_conditions, *x.shape)``."""
         with self.explain(x, target) as e:
             return e.heatmaps(conditions, level)
 
@@ -174,18 +179,19 @@ class NRM:
 
     def pairwise(self, x: torch.Tensor, target: Any, layer_a: str, layer_b: str,
                  level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.pairwise`, (batch, |A|, |B|)."""
+        """One-shot :meth:`NRMExplanation.pairwise`, ``(batch, |A|, |B|)``."""
         with self.explain(x, target) as e:
             return e.pairwise(layer_a, layer_b, level)
 
     def interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str],
                      level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """One-shot :meth:`NRMExplanation.interactions`, (batch, |L1|, |L2|, …)."""
+        """One-shot :meth:`NRMExplanation.interactions`, ``(batch, |L1|, |L2|, …)``."""
         with self.explain(x, target) as e:
             return e.interactions(layers, level)
 
     def top_interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel"):  # fmt: skip
+                         level: Level | Mapping[str, Level] = "channel",
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """One-shot :meth:`NRMExplanation.top_interactions`: (indices, values)."""
         with self.explain(x, target) as e:
             return e.top_interactions(layers, k, level)
@@ -241,7 +247,7 @@ class NRMExplanation:
 
     @property
     def stopped(self) -> dict[str, torch.Tensor]:
-        """{layer name: (batch,)} relevance mass ending at neurons with zero column sum."""
+        """Relevance mass ending at neurons with zero column sum, ``{layer: (batch,)}``."""
         return self.report.stopped
 
     @property
@@ -251,7 +257,7 @@ class NRMExplanation:
 
     @property
     def violations(self) -> dict[str, torch.Tensor]:
-        """{layer name: (batch,)} neurons carrying relevance with a negative column sum."""
+        """Neurons carrying relevance with a negative column sum, ``{layer: (batch,)}``."""
         return self.report.violations
 
     def joint(self, sets: Sets, level: str = "neuron") -> torch.Tensor:
@@ -302,7 +308,10 @@ class NRMExplanation:
         return engine.propagate(self.session, [self.session.masks(sets, level)])[0]
 
     def heatmaps(self, conditions: Sequence[Sets], level: str = "neuron") -> torch.Tensor:
-        """:meth:`heatmap` of many set combinations in batched passes, (n_conditions, *x.shape)."""
+        """:meth:`heatmap` of many set combinations in batched passes.
+
+        Returns ``(n_conditions, *x.shape)``.
+        """
         for index, sets in enumerate(conditions):
             self.nrm.check_sets(sets, f"conditions[{index}]")
         session = self.session
@@ -328,7 +337,7 @@ class NRMExplanation:
 
     def pairwise(self, layer_a: str, layer_b: str,
                  level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """Joint relevance ``R(n_a = i, n_b = j)`` of every pair of units, (batch, |A|, |B|).
+        """Joint relevance ``R(n_a = i, n_b = j)`` of every pair of units, ``(batch, |A|, |B|)``.
 
         The message at the upper layer is split over its units, all these messages go down to
         the lower layer in batched partial backward passes (or, for channels through one
@@ -347,7 +356,7 @@ class NRMExplanation:
 
     def interactions(self, layers: Sequence[str],
                      level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
-        """Joint relevance of every combination of one unit per layer, (batch, |L1|, |L2|, …).
+        """Joint relevance of every combination of one unit per layer, ``(batch, |L1|, |L2|, …)``.
 
         The generalization of :meth:`pairwise` to any number of layers (e.g. triples).
         """
@@ -363,7 +372,8 @@ class NRMExplanation:
         return table.permute(0, *[position[name] for name in layers])
 
     def top_interactions(self, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel"):  # fmt: skip
+                         level: Level | Mapping[str, Level] = "channel",
+                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The ``k`` most relevant unit combinations per sample.
 
         Returns
@@ -381,7 +391,7 @@ class NRMExplanation:
         return indices, values
 
     def layer_relevance(self) -> dict[str, torch.Tensor]:
-        """Marginal relevance of every neuron of every NRM layer, {layer: (batch, *shape)}.
+        """Marginal relevance of every neuron of every NRM layer, ``{layer: (batch, *shape)}``.
 
         From the checked pass (times the share that reaches the input where relevance stops,
         one double backward pass then).

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from zennit_ext.hooks import check_finite
 from zennit_ext.neuron_sets import Level, reduce_units, set_mask, unit_count, unit_masks
 from zennit_ext.normalize import NormalizedComposite, NormalizedHook, PositiveSumError
 from zennit_ext.nrm_segments import close, rule_segment
@@ -121,6 +122,9 @@ class Session:
     ) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             raise TypeError(f"x must be a (batch, ...) tensor, got {type(x).__name__}")
+        if len(x) == 0:
+            raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
+        check_finite("x", x)
         _refuse_open_session(model)
         self.model, self.composite, self.layers = model, composite, list(layers)
         self.batch_size, self.progress, self.fast = batch_size, progress, fast
@@ -156,11 +160,13 @@ class Session:
         self.inputs = x.detach().clone().requires_grad_()
         with torch.enable_grad():
             self.output = self.model(self.inputs)
+        if isinstance(self.output, torch.Tensor):
+            check_finite("the model output (for a finite x)", self.output)
         missing = [name for name in self.layers if name not in self.outputs]
         if missing:
             raise ValueError(f"layers {missing} were not called in the forward pass")
 
-    def _recorder(self, name: str, captured: set[str]):
+    def _recorder(self, name: str, captured: set[str]) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             self.calls.append(name)
             if name in captured and isinstance(output, torch.Tensor):
@@ -245,7 +251,7 @@ class Session:
     def shape(self, name: str) -> torch.Size:
         return self.outputs[name].shape
 
-    def descending(self, names: Sequence[str]) -> list[str]:
+    def descending(self, names: Iterable[str]) -> list[str]:
         """``names`` from the layer closest to the output down to the input."""
         return sorted(names, key=self.order.index, reverse=True)
 
@@ -261,8 +267,10 @@ class Session:
         chunks = torch.arange(count, device=self.inputs.device).split(max(1, size))
         return iter(tqdm(chunks, desc=desc, disable=None if self.progress else True))
 
-    def segment(self, upper: str | None, lower: str | None, messages: torch.Tensor):
-        """Push messages (n, *upper shape) down to ``lower`` (None: the input) in one batched
+    def segment(
+        self, upper: str | None, lower: str | None, messages: torch.Tensor
+    ) -> torch.Tensor:
+        """Push messages ``(n, *upper shape)`` down to ``lower`` (None: the input) in one batched
         partial backward; ``upper`` None is the model output."""
         top = self.output if upper is None else self.outputs[upper]
         below = self.inputs if lower is None else self.outputs[lower]
@@ -310,6 +318,7 @@ def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
                 f"got {tuple(target.shape)}"
             )
         target = target.to(device=output.device, dtype=output.dtype)
+        check_finite("target relevance", target)
         total = target.sum(1, keepdim=True)
         if (total <= 0).any():
             raise ValueError("target relevance must have a positive sum per sample (eq. 16)")
@@ -328,7 +337,7 @@ def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
 
 
 def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Input relevance of the walks through each condition's masks, (n, *x.shape)."""
+    """Input relevance of the walks through each condition's masks, ``(n, *x.shape)``."""
     names = session.descending({name for masks in conditions for name in masks})
     if not names:
         return session.heat[None].expand(len(conditions), *session.heat.shape)
@@ -368,7 +377,7 @@ def reach(session: Session, names: Sequence[str]) -> dict[str, torch.Tensor | fl
 
 def layer_relevance(session: Session) -> dict[str, torch.Tensor]:
     """Marginal relevance ``R(n_l = i)`` of every neuron of every set layer (eq. 9 with one
-    layer), {layer: (batch, *layer shape)}: the checked pass's message times the reach."""
+    layer), ``{layer: (batch, *layer shape)}``: the checked pass's message times the reach."""
     reaches = reach(session, session.layers)
     return {name: session.messages[name] * reaches[name] for name in session.layers}
 
@@ -414,7 +423,10 @@ def interactions(
         blocks.append(
             reduce_units(messages * lowest_reach, levels[lowest], len(session.shape(lowest)) - 1)
         )
-    if segment is not None and not close(total, session.segment(top, names[1], message[None])[0]):
+    if (
+        segment is not None and total is not None
+        and not close(total, session.segment(top, names[1], message[None])[0])
+    ):  # fmt: skip
         return interactions(session, names, levels, fast=False)
     table = torch.cat(blocks).view(*counts[:-1], *blocks[0].shape[1:])  # (top.., B, n_low)
     dims = table.dim()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.grad
 from torch import nn
 from zennit.rules import Pass
 
@@ -82,7 +83,7 @@ class RuleSegment:
             (n, batch, C_in, ...): ``Σ_t c_t ⊙ J_tᵀ (s̃_t ⊙ m ⊙ 1_channel)``, for a convolution
             one grouped transposed convolution per term (group k: the filter of channel k).
         """
-        result = 0
+        result = message.new_zeros(())  # a 0-d zero: the first term is added exactly
         for coef, scale, weight in self.terms:
             values = (scale * message)[:, channels]  # (B, n, ...)
             if isinstance(self.module, nn.Linear):
@@ -102,7 +103,7 @@ class RuleSegment:
         ``reaches`` (1 or like the layer input) weights each input neuron by the share of its
         relevance that reaches the network input.
         """
-        table = 0
+        table = message.new_zeros(())
         for coef, scale, weight in self.terms:
             values, coef = scale * message, coef * reaches
             if isinstance(self.module, nn.Linear):
@@ -202,6 +203,8 @@ def _is_affine(module: nn.Module, input: torch.Tensor, weight: torch.Tensor,
     with torch.no_grad():
         if isinstance(module, nn.Linear):
             expected = nn.functional.linear(input, weight, bias)
+        elif not isinstance(module, nn.Conv2d):
+            return False
         else:
             expected = nn.functional.conv2d(input, weight, bias, module.stride, module.padding,
                                             module.dilation)  # fmt: skip

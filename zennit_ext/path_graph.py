@@ -13,18 +13,12 @@ from typing import Any
 
 import torch
 
+from zennit_ext.hooks import check_finite, real_number
 from zennit_ext.pruning import mass_threshold_mask
 
 __all__ = ["select_units", "Paths", "NeuronGraph"]
 
 MODES = ("std", "topk", "mass")
-
-
-def real_number(name: str, value: Any) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
 
 
 def select_units(
@@ -62,6 +56,7 @@ def select_units(
         raise ValueError(f"scores must be a (batch, n) tensor, got {shape}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_finite("scores", scores)
     if mode == "std":
         c = real_number("c", c)
         mean = scores.mean(1, keepdim=True)
@@ -222,8 +217,9 @@ class NeuronGraph:
         paths = self.top_paths(k)
         for rank in reversed(range(paths.units.shape[1])):
             units = paths.units[sample, rank].flip(0).tolist()
-            nodes = ["output", *zip(self.layers[::-1], units, strict=True)]
-            for source, sink in zip(nodes[:-1], nodes[1:], strict=True):
+            sinks = list(zip(self.layers[::-1], units, strict=True))
+            sources: list[str | tuple[str, int]] = ["output", *sinks[:-1]]
+            for source, sink in zip(sources, sinks, strict=True):
                 weight = self._edge_weight(sample, source, sink)
                 graph.add_edge(source, sink, weight=weight, path=rank)
         return graph

@@ -27,7 +27,7 @@ import contextlib
 import functools
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,9 @@ from torch import nn
 from zennit.core import Composite
 from zennit.types import Activation
 
+from zennit_ext.hooks import check_finite, real_number
 from zennit_ext.nrm import NRM
-from zennit_ext.path_graph import NeuronGraph, Paths, real_number, select_units
+from zennit_ext.path_graph import NeuronGraph, Paths, select_units
 
 __all__ = ["select_units", "Paths", "NeuronGraph", "Threshold", "NeuronPaths"]
 
@@ -120,7 +121,9 @@ class NeuronPaths:
 
     # ----------------------------------------------------------------------------- public API
 
-    def graph(self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"):
+    def graph(
+        self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"
+    ) -> NeuronGraph:
         """The neuron graph of ``x``: unit scores, kept units (``mean − c·σ``) and edges.
 
         Parameters
@@ -194,8 +197,8 @@ class NeuronPaths:
 
         Our definition (the paper tunes by "averaging MSE" without details). Per ``c`` and
         sample, over the colour-summed pixels of the restricted heatmap ``H_c`` and the full
-        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), SMAPE = mean 2|H_c − H| /
-        (|H_c| + |H|) with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
+        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), ``SMAPE = mean 2|H_c − H| /
+        (|H_c| + |H|)`` with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
         the ratio of the class score with every unkept unit's output set to 0 to the class
         score. ``chosen`` is the ``c`` with the smallest mean kept fraction whose mean nMSE is
         ≤ ``max_error``.
@@ -270,6 +273,7 @@ class NeuronPaths:
 
         layer = self.layers[-1] if layer is None else layer
         index = self._layer_index(layer)
+        check_finite("x", x)
         self._check_paths(paths, len(x))
         rectifiers = tuple(rectifiers)
         if not rectifiers or not all(r in RECTIFIERS for r in rectifiers):
@@ -298,7 +302,7 @@ class NeuronPaths:
         activation: dict[str, torch.Tensor] = {}
         shapes: dict[str, torch.Size] = {}
 
-        def capture(name: str):
+        def capture(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
                 shapes[name] = output.shape
                 activation[name] = _unit_sums(output.detach())
@@ -358,9 +362,9 @@ class NeuronPaths:
     def _class_score(self, x: torch.Tensor, target: Any, kept: Mapping | None) -> torch.Tensor:
         """Class score per sample, (batch,), with the unkept units' outputs set to 0."""
 
-        def zero_unkept(name: str):
+        def zero_unkept(name: str, keep: torch.Tensor) -> Callable[..., torch.Tensor]:
             def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-                mask = kept[name].to(output.dtype)
+                mask = keep.to(output.dtype)
                 return output * mask.view(*mask.shape, *[1] * (output.dim() - 2))
 
             return hook
@@ -368,7 +372,7 @@ class NeuronPaths:
         handles = []
         try:
             if kept is not None:
-                handles = [self.nrm.modules[n].register_forward_hook(zero_unkept(n))
+                handles = [self.nrm.modules[n].register_forward_hook(zero_unkept(n, kept[n]))
                            for n in self.layers]  # fmt: skip
             with torch.no_grad():
                 output = self.model(x)
@@ -407,9 +411,9 @@ def _only_rectifiers_below(
 ) -> Iterator[None]:
     """Raise TypeError when an activation module other than ``rectifiers`` runs before
     ``layer`` in a forward pass inside the context (deconvolution cannot pass it)."""
-    reached = []
+    reached: list[bool] = []
 
-    def check(name: str):
+    def check(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any) -> None:
             if not reached:
                 raise TypeError(

@@ -80,8 +80,8 @@ def test_model_is_unchanged_hooks_removed_also_on_error(device, dtype):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert model.training and not model[2]._forward_hooks
     assert all(p.grad is None for p in model.parameters())
-    with pytest.raises(IndexError):
-        taylor_scores(model, model[2], x, y + 10)  # labels out of range: fails in the loss
+    with pytest.raises(ValueError, match="y must hold class indices"):
+        taylor_scores(model, model[2], x, y + 10)  # labels out of range: checked per batch
     assert model.training and not model[2]._forward_hooks
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with torch.no_grad():  # works inside no_grad as well
