@@ -10,7 +10,7 @@ Z1PY ?= $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
 Z1VENV ?= .venv-zennit1
 Z1STAMP := $(Z1VENV)/.installed
 
-.PHONY: demo test bench data test-zennit1 lint typecheck dist clean
+.PHONY: demo test bench data test-zennit1 lint typecheck dist clean mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(STAMP) data
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# mutation testing of the core modules (tools/mutation.py; not part of `make test`: about N h);
+# a subset: make mutation MODULES="zennit_ext/plrp.py zennit_ext/normalize.py"
+MODULES ?=
+MUTATION_ARGS ?=
+mutation: $(STAMP) data
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS) $(MODULES)
+
 # mypy at the strictness of [tool.mypy] in pyproject.toml, over the modules listed there
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -64,4 +71,4 @@ test-zennit1: $(Z1STAMP) data
 
 clean:
 	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .mypy_cache .hypothesis \
-		build dist *.egg-info
+		build dist *.egg-info .mutation mutants
