@@ -105,16 +105,25 @@ def mutmut_config(package: str, modules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(package: str, modules: list[str]) -> Path:
-    """A fresh scratch copy of the checkout for ``package``; returns its directory."""
+def prepare(package: str, modules: list[str], reuse: bool) -> Path:
+    """The scratch copy of the checkout for ``package``; returns its directory.
+
+    mutmut traces which tests reach which function once per scratch copy, for every core
+    module of the package (so a later ``--reuse`` run of another module needs no new trace).
+    ``reuse`` refreshes the sources and tests of an existing copy instead of starting afresh
+    (mutmut then re-traces only new tests and re-mutates only changed functions).
+    """
     work = WORK / package
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
     for name in COPIED:
-        shutil.copytree(ROOT / name, work / name, ignore=ignore)
+        shutil.copytree(ROOT / name, work / name, ignore=ignore, dirs_exist_ok=True)
+    mutated = [m for m in CORE_MODULES if m.startswith(package + "/")]
+    mutated += [m for m in modules if m not in mutated]
     pyproject = (ROOT / "pyproject.toml").read_text()
-    (work / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config(package, modules))
+    (work / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config(package, mutated))
     return work
 
 
@@ -242,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="module paths (default: every core module)")
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the scratch copies and trace of the last run"
+    )
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules for m in m.split()] or list(CORE_MODULES)
     for module in modules:
@@ -253,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = [m for m in modules if m.startswith(package + "/")]
         if not selected:
             continue
-        work = prepare(package, selected)
+        work = prepare(package, selected, args.reuse)
         seconds = run_mutmut(work, selected, args.max_children)
         results += [collect(work, m, seconds[m], equivalents) for m in selected]
         write_summary(results)
