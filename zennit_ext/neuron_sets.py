@@ -11,9 +11,12 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["set_mask", "unit_masks", "unit_count", "reduce_units", "cluster_masks"]
+__all__ = ["set_mask", "unit_masks", "unit_count", "reduce_units", "cluster_masks", "Level"]
 
 LEVELS = ("neuron", "channel")
+
+# a level of a layer's units: 'neuron', 'channel', or a long tensor of cluster labels
+Level = str | torch.Tensor
 
 SetSpec = torch.Tensor | Sequence[int] | int
 

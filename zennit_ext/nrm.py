@@ -22,13 +22,12 @@ from torch import nn
 from zennit.core import Composite
 
 from zennit_ext import nrm_engine as engine
-from zennit_ext.neuron_sets import SetSpec
+from zennit_ext.neuron_sets import Level, SetSpec
 from zennit_ext.normalize import NormalizedComposite, nrm_composite
 
 __all__ = ["NRM", "NRMExplanation"]
 
 Sets = Mapping[str, SetSpec]
-Level = str | torch.Tensor
 
 
 class NRM:

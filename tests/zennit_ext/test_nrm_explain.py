@@ -17,6 +17,7 @@ from zennit.types import Activation, Convolution
 
 from zennit_ext import NRM, NRMExplanation
 from zennit_ext import nrm_engine as engine
+from zennit_ext import nrm_segments as segments
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWarning")
 
@@ -249,9 +250,9 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
     slow = NRM(model, layers, composites[1], on_violation="warn", batch_size=4, fast=False)
     # neurons below: the grouped transposed convolution; channels below: weight gradients
     calls = {"grouped": 0, "edges": 0}
-    for method, key in ((engine.RuleSegment.channel_messages, "grouped"),
-                        (engine.RuleSegment.edges, "edges")):  # fmt: skip
-        monkeypatch.setattr(engine.RuleSegment, method.__name__, _counted(method, calls, key))
+    for method, key in ((segments.RuleSegment.channel_messages, "grouped"),
+                        (segments.RuleSegment.edges, "edges")):  # fmt: skip
+        monkeypatch.setattr(segments.RuleSegment, method.__name__, _counted(method, calls, key))
 
     def queries(e):
         found = {pair: e.pairwise(*pair) for pair in pairs}
@@ -263,7 +264,8 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
 
     with fast.explain(x, 0) as e:
         found = queries(e)
-        taken = [engine.rule_segment(e.session, lower, upper) is not None for lower, upper in pairs]
+        taken = [segments.rule_segment(e.session, lower, upper) is not None
+                 for lower, upper in pairs]  # fmt: skip
     assert all(taken), taken  # the fast paths ran (else this test compares a path with itself)
     assert calls["grouped"] >= len(pairs) and calls["edges"] >= len(pairs), calls
     with slow.explain(x, 0) as reference:
@@ -288,11 +290,11 @@ def test_segments_with_pooling_or_two_rule_layers_fall_back():
     nrm = NRM(model, ["2", "5", "6", "7"], on_violation="warn",
               canonizers=[SequentialMergeBatchNorm()])  # fmt: skip
     with nrm.explain(x, 0) as e:
-        assert engine.rule_segment(e.session, "6", "7") is not None
-        assert engine.rule_segment(e.session, "5", "7") is None  # pooling between
-        assert engine.rule_segment(e.session, "5", "7", pooling=True) is not None  # edges only
-        assert engine.rule_segment(e.session, "2", "7") is None  # two convolutions
-        assert engine.rule_segment(e.session, "5", "6") is None  # pooling only, no rule layer
+        assert segments.rule_segment(e.session, "6", "7") is not None
+        assert segments.rule_segment(e.session, "5", "7") is None  # pooling between
+        assert segments.rule_segment(e.session, "5", "7", pooling=True) is not None  # edges only
+        assert segments.rule_segment(e.session, "2", "7") is None  # two convolutions
+        assert segments.rule_segment(e.session, "5", "6") is None  # pooling only, no rule layer
 
 
 # ---- consecutive edges: per-sample weight gradients ----
