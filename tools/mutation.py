@@ -40,6 +40,7 @@ CORE_MODULES = (
     "zennit_ext/normalize.py",
     "zennit_ext/neuron_sets.py",
     "zennit_ext/nrm_engine.py",
+    "zennit_ext/nrm_segments.py",
     "captum_ext/_masking.py",
     "captum_ext/scores.py",
     "captum_ext/pruning.py",
@@ -150,7 +151,7 @@ def changed_lines(diff: str) -> list[str]:
     return [
         line[0] + " ".join(line[1:].split())
         for line in diff.splitlines()
-        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     ]
 
 
