@@ -45,6 +45,8 @@ def test_every_target_kind_selects_like_hand_indexing(dtype, device):
         (out2, torch.tensor([1]), [(1,)] * 4),
         (out2, torch.tensor(2), [(2,)] * 4),
         (out2, torch.tensor([2, 0, 0, 1]), [(2,), (0,), (0,), (1,)]),
+        (out2, torch.tensor([2, 0, 1, 1], dtype=torch.int32), [(2,), (0,), (1,), (1,)]),
+        (out2, torch.tensor([1, 0, 2, 1], dtype=torch.uint8), [(1,), (0,), (2,), (1,)]),
         (out3, (1, 2), [(1, 2)] * 4),
         (out3, (-2, -3), [(0, 0)] * 4),
         (out3, [(0, 1), (1, 2), (1, 0), (0, 2)], [(0, 1), (1, 2), (1, 0), (0, 2)]),
@@ -121,7 +123,11 @@ def test_target_errors_name_the_target_and_the_shapes():
     with pytest.raises(ValueError, match=_message(
             "target list must hold ints or equal-length tuples of ints, got [(0, 1), 2]")):
         Target([(0, 1), 2], 2)
-    for bad in (True, 1.5, "1", [0, 1, 2]):
+    for bad in ([1.5, 2], [True, 0], [(0, 1.0), (1, 1)], [(True,), (1,)]):  # never truncated
+        with pytest.raises(ValueError, match=_message(
+                f"target list must hold ints or equal-length tuples of ints, got {bad!r}")):
+            Target(bad, 2)
+    for bad in (True, 1.5, "1", [0, 1, 2], (1, False)):
         with pytest.raises(ValueError, match=_message(
                 "target must be None, an int, a tuple of ints, a list with one entry per input "
                 f"row (4) or a tensor, got {bad!r}")):
@@ -268,7 +274,12 @@ def test_unit_errors_name_the_argument_the_value_and_the_shapes():
         with pytest.raises(ValueError, match=_message(
                 f"layer_baselines entries must be numbers or tensors, got {bad!r}")):
             units(baselines=(bad,))
-    # the accepted forms: a left-padded mask, ints, per-row tensors
+    # the accepted forms: a left-padded mask, ints, per-row tensors; a number baseline takes
+    # the tensors' dtype (0.1 in float64, not 0.1 rounded to float32)
+    x64 = torch.ones(4, 3, dtype=torch.float64)
+    tenth = Units((x64,), None, (0.1,), NAMES, "layer output", 4)
+    assert tenth.baselines[0].dtype == torch.float64
+    assert tenth.apply((x64,), torch.eye(3, dtype=torch.bool)[:1])[0][0, 0].item() == 0.1
     assert units(torch.tensor([0, 1, 0]), 1).n == 2
     assert units(baselines=torch.zeros(4, 1, 3)).per_row
 
@@ -282,17 +293,20 @@ def test_row_slices_cut_batch_arguments_and_repeat_them_for_stacked_copies():
     per_row = torch.arange(5.0)[:, None] * torch.ones(1, 2)
     other = torch.randn(2, 2)  # first dim not N: passes unchanged
     scalar = torch.tensor(7.0)
-    part = RowSlice((x, x + 1), (per_row, other, scalar, "mode"), Target([0, 1, 2, 0, 1], 5), 1,
-                    4)  # fmt: skip
+    labels = torch.arange(10, 15)  # one dimension, N long: cut and repeated
+    args = (per_row, other, scalar, "mode", labels)
+    part = RowSlice((x, x + 1), args, Target([0, 1, 2, 0, 1], 5), 1, 4)
     assert len(part) == 3 and (part.start, part.stop) == (1, 4)
     assert torch.equal(part.inputs[0], x[1:4]) and torch.equal(part.inputs[1], x[1:4] + 1)
-    cut, same, zero_dim, text = part.args
+    cut, same, zero_dim, text, cut_labels = part.args
+    assert torch.equal(cut_labels, torch.tensor([11, 12, 13]))
     assert torch.equal(cut, per_row[1:4]) and same is other and zero_dim is scalar
     assert text == "mode"
     repeated = part.repeated_args(2)
     assert torch.equal(repeated[0], torch.cat([per_row[1:4]] * 2))
     assert torch.equal(repeated[1], torch.cat([other] * 2))
     assert repeated[2] is scalar and repeated[3] == "mode"
+    assert torch.equal(repeated[4], torch.tensor([11, 12, 13, 11, 12, 13]))
     out = torch.randn(3, 3)
     assert torch.equal(part.target.select(out), out[[0, 1, 2], [1, 2, 0]])
     assert RowSlice((x,), None, Target(None, 5), 0, 2).args == ()
@@ -302,6 +316,8 @@ def test_inputs_are_a_tuple_with_rows_and_one_batch_size():
     x = torch.ones(3, 2)
     y = x[:, :1]
     assert format_inputs(x)[0] is x
+    vector = torch.ones(3)  # one dimension is the batch alone
+    assert format_inputs(vector)[0] is vector
     assert all(a is b for a, b in zip(format_inputs((x, y)), (x, y), strict=True))
     for bad in ((x, 2.0), torch.tensor(1.0), ()):
         with pytest.raises(ValueError, match="inputs must be a tensor or a tuple of tensors "
@@ -313,3 +329,18 @@ def test_inputs_are_a_tuple_with_rows_and_one_batch_size():
     with pytest.raises(ValueError, match=_message(
             "inputs must share the batch dimension, got shapes [(3, 2), (2, 2)]")):
         format_inputs((x, x[:2]))
+
+
+def test_apply_keeps_the_masked_tensors_dtype_and_needs_one_tensor_per_unit_tensor():
+    torch.manual_seed(12)
+    a64, b64 = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    units = Units((a64, b64), None, (0.1, -0.2), NAMES, "layer output", 2)  # baselines float64
+    a32 = torch.randn(2, 3) + 1.0
+    masks = torch.eye(5, dtype=torch.bool)[[0, 4]]
+    (masked_a, masked_b) = units.apply((a32, b64), masks[:1])
+    assert masked_a.dtype == torch.float32
+    want = a32.clone()
+    want[:, 0] = 0.1
+    assert torch.equal(masked_a, want)
+    with pytest.raises(ValueError, match="zip"):  # a tensor missing is an error, never dropped
+        units.apply((a32,), masks)
