@@ -47,5 +47,6 @@ def test_bar_total_is_pairs_times_chunks_and_updates_reach_it(monkeypatch, fast)
     for bar, disable in ((first, True), (second, None)):
         assert bar.kwargs == {"total": 3 * pairs_per_chunk, "desc": "synergy pairs",
                               "unit": "pair", "disable": disable}  # fmt: skip
+        assert type(bar.kwargs["total"]) is int  # a count of pairs, not 45.0
         assert all(isinstance(n, int) and n > 0 for n in bar.updates)
         assert sum(bar.updates) == 3 * pairs_per_chunk
