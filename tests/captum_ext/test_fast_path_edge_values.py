@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from captum.attr import NeuronFeatureAblation
 from torch import nn
 
-from captum_ext import LayerSynergy
+from captum_ext import LayerSynergy, NeuronSynergy
 from captum_ext._fastpaths import channel_groups
 from captum_ext._masking import Units
 
@@ -24,7 +25,9 @@ def _model():
     return model.eval()
 
 
-@pytest.mark.parametrize("mask", [None, torch.tensor([[0, 1, 1]])])
+# one unit per column; a group; one unit per column in another order (no element at its own
+# position, so it is not the identity grouping)
+@pytest.mark.parametrize("mask", [None, torch.tensor([[0, 1, 1]]), torch.tensor([[2, 0, 1]])])
 def test_inputs_of_exactly_zero_and_one_match_the_hook_path(mask):
     model = _model()
     x = torch.randn(8, 3, dtype=torch.float64)
@@ -36,6 +39,24 @@ def test_inputs_of_exactly_zero_and_one_match_the_hook_path(mask):
                                                                       alpha=5.0)  # fmt: skip
     assert slow[::2, 0].abs().min() > 0
     assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-14)
+
+
+def test_a_single_unit_has_importance_and_no_synergy():
+    model = _model()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    everything = torch.zeros(1, 3, dtype=torch.long)
+    fast = LayerSynergy(model, model[0]).compute(x, layer_mask=everything)
+    slow = LayerSynergy(lambda inp: model(inp), model[0]).compute(x, layer_mask=everything)
+    assert fast.n == 1 and fast.synergy.shape == (1, 1) and not fast.synergy.any()
+    assert float(fast.importance[0]) > 0
+    assert torch.allclose(fast.importance, slow.importance, rtol=1e-12, atol=0)
+    # the hook paths used to run an empty block of pairs and fail in the reshape
+    attr = LayerSynergy(lambda inp: model(inp), model[0]).attribute(x, layer_mask=everything)
+    assert attr.shape == (6, 3) and torch.equal(attr[:, 0], attr[:, 2])
+    neuron = NeuronSynergy(model, model[1]).compute(x, 0, feature_mask=everything)
+    theirs = NeuronFeatureAblation(model, model[1]).attribute(x, 0, feature_mask=everything)
+    assert neuron.n == 1 and not neuron.synergy.any()
+    assert torch.allclose(neuron.importance, theirs[:, 0].abs().mean(0), rtol=1e-12, atol=0)
 
 
 def test_channel_groups_of_whole_channels_only():

@@ -118,6 +118,10 @@ def test_no_split_where_the_fast_path_does_not_apply():
     assert split_after(outer, inner[0]) is None
     split = split_after(outer, inner)
     assert split is not None and split.linear is outer[2]
+    plain = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), nn.Identity()),
+                          nn.Linear(3, 1))  # fmt: skip
+    split = split_after(plain, plain[1])  # a plain Sequential as the layer stays one leaf
+    assert split is not None and split.linear is plain[2] and split.prefix[-1] is plain[1]
 
 
 def test_a_training_mode_batchnorm_is_not_folded():
