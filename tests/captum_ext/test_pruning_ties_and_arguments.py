@@ -60,6 +60,7 @@ def test_tied_scores_over_many_units_prune_the_lowest_index_first():
     scores = (torch.arange(hidden) * 7 % 3).double()  # three values, 40 ties each
     curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.25, 0.5),
                           metric=_fingerprint(weights), progress=False)  # fmt: skip
+    assert curve["fraction"] == [0.25, 0.5] and curve["pruned"] == [30, 60]
     order = sorted(range(hidden), key=lambda u: (float(scores[u]), u))
     for where, k in enumerate((30, 60)):
         keep = torch.ones(hidden, dtype=torch.float64)
@@ -114,6 +115,15 @@ def test_progress_bar_is_named_and_silent_off_a_terminal(monkeypatch):
     pruning_curve(model, model[2], "random", x, y, fractions=(0.0,))
     pruning_curve(model, model[2], "random", x, y, fractions=(0.0,), progress=False)
     assert calls == [{"desc": "pruning", "disable": None}, {"desc": "pruning", "disable": True}]
+
+
+def test_a_metric_that_returns_no_mapping_is_named_by_its_type():
+    model = _mlp()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.arange(6) % 3
+    with pytest.raises(TypeError, match=re.escape(
+            "metric must return a mapping of names to numbers, got float")):
+        pruning_curve(model, model[2], "random", x, y, fractions=(0.0,),
+                      metric=lambda out, lab: 0.5, progress=False)  # fmt: skip
 
 
 def test_classification_metrics_at_the_threshold_and_with_two_classes():
