@@ -144,3 +144,16 @@ def test_fast_path_keeps_dtype_and_model_norms():
     res = LayerSynergy(model, model[0][1]).compute(x, target=0)
     assert res.importance.dtype == torch.float32
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_batchnorm_that_ends_the_network_is_folded():
+    torch.manual_seed(9)
+    norm = nn.BatchNorm1d(2)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), norm).double()
+    _stats(norm, 10)
+    model.eval()
+    split = split_after(model, model[1])
+    assert split is not None and len(split.suffix) == 0
+    x = torch.randn(5, 3, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(split.z(model[:2](x)), model(x), rtol=1e-12, atol=1e-12)
