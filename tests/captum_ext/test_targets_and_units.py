@@ -323,8 +323,8 @@ def test_inputs_are_a_tuple_with_rows_and_one_batch_size():
         with pytest.raises(ValueError, match="inputs must be a tensor or a tuple of tensors "
                                              "with a batch dimension, got"):
             format_inputs(bad)
-    with pytest.raises(ValueError, match="inputs must hold at least one row, got an empty "
-                                         "batch"):
+    with pytest.raises(ValueError, match="^inputs must hold at least one row, got an empty "
+                                         "batch$"):
         format_inputs(x[:0])
     with pytest.raises(ValueError, match=_message(
             "inputs must share the batch dimension, got shapes [(3, 2), (2, 2)]")):
