@@ -115,6 +115,9 @@ def test_target_errors_name_the_target_and_the_shapes():
             "needed")):
         Target(1, 4).select(torch.ones(4, 3, 2))
     with pytest.raises(ValueError, match=_message(
+            "target 2 selects 3 values per row of a forward output of shape (1, 4, 3)")):
+        Target(2, 1).select(torch.ones(1, 4, 3))  # a single row
+    with pytest.raises(ValueError, match=_message(
             "target tensor must hold one element or one per input row (4), got shape (2,)")):
         Target(torch.tensor([1, 2]), 4)
     with pytest.raises(ValueError, match=_message(
