@@ -127,9 +127,10 @@ def test_a_metric_that_returns_no_mapping_is_named_by_its_type():
 
 
 def test_classification_metrics_at_the_threshold_and_with_two_classes():
-    labels = torch.tensor([1, 0, 1, 0])
     at_threshold = torch.tensor([[0.5], [0.5], [0.9], [0.1]])  # 0.5 is not above 0.5
-    assert classification_metrics(at_threshold, labels, threshold=0.5)["accuracy"] == 0.75
+    negatives = torch.tensor([0, 0, 1, 0])
+    assert classification_metrics(at_threshold, negatives, threshold=0.5)["accuracy"] == 1.0
+    labels = torch.tensor([1, 0, 1, 0])
     two = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.4], [0.6, 0.5]])
     assert classification_metrics(two, labels) == {"accuracy": 1.0}
     with pytest.raises(ValueError, match=re.escape(
