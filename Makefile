@@ -10,7 +10,7 @@ Z1PY ?= $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
 Z1VENV ?= .venv-zennit1
 Z1STAMP := $(Z1VENV)/.installed
 
-.PHONY: demo test bench data test-zennit1 lint typecheck docs dist clean
+.PHONY: demo test bench data test-zennit1 lint typecheck docs dist clean mutation
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy
 
+# mutation testing of the core modules (tools/mutation.py; not part of `make test`: about N h);
+# a subset: make mutation MODULES="zennit_ext/plrp.py zennit_ext/normalize.py"
+MODULES ?=
+MUTATION_ARGS ?=
+mutation: $(STAMP) data
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS) $(MODULES)
+
 # mypy at the strictness of [tool.mypy] in pyproject.toml, over the packages listed there
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
@@ -72,4 +79,4 @@ test-zennit1: $(Z1STAMP) data
 
 clean:
 	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .mypy_cache .hypothesis \
-		build dist *.egg-info docs/_build docs/api
+		build dist *.egg-info docs/_build docs/api .mutation mutants

@@ -45,6 +45,8 @@ def _chunks(plan: Plan) -> Iterator[tuple[Any, Tensor, Tensor, Tensor]]:
 
 def _pair_blocks(plan: Plan, evaluator: Any, bar: tqdm) -> Iterator[Tensor]:
     upper = torch.triu_indices(plan.n, plan.n, offset=1).t()
+    if len(upper) == 0:  # one unit, no pair (split would still give one empty block)
+        return
     for block in upper.split(evaluator.pairs_per_call):
         yield block
         bar.update(len(block))

@@ -39,6 +39,11 @@ class Transform:
         return output if self._fn is None else self._fn(output)
 
 
+def _is_index(value: Any) -> bool:
+    """Whether ``value`` is a Python int (a bool is not an index)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class Target:
     """Captum's ``target`` as one index tuple per row, and the selection of one score per row.
 
@@ -68,13 +73,14 @@ class Target:
             else:
                 raise ValueError(f"target tensor must hold one element or one per input row "
                                  f"({rows}), got shape {tuple(target.shape)}")  # fmt: skip
-        if isinstance(target, int) and not isinstance(target, bool):
+        if _is_index(target):
             self._index = torch.full((rows, 1), target, dtype=torch.long)
-        elif isinstance(target, tuple) and all(isinstance(t, int) for t in target):
+        elif isinstance(target, tuple) and all(_is_index(t) for t in target):
             self._index = torch.tensor([target], dtype=torch.long).expand(rows, -1)
         elif isinstance(target, Sequence) and len(target) == rows:
             entries = [(t,) if isinstance(t, int) else t for t in target]
-            if not all(isinstance(t, tuple) and len(t) == len(entries[0]) for t in entries):
+            if not all(isinstance(t, tuple) and len(t) == len(entries[0])
+                       and all(_is_index(i) for i in t) for t in entries):  # fmt: skip
                 raise ValueError(f"target list must hold ints or equal-length tuples of ints, "
                                  f"got {target!r}")  # fmt: skip
             self._index = torch.tensor(entries, dtype=torch.long).reshape(rows, -1)

@@ -222,3 +222,35 @@ def test_empty_relevance_gives_empty_masks(shape):
 def test_non_finite_gain_rejected(gain):
     with pytest.raises(ValueError, match=f"sparsity_gain must be >= 0 and finite, got {gain}"):
         sparsity_gain_mask(torch.ones(1, 3), gain)
+
+
+@pytest.mark.parametrize(("gain", "match"), [(True, "got True"), ("1", "got '1'")])
+def test_non_numeric_gain_rejected(gain, match):
+    with pytest.raises(TypeError, match=f"sparsity_gain must be a float >= 0, {match}"):
+        sparsity_gain_mask(torch.ones(1, 3), gain)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_a_step_with_gain_exactly_the_minimum_is_taken(sign):
+    """[1, 1] → [0, 1]: Gini 0 → 1/2, gain = 2 · (1/2 − 0) / 1 = 1 exactly (eq. 3.3)."""
+    r = sign * torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    for keep in (sparsity_gain_mask(r), sparsity_gain_mask(r, 1.0)):  # 1 is the default
+        assert keep.sum().item() == 1  # a tie: either entry may go
+    assert sparsity_gain_mask(r, 1.0 + 1e-9).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.25, 0.6])
+def test_half_precision_masks_equal_the_float64_masks(dtype, p):
+    """Halves have no bucket table: they go through float32, the masks must not change."""
+    # multiples of 1/8 up to 4: exact in every dtype, ties and zeros included
+    r = torch.randint(-32, 33, (3, 20), generator=torch.Generator().manual_seed(0)) / 8
+    expected = mass_threshold_mask(r.double(), p)
+    assert torch.equal(mass_threshold_mask(r.to(dtype), p), expected)
+    assert not expected.all() and expected.any()
+
+
+def test_rescale_with_a_kept_mass_of_exactly_one():
+    r = torch.tensor([[1.0, 0.5, -2.0, -0.5]], dtype=torch.float64)
+    keep = torch.tensor([[True, False, True, False]])
+    assert rescale_kept(r, keep).tolist() == [[1.5, 0.0, -2.5, 0.0]]

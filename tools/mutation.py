@@ -1,0 +1,280 @@
+"""Mutation testing of the core modules with mutmut 3 (``make mutation``).
+
+Each package (``zennit_ext``, ``captum_ext``) gets its own scratch copy of the checkout in
+``.mutation/<package>/`` with a generated ``[tool.mutmut]`` section: mutmut mutates only the
+selected modules, maps every test of the package's test directory to the functions it reaches
+(one traced run of that directory) and then runs each mutant against only those tests,
+``-x`` and without the cache plugin. Modules run one after the other; the summary
+(``reports/mutation/summary.md`` and ``summary.json``) counts per module the mutants, killed,
+survived, timeout, and the survivors listed as equivalent in ``tools/mutation_equivalent.toml``
+(matched by module, function and the changed lines, not by mutmut's mutant number).
+
+Usage::
+
+    python tools/mutation.py                           # every core module
+    python tools/mutation.py zennit_ext/plrp.py        # a subset
+    python tools/mutation.py --max-children 1 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".mutation"
+REPORTS = ROOT / "reports" / "mutation"
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalent.toml"
+
+CORE_MODULES = (
+    "zennit_ext/pruning.py",
+    "zennit_ext/plrp.py",
+    "zennit_ext/normalize.py",
+    "zennit_ext/neuron_sets.py",
+    "zennit_ext/nrm_engine.py",
+    "zennit_ext/nrm_segments.py",
+    "captum_ext/_masking.py",
+    "captum_ext/scores.py",
+    "captum_ext/pruning.py",
+    "captum_ext/_engine.py",
+    "captum_ext/_evaluators.py",
+    "captum_ext/_fastpaths.py",
+)
+
+# The tests each package's mutants run against. Excluded: the notebooks, the Captum replays and
+# the PLRP runs on ResNet-18/EfficientNet (minutes per mutant; the small-network tests reach the
+# same code).
+TEST_SELECTION = {
+    "zennit_ext": [
+        "tests/zennit_ext",
+        "--deselect=tests/zennit_ext/test_plrp.py::test_real_architectures",
+        "--deselect=tests/zennit_ext/test_plrp.py::test_efficientnet_canonizer_keeps_function",
+    ],
+    "captum_ext": [
+        "tests/captum_ext",
+        "--ignore=tests/captum_ext/test_synergy_captum_replay.py",
+    ],
+}
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-W", "ignore"]
+COPIED = ("zennit_ext", "captum_ext", "benchmarks", "tests")
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -9: "segfault",
+          -11: "segfault", None: "not checked"}  # fmt: skip
+
+
+@dataclass
+class ModuleResult:
+    """Counts of one module's mutants."""
+
+    module: str
+    mutants: int = 0
+    killed: int = 0
+    survived: int = 0
+    equivalent: int = 0
+    timeout: int = 0
+    other: int = 0
+    seconds: float = 0.0
+    survivors: list[dict] = field(default_factory=list)
+
+    @property
+    def kill_rate(self) -> float:
+        """Killed (timeouts count as killed) over the non-equivalent mutants, in percent."""
+        live = self.mutants - self.equivalent
+        return 100.0 * (self.killed + self.timeout) / live if live else 100.0
+
+
+def mutmut_config(package: str, modules: list[str]) -> str:
+    """The ``[tool.mutmut]`` section mutating ``modules`` against ``package``'s tests."""
+    lines = [
+        "[tool.mutmut]",
+        f"source_paths = {json.dumps(list(COPIED[:2]))}",
+        f"only_mutate = {json.dumps(modules)}",
+        f"also_copy = {json.dumps(['benchmarks'])}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(TEST_SELECTION[package])}",
+        f"pytest_add_cli_args = {json.dumps(PYTEST_ARGS)}",
+        "use_git_change_detection = false",
+        "track_dependencies = false",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def prepare(package: str, modules: list[str], reuse: bool) -> Path:
+    """The scratch copy of the checkout for ``package``; returns its directory.
+
+    mutmut traces which tests reach which function once per scratch copy, for every core
+    module of the package (so a later ``--reuse`` run of another module needs no new trace).
+    ``reuse`` refreshes the sources and tests of an existing copy instead of starting afresh
+    (mutmut then re-traces only new tests and re-mutates only changed functions).
+    """
+    work = WORK / package
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
+    for name in COPIED:
+        shutil.copytree(ROOT / name, work / name, ignore=ignore, dirs_exist_ok=True)
+    mutated = [m for m in CORE_MODULES if m.startswith(package + "/")]
+    mutated += [m for m in modules if m not in mutated]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config(package, mutated))
+    return work
+
+
+def run_mutmut(work: Path, modules: list[str], max_children: int) -> dict[str, float]:
+    """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds."""
+    env = dict(os.environ, NEURON_XAI_CACHE=str((ROOT / ".cache").resolve()), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+    mutmut = Path(sys.executable).with_name("mutmut")
+    seconds = {}
+    for module in modules:
+        pattern = module.removesuffix(".py").replace("/", ".") + ".*"
+        print(f"== mutmut run {pattern}", flush=True)
+        start = time.monotonic()
+        cmd = [str(mutmut), "run", "--max-children", str(max_children), pattern]
+        proc = subprocess.run(cmd, cwd=work, env=env)
+        seconds[module] = time.monotonic() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"mutmut run {pattern} failed with exit code {proc.returncode}")
+    return seconds
+
+
+def changed_lines(diff: str) -> list[str]:
+    """The removed and added lines of a unified diff, whitespace-normalised (a stable key)."""
+    return [
+        line[0] + " ".join(line[1:].split())
+        for line in diff.splitlines()
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    ]
+
+
+def function_of(mutant: str) -> str:
+    """``Class.method`` or ``function`` of a mutmut mutant name."""
+    mangled = mutant.partition("__mutmut_")[0].rpartition(".")[2]
+    if "ǁ" in mangled:
+        return ".".join(part for part in mangled.split("ǁ") if part)
+    return mangled.removeprefix("x_")
+
+
+def load_equivalents() -> list[dict]:
+    """The checked-in list of equivalent mutants."""
+    entries = tomllib.loads(EQUIVALENTS.read_text()).get("equivalent", [])
+    for entry in entries:
+        entry["lines"] = changed_lines(entry["diff"])
+    return entries
+
+
+def diffs(work: Path, names: list[str]) -> dict[str, str]:
+    """The unified diff of each named mutant (computed by mutmut inside ``work``)."""
+    if not names:
+        return {}
+    code = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+        "names = json.load(sys.stdin)\n"
+        "print(json.dumps({n: get_diff_for_mutant(n, path=p) for n, p in names}))\n"
+    )
+    pairs = [(name, module_path(name)) for name in names]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(pairs),
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(proc.stdout)
+
+
+def module_path(mutant: str) -> str:
+    """``pkg/module.py`` of a mutmut mutant name such as ``pkg.module.x_f__mutmut_3``."""
+    dotted = mutant.partition("__mutmut_")[0].rpartition(".")[0]
+    return dotted.replace(".", "/") + ".py"
+
+
+def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) -> ModuleResult:
+    """Count the results mutmut left in ``work`` for ``module``."""
+    meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
+    result = ModuleResult(module=module, seconds=round(seconds, 1))
+    survivors = []
+    for name, code in meta["exit_code_by_key"].items():
+        status = STATUS.get(code, "other")
+        result.mutants += 1
+        if status == "killed":
+            result.killed += 1
+        elif status == "timeout":
+            result.timeout += 1
+        elif status == "survived":
+            survivors.append(name)
+        else:
+            result.other += 1
+            result.survivors.append({"mutant": name, "status": status})
+    for name, diff in diffs(work, survivors).items():
+        lines = changed_lines(diff)
+        function = function_of(name)
+        match = next((e for e in equivalents if e["module"] == module
+                      and e["function"] == function and e["lines"] == lines), None)  # fmt: skip
+        if match is not None:
+            result.equivalent += 1
+            continue
+        result.survived += 1
+        result.survivors.append({"mutant": name, "function": function, "status": "survived",
+                                 "diff": diff})  # fmt: skip
+    return result
+
+
+def write_summary(results: list[ModuleResult]) -> None:
+    """``reports/mutation/summary.json`` and ``summary.md`` (table plus the live survivors)."""
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    rows = [dict(asdict(r), kill_rate=round(r.kill_rate, 1)) for r in results]
+    (REPORTS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    head = ("| module | mutants | killed | equivalent | survived | timeout | other "
+            "| kill rate | wall time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    table = [head] + [
+        f"| {r.module} | {r.mutants} | {r.killed} | {r.equivalent} | {r.survived} | {r.timeout} "
+        f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min |"
+        for r in results
+    ]
+    text = ["# Mutation testing (mutmut)", "", *table, "",
+            "Kill rate: (killed + timeout) / (mutants - equivalent). "
+            "`other`: no tests reach the mutant, or it crashed the worker.", ""]  # fmt: skip
+    for r in results:
+        for s in r.survivors:
+            text += [f"## {s['mutant']} ({s['status']})", ""]
+            if "diff" in s:
+                text += ["```diff", s["diff"], "```", ""]
+    (REPORTS / "summary.md").write_text("\n".join(text))
+    print("\n".join(table))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", help="module paths (default: every core module)")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the scratch copies and trace of the last run"
+    )
+    args = parser.parse_args(argv)
+    modules = [m.strip() for m in args.modules for m in m.split()] or list(CORE_MODULES)
+    for module in modules:
+        if not (ROOT / module).is_file() or module.split("/")[0] not in TEST_SELECTION:
+            parser.error(f"modules: {module!r} is not a module of zennit_ext or captum_ext")
+    equivalents = load_equivalents()
+    results = []
+    for package in TEST_SELECTION:
+        selected = [m for m in modules if m.startswith(package + "/")]
+        if not selected:
+            continue
+        work = prepare(package, selected, args.reuse)
+        seconds = run_mutmut(work, selected, args.max_children)
+        results += [collect(work, m, seconds[m], equivalents) for m in selected]
+        write_summary(results)
+    below = [r.module for r in results if r.kill_rate < 90.0]
+    if below:
+        print(f"kill rate below 90 %: {', '.join(below)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
