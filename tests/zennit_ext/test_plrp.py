@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -346,3 +347,62 @@ def test_composite_checks_only_while_registered():
 def test_non_finite_settings_rejected(variant, kwargs, match):
     with pytest.raises(ValueError, match=match):
         variant(**kwargs)
+
+
+# ---- PLRP-λ and PLRP-M against a numpy reference (eq. 3.2, 3.4–3.6) ----
+
+
+def _zplus_reference(a: np.ndarray, w: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """z+ for non-negative inputs a (batch, in), weight w (out, in): a_j w+_kj / z_k · R_k."""
+    contributions = a[:, None, :] * np.clip(w, 0, None)[None]  # (batch, out, in)
+    z = contributions.sum(-1, keepdims=True)
+    z = z + 1e-6 * np.where(z >= 0, 1.0, -1.0)  # zennit's stabilizer
+    return (contributions / z * relevance[..., None]).sum(1)
+
+
+def _rescale_reference(r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(r)
+    for b in range(r.shape[0]):
+        for sign in (r[b] > 0, r[b] < 0):
+            kept = keep[b] & sign
+            if kept.any():
+                out[b, kept] = r[b, kept] * r[b, sign].sum() / r[b, kept].sum()
+    return out
+
+
+@pytest.mark.parametrize("variant", ["lambda", "m"])
+@pytest.mark.parametrize(("p", "p_neg"), [(0.3, 0.6), (0.5, 0.1)])
+def test_pruned_relevance_matches_a_numpy_reference(variant, p, p_neg):
+    """Every pruned layer's relevance, recomputed layer by layer without zennit or our code.
+
+    The reference prunes with the loop of eq. (3.2) per sign (p for the positive mass, p_neg
+    for the negative), rescales each sign (λ) or recomputes z+ with the pruned inputs set to
+    0 (M). Random mixed-sign output relevance makes both signs occur at every layer.
+    """
+    from test_pruning import _threshold_reference
+
+    model = _bias_free_mlp()
+    x = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    recorder = Recorder()
+    composite = (PLRPLambda if variant == "lambda" else PLRPM)(
+        p=p, p_neg=p_neg, composite=_zplus(), recorder=recorder
+    )
+    _attribute(model, x, composite)
+    records = {name: after.numpy() for name, _, after in recorder.records}
+
+    with torch.no_grad():
+        acts = {"6": model[:6](x), "4": model[:4](x), "2": model[:2](x)}
+    out_relevance = torch.randn(6, 4, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
+    relevance, pruned_signs = out_relevance.numpy(), []  # as in _attribute
+    for name in ("6", "4", "2"):
+        a, w = acts[name].numpy(), model[int(name)].weight.detach().numpy()
+        unpruned = _zplus_reference(a, w, relevance)
+        keep = np.stack([_threshold_reference(row, p, p_neg) for row in unpruned])
+        pruned_signs += [(~keep & (unpruned > 0)).any(), (~keep & (unpruned < 0)).any()]
+        if variant == "lambda":
+            relevance = _rescale_reference(unpruned, keep)
+        else:
+            relevance = _zplus_reference(a * keep, w, relevance)
+        scale = np.abs(relevance).max()
+        np.testing.assert_allclose(records[name], relevance, rtol=1e-6, atol=1e-9 * scale)
+    assert sum(pruned_signs) >= 4, "too few layers and signs pruned to test anything"
