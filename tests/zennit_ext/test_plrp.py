@@ -406,3 +406,66 @@ def test_pruned_relevance_matches_a_numpy_reference(variant, p, p_neg):
         scale = np.abs(relevance).max()
         np.testing.assert_allclose(records[name], relevance, rtol=1e-6, atol=1e-9 * scale)
     assert sum(pruned_signs) >= 4, "too few layers and signs pruned to test anything"
+
+
+# ---- wiring, defaults and messages ----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_p_zero_equals_the_default_base_with_its_canonizers(plrp_zoo_model, variant):
+    model, x, canonizers = plrp_zoo_model
+    base = _attribute(model, x, EpsilonPlusFlat(canonizers=canonizers))
+    ours = _attribute(model, x, variant(p=0.0, canonizers=canonizers))
+    scale = base.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_second_backward_of_one_forward_gives_the_same_relevance(variant):
+    """PLRP-M swaps the stored input for the recomputation and must put it back."""
+    model = _bias_free_mlp()
+    x = torch.randn(3, 10, dtype=torch.float64).requires_grad_()
+    grad_out = torch.randn(3, 4, dtype=torch.float64)
+    with variant(p=0.4, composite=_zplus()).context(model) as modified:
+        out = modified(x)
+        (first,) = torch.autograd.grad(out, x, grad_out, retain_graph=True)
+        (second,) = torch.autograd.grad(out, x, grad_out)
+    assert first.abs().max() > 0
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_spec_keep_uses_the_given_gain():
+    """[1, 1] → [0, 1] has gain exactly 1: pruned at gain 1, kept at gain 1.5."""
+    r = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    assert PruningSpec(sparsity_gain=1.0).keep(r).sum().item() == 1
+    assert PruningSpec(sparsity_gain=1.5).keep(r).all()
+
+
+def test_pruned_hook_defaults_and_composite_state():
+    hook = pruned_hook(ZPlus(), PruningSpec(p=0.2))
+    assert hook.variant == "lambda" and hook.layer_name == "" and hook.recorder is None
+    assert PLRPLambda(p=0.1).pruned_names == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: PruningSpec(), ValueError,
+         r"^give p \(a fraction in \[0, 1\)\) or sparsity_gain, got neither$"),
+        (lambda: pruned_hook("z+", PruningSpec(p=0.1)), TypeError,
+         "^hook must be a zennit Hook, got str$"),
+        (lambda: pruned_hook(ZPlus(), PruningSpec(p=0.1), "mm"), ValueError,
+         r"^variant must be 'lambda' or 'm', got 'mm'$"),
+        (lambda: pruned_hook(Pass(), PruningSpec(p=0.1), "m"), TypeError,
+         "^PLRP-M recomputes the rule and needs a zennit BasicHook, got Pass$"),
+        (lambda: PLRPLambda(p=0.1, composite=EpsilonPlusFlat(), low=-1.0), ValueError,
+         "^low, high and canonizers configure the default base composite; with composite= "
+         "give them to that composite instead$"),
+        (lambda: PLRPM(p=0.1, composite=EpsilonPlusFlat(), high=1.0), ValueError,
+         "^low, high and canonizers configure"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_fail_with_exact_messages(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
