@@ -128,21 +128,38 @@ def prepare(package: str, modules: list[str], reuse: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, modules: list[str], max_children: int) -> dict[str, float]:
-    """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds."""
+def unsettled(work: Path, module: str) -> list[str]:
+    """Mutants of ``module`` that the last run in ``work`` did not kill (or did not reach)."""
+    meta = work / "mutants" / (module + ".meta")
+    if not meta.exists():
+        return []
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return [name for name, code in codes.items() if STATUS.get(code) not in ("killed", "timeout")]
+
+
+def run_mutmut(
+    work: Path, modules: list[str], max_children: int, survivors: bool
+) -> dict[str, float]:
+    """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds.
+
+    With ``survivors`` only the mutants the last run left alive are run again (new tests
+    can only kill more; mutants of changed functions come back unchecked and run too).
+    """
     env = dict(os.environ, NEURON_XAI_CACHE=str((ROOT / ".cache").resolve()), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
     mutmut = Path(sys.executable).with_name("mutmut")
     seconds = {}
     for module in modules:
-        pattern = module.removesuffix(".py").replace("/", ".") + ".*"
-        print(f"== mutmut run {pattern}", flush=True)
+        names = [module.removesuffix(".py").replace("/", ".") + ".*"]
+        if survivors:
+            names = unsettled(work, module) or names
+        print(f"== mutmut run {names[0]} ({len(names)} patterns)", flush=True)
         start = time.monotonic()
-        cmd = [str(mutmut), "run", "--max-children", str(max_children), pattern]
+        cmd = [str(mutmut), "run", "--max-children", str(max_children), *names]
         proc = subprocess.run(cmd, cwd=work, env=env)
         seconds[module] = time.monotonic() - start
         if proc.returncode != 0:
-            raise SystemExit(f"mutmut run {pattern} failed with exit code {proc.returncode}")
+            raise SystemExit(f"mutmut run {names[0]} failed with exit code {proc.returncode}")
     return seconds
 
 
@@ -255,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="keep the scratch copies and trace of the last run"
     )
+    parser.add_argument(
+        "--survivors", action="store_true", help="with --reuse: rerun only last run's survivors"
+    )
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules for m in m.split()] or list(CORE_MODULES)
     for module in modules:
@@ -267,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if not selected:
             continue
         work = prepare(package, selected, args.reuse)
-        seconds = run_mutmut(work, selected, args.max_children)
+        seconds = run_mutmut(work, selected, args.max_children, args.reuse and args.survivors)
         results += [collect(work, m, seconds[m], equivalents) for m in selected]
         write_summary(results)
     below = [r.module for r in results if r.kill_rate < 90.0]
