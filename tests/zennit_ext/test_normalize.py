@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 from zennit.core import BasicHook
-from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
 from zennit_ext.hooks import mixin_hook
 from zennit_ext.normalize import NormalizedHook
@@ -110,3 +110,57 @@ def test_rule_not_linear_in_relevance_is_rejected():
             hook.column_sums(module, output.shape)
     finally:
         handles.remove()
+
+
+def _cnn_with_avgpool() -> nn.Sequential:
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 3),
+    ).double().eval()  # fmt: skip
+
+
+def _lrp(model, x, composite):
+    from zennit.attribution import Gradient
+
+    grad_out = torch.randn(len(x), 3, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    with Gradient(model=model, composite=composite) as attributor:
+        return attributor(x, grad_out)[1]
+
+
+@pytest.mark.parametrize("bounds", [None, (-1.5, 2.0)])
+@pytest.mark.parametrize("gamma", ["default", None, 0.5])
+def test_nrm_composite_is_the_papers_rule_map(bounds, gamma):
+    """§4.4: box (with bounds) or flat on the first layer, γ (0.25 by default; z+ for None) on
+    convolutions, z+ on dense layers, Norm on average pooling; as plain zennit composites."""
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.types import Activation, AvgPool, Convolution
+    from zennit.types import Linear as AnyLinear
+
+    from zennit_ext.normalize import nrm_composite
+
+    low, high = bounds or (None, None)
+    kwargs = {} if gamma == "default" else {"gamma": gamma}
+    conv = ZPlus() if gamma is None else Gamma(gamma=0.25 if gamma == "default" else gamma)
+    first = Flat() if bounds is None else ZBox(low=low, high=high)
+    reference = SpecialFirstLayerMapComposite(
+        layer_map=[(Activation, Pass()), (AvgPool, Norm()), (Convolution, conv),
+                   (nn.Linear, ZPlus())],
+        first_map=[(AnyLinear, first)],
+    )  # fmt: skip
+    model = _cnn_with_avgpool()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 3.5 - 1.5
+    expected = _lrp(model, x, reference)
+    ours = _lrp(model, x, nrm_composite(low, high, **kwargs))
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, None), (None, 1.0)])
+def test_nrm_composite_needs_both_bounds(low, high):
+    from zennit_ext.normalize import nrm_composite
+
+    with pytest.raises(
+        ValueError, match=f"^give both low and high or neither, got low={low}, high={high}$"
+    ):
+        nrm_composite(low, high)
