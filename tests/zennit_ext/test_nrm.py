@@ -351,7 +351,12 @@ def test_parameterised_module_without_rule_is_rejected():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
     model[1].running_var.fill_(2.0)  # not merged into the Linear: not the identity
     before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"\['1'\] have parameters but no rule"):
+    message = (
+        r"^modules \['1'\] have parameters but no rule, so NRM cannot normalize their "
+        r"propagation; merge them with a canonizer \(e.g. zennit's SequentialMergeBatchNorm\) "
+        r"or give them a rule in the composite$"
+    )
+    with pytest.raises(ValueError, match=message):
         NRM(model, ["2"]).joint(torch.rand(2, 5), 0, {"2": [0]})
     _assert_same(model, before)
 
