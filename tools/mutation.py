@@ -106,18 +106,22 @@ def mutmut_config(package: str, modules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(package: str, modules: list[str], reuse: bool) -> Path:
+def prepare(package: str, modules: list[str], reuse: bool, retrace: bool) -> Path:
     """The scratch copy of the checkout for ``package``; returns its directory.
 
     mutmut traces which tests reach which function once per scratch copy, for every core
     module of the package (so a later ``--reuse`` run of another module needs no new trace).
     ``reuse`` refreshes the sources and tests of an existing copy instead of starting afresh
-    (mutmut then re-traces only new tests and re-mutates only changed functions).
+    (mutmut then re-traces only new tests and re-mutates only changed functions); ``retrace``
+    also drops mutmut's trace, so that every test is traced again (needed when functions
+    moved between modules) while the verdicts of unchanged functions are kept.
     """
     work = WORK / package
     if not reuse:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    if retrace:
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
     for name in COPIED:
         shutil.copytree(ROOT / name, work / name, ignore=ignore, dirs_exist_ok=True)
@@ -273,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse", action="store_true", help="keep the scratch copies and trace of the last run"
     )
     parser.add_argument(
+        "--retrace", action="store_true", help="with --reuse: trace every test again"
+    )
+    parser.add_argument(
         "--survivors", action="store_true", help="with --reuse: rerun only last run's survivors"
     )
     args = parser.parse_args(argv)
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = [m for m in modules if m.startswith(package + "/")]
         if not selected:
             continue
-        work = prepare(package, selected, args.reuse)
+        work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
         seconds = run_mutmut(work, selected, args.max_children, args.reuse and args.survivors)
         results += [collect(work, m, seconds[m], equivalents) for m in selected]
         write_summary(results)
