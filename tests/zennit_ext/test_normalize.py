@@ -164,3 +164,26 @@ def test_nrm_composite_needs_both_bounds(low, high):
         ValueError, match=f"^give both low and high or neither, got low={low}, high={high}$"
     ):
         nrm_composite(low, high)
+
+
+def test_a_column_that_sums_to_zero_passes_nothing():
+    """ε rule, neuron 0: contributions +1 and −1 cancel, its column is (2, −2)/(1 + ε) ≠ 0
+    but sums to 0, so the normalized rule passes 0 from it (eq. 17); neuron 1 passes all."""
+    module = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
+        module.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    hook, handles, inputs, output = _ours(Epsilon(), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+        assert sums[0, 0] == 0 and sums[0, 1] != 0
+        unit = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        unnormalized = hook.rule_backward(module, (inputs,), unit, normalize=False)[0]
+        assert unnormalized.abs().min() > 1
+        message = torch.tensor([[3.0, 2.0]], dtype=torch.float64)
+        relevance = hook.rule_backward(module, (inputs,), message, normalize=True)[0]
+        # neuron 1's column (2, 1)/(3 − 0.5) normalized to (2, 1)/3, times its message 2
+        torch.testing.assert_close(relevance, torch.tensor([[4 / 3, 2 / 3]], dtype=torch.float64))
+    finally:
+        handles.remove()
