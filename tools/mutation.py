@@ -133,12 +133,19 @@ def prepare(package: str, modules: list[str], reuse: bool, retrace: bool) -> Pat
     return work
 
 
+def mutants_of(work: Path, module: str) -> dict[str, int | None]:
+    """Exit code of every mutant of ``module`` from the last run in ``work`` (None: not run).
+
+    Explicit names let mutmut run the clean tests of those mutants only (a pattern that
+    names no function runs the whole test selection first).
+    """
+    meta = work / "mutants" / (module + ".meta")
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
 def unsettled(work: Path, module: str) -> list[str]:
     """Mutants of ``module`` that the last run in ``work`` did not kill (or did not reach)."""
-    meta = work / "mutants" / (module + ".meta")
-    if not meta.exists():
-        return []
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    codes = mutants_of(work, module)
     return [name for name, code in codes.items() if STATUS.get(code) not in ("killed", "timeout")]
 
 
@@ -161,7 +168,9 @@ def run_mutmut(
         if survivors:
             names = unsettled(work, module) or names
         elif sample > 1:  # mutants whose number ends in every sample-th digit
-            names = [names[0] + "__mutmut_*[" + "0123456789"[::sample] + "]"]
+            digits = "0123456789"[::sample]
+            known = [n for n in mutants_of(work, module) if n[-1] in digits]
+            names = known or [names[0] + "__mutmut_*[" + digits + "]"]
         print(f"== mutmut run {names[0]} ({len(names)} patterns)", flush=True)
         start = time.monotonic()
         cmd = [str(mutmut), "run", "--max-children", str(max_children), *names]
