@@ -83,6 +83,7 @@ class ModuleResult:
     other: int = 0
     unchecked: int = 0
     seconds: float = 0.0
+    run: str = "full"
     survivors: list[dict] = field(default_factory=list)
 
     @property
@@ -262,17 +263,28 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
     return result
 
 
+def previous_results() -> list[ModuleResult]:
+    """The rows of the last ``summary.json`` (kept for the modules a ``--reuse`` run skips)."""
+    path = REPORTS / "summary.json"
+    if not path.exists():
+        return []
+    names = set(ModuleResult.__dataclass_fields__)
+    rows = json.loads(path.read_text())
+    return [ModuleResult(**{k: v for k, v in row.items() if k in names}) for row in rows]
+
+
 def write_summary(results: list[ModuleResult]) -> None:
     """``reports/mutation/summary.json`` and ``summary.md`` (table plus the live survivors)."""
     REPORTS.mkdir(parents=True, exist_ok=True)
     rows = [dict(asdict(r), kill_rate=round(r.kill_rate, 1)) for r in results]
     (REPORTS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     head = ("| module | mutants | killed | equivalent | survived | timeout | other "
-            "| kill rate | wall time | not run |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+            "| kill rate | wall time | not run | run |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
     table = [head] + [
         f"| {r.module} | {r.mutants} | {r.killed} | {r.equivalent} | {r.survived} | {r.timeout} "
-        f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min | {r.unchecked} |"
+        f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min | {r.unchecked} "
+        f"| {r.run} |"
         for r in results
     ]
     text = ["# Mutation testing (mutmut)", "", *table, "",
@@ -311,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         if not (ROOT / module).is_file() or module.split("/")[0] not in TEST_SELECTION:
             parser.error(f"modules: {module!r} is not a module of zennit_ext or captum_ext")
     equivalents = load_equivalents()
+    run = "survivors" if args.reuse and args.survivors else "full"
+    run = f"sample 1/{args.sample}" if args.sample > 1 and run == "full" else run
+    kept = [r for r in previous_results() if r.module not in modules] if args.reuse else []
     results = []
     for package in TEST_SELECTION:
         selected = [m for m in modules if m.startswith(package + "/")]
@@ -320,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         seconds = run_mutmut(
             work, selected, args.max_children, args.reuse and args.survivors, args.sample
         )
-        results += [collect(work, m, seconds[m], equivalents) for m in selected]
-        write_summary(results)
+        for module in selected:
+            results.append(collect(work, module, seconds[module], equivalents))
+            results[-1].run = run
+        order = {m: i for i, m in enumerate(CORE_MODULES)}
+        write_summary(sorted(kept + results, key=lambda r: order.get(r.module, len(order))))
     below = [r.module for r in results if r.kill_rate < 90.0]
     if below:
         print(f"kill rate below 90 %: {', '.join(below)}")
