@@ -187,3 +187,20 @@ def test_a_column_that_sums_to_zero_passes_nothing():
         torch.testing.assert_close(relevance, torch.tensor([[4 / 3, 2 / 3]], dtype=torch.float64))
     finally:
         handles.remove()
+
+
+@pytest.mark.parametrize("rule_name", ["epsilon", "zplus"])
+def test_a_layer_with_no_live_term_passes_exact_zeros(rule_name):
+    """All inputs 0: no term carries relevance; a message summing to 0 must not make NaN."""
+    module = nn.Linear(3, 2).double()
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    hook, handles, inputs, output = _ours(RULES[rule_name](), module, x)
+    try:
+        message = torch.tensor([[1.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
+        assert torch.equal(hook.column_sums(module, output.shape), torch.zeros_like(output))
+        for normalize in (False, True):
+            relevance = hook.rule_backward(module, (inputs,), message, normalize=normalize)[0]
+            assert relevance.shape == x.shape
+            assert torch.equal(relevance, torch.zeros_like(x))
+    finally:
+        handles.remove()
