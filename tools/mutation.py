@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run about 1/N of the mutants (by the last digit of their number)",
     )
     parser.add_argument(
+        "--report", action="store_true",
+        help="only rewrite the summary from the last run (e.g. after adding equivalents)",
+    )
+    parser.add_argument(
         "--survivors", action="store_true", help="with --reuse: rerun only last run's survivors"
     )
     args = parser.parse_args(argv)
@@ -325,19 +329,26 @@ def main(argv: list[str] | None = None) -> int:
     equivalents = load_equivalents()
     run = "survivors" if args.reuse and args.survivors else "full"
     run = f"sample 1/{args.sample}" if args.sample > 1 and run == "full" else run
-    kept = [r for r in previous_results() if r.module not in modules] if args.reuse else []
+    previous = previous_results()
+    keep_all = args.reuse or args.report
+    kept = [r for r in previous if r.module not in modules] if keep_all else []
     results = []
     for package in TEST_SELECTION:
         selected = [m for m in modules if m.startswith(package + "/")]
         if not selected:
             continue
-        work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
-        seconds = run_mutmut(
-            work, selected, args.max_children, args.reuse and args.survivors, args.sample
-        )
+        if args.report:
+            work = WORK / package
+            before = {r.module: r for r in previous}
+            seconds = {m: before[m].seconds if m in before else 0.0 for m in selected}
+        else:
+            work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
+            seconds = run_mutmut(
+                work, selected, args.max_children, args.reuse and args.survivors, args.sample
+            )
         for module in selected:
             results.append(collect(work, module, seconds[module], equivalents))
-            results[-1].run = run
+            results[-1].run = before[module].run if args.report and module in before else run
         order = {m: i for i, m in enumerate(CORE_MODULES)}
         write_summary(sorted(kept + results, key=lambda r: order.get(r.module, len(order))))
     below = [r.module for r in results if r.kill_rate < 90.0]
