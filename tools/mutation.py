@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.report:
             work = WORK / package
+            selected = [m for m in selected if (work / "mutants" / (m + ".meta")).exists()]
             before = {r.module: r for r in previous}
             seconds = {m: before[m].seconds if m in before else 0.0 for m in selected}
         else:
