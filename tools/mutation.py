@@ -151,7 +151,8 @@ def unsettled(work: Path, module: str) -> list[str]:
 
 
 def run_mutmut(
-    work: Path, modules: list[str], max_children: int, survivors: bool, sample: int
+    work: Path, modules: list[str], max_children: int, survivors: bool, sample: int,
+    equivalents: list[dict],
 ) -> dict[str, float]:
     """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds.
 
@@ -166,8 +167,12 @@ def run_mutmut(
     seconds = {}
     for module in modules:
         names = [module.removesuffix(".py").replace("/", ".") + ".*"]
-        if survivors:
-            names = unsettled(work, module) or names
+        if survivors:  # the listed equivalents would only survive again, slowly
+            alive = unsettled(work, module)
+            known = [n for n in alive if mutants_of(work, module)[n] is not None]
+            skip = {n for n, d in diffs(work, known).items()
+                    if equivalent(module, n, d, equivalents)}  # fmt: skip
+            names = [n for n in alive if n not in skip] or names
         elif sample > 1:  # mutants whose number ends in every sample-th digit
             digits = "0123456789"[::sample]
             known = [n for n in mutants_of(work, module) if n[-1] in digits]
@@ -229,6 +234,13 @@ def module_path(mutant: str) -> str:
     return dotted.replace(".", "/") + ".py"
 
 
+def equivalent(module: str, mutant: str, diff: str, equivalents: list[dict]) -> bool:
+    """Whether the mutant with this diff is listed as equivalent."""
+    lines, function = changed_lines(diff), function_of(mutant)
+    return any(e["module"] == module and e["function"] == function and e["lines"] == lines
+               for e in equivalents)  # fmt: skip
+
+
 def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) -> ModuleResult:
     """Count the results mutmut left in ``work`` for ``module``."""
     meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
@@ -250,11 +262,8 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
             result.other += 1
             result.survivors.append({"mutant": name, "status": status})
     for name, diff in diffs(work, survivors).items():
-        lines = changed_lines(diff)
         function = function_of(name)
-        match = next((e for e in equivalents if e["module"] == module
-                      and e["function"] == function and e["lines"] == lines), None)  # fmt: skip
-        if match is not None:
+        if equivalent(module, name, diff, equivalents):
             result.equivalent += 1
             continue
         result.survived += 1
@@ -344,8 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = {m: before[m].seconds if m in before else 0.0 for m in selected}
         else:
             work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
+            survivors = args.reuse and args.survivors
             seconds = run_mutmut(
-                work, selected, args.max_children, args.reuse and args.survivors, args.sample
+                work, selected, args.max_children, survivors, args.sample, equivalents
             )
         for module in selected:
             results.append(collect(work, module, seconds[module], equivalents))
