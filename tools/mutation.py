@@ -152,7 +152,7 @@ def unsettled(work: Path, module: str) -> list[str]:
 
 def run_mutmut(
     work: Path, modules: list[str], max_children: int, survivors: bool, sample: int,
-    equivalents: list[dict],
+    equivalents: list[dict], together: bool = False,
 ) -> dict[str, float]:
     """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds.
 
@@ -165,6 +165,7 @@ def run_mutmut(
                MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
     mutmut = Path(sys.executable).with_name("mutmut")
     seconds = {}
+    selected = {}
     for module in modules:
         names = [module.removesuffix(".py").replace("/", ".") + ".*"]
         if survivors:  # the listed equivalents would only survive again, slowly
@@ -177,11 +178,16 @@ def run_mutmut(
             digits = "0123456789"[::sample]
             known = [n for n in mutants_of(work, module) if n[-1] in digits]
             names = known or [names[0] + "__mutmut_*[" + digits + "]"]
+        selected[module] = names
+    # one mutmut run per module (its own wall time), or one for all (one clean-test run)
+    groups = [list(selected)] if together else [[module] for module in selected]
+    for group in groups:
+        names = [name for module in group for name in selected[module]]
         print(f"== mutmut run {names[0]} ({len(names)} patterns)", flush=True)
         start = time.monotonic()
         cmd = [str(mutmut), "run", "--max-children", str(max_children), *names]
         proc = subprocess.run(cmd, cwd=work, env=env)
-        seconds[module] = time.monotonic() - start
+        seconds.update(dict.fromkeys(group, time.monotonic() - start))
         if proc.returncode != 0:
             raise SystemExit(f"mutmut run {names[0]} failed with exit code {proc.returncode}")
     return seconds
@@ -324,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run about 1/N of the mutants (by the last digit of their number)",
     )
     parser.add_argument(
+        "--together", action="store_true",
+        help="one mutmut run for all modules of a package (their wall time is the joint one)",
+    )
+    parser.add_argument(
         "--report", action="store_true",
         help="only rewrite the summary from the last run (e.g. after adding equivalents)",
     )
@@ -355,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
             survivors = args.reuse and args.survivors
             seconds = run_mutmut(
-                work, selected, args.max_children, survivors, args.sample, equivalents
+                work, selected, args.max_children, survivors, args.sample, equivalents,
+                args.together,
             )
         for module in selected:
             results.append(collect(work, module, seconds[module], equivalents))
