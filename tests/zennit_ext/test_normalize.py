@@ -106,7 +106,11 @@ def test_rule_not_linear_in_relevance_is_rejected():
     module = nn.Linear(3, 2)
     hook, handles, _, output = _ours(clamped, module, torch.rand(2, 3))
     try:
-        with pytest.raises(TypeError, match="not linear in the relevance"):
+        message = (
+            r"^the rule of layer 'm' \(BasicHook\) is not linear in the relevance; NRM needs "
+            r"LRP rules \(z\+, gamma, epsilon, box, \.\.\.\)$"
+        )
+        with pytest.raises(TypeError, match=message):
             hook.column_sums(module, output.shape)
     finally:
         handles.remove()
@@ -204,3 +208,27 @@ def test_a_layer_with_no_live_term_passes_exact_zeros(rule_name):
             assert torch.equal(relevance, torch.zeros_like(x))
     finally:
         handles.remove()
+
+
+def test_input_without_grad_keeps_the_parameter_graph():
+    """The bridge joins the output to the input only where the input requires grad."""
+    module = nn.Linear(3, 2).double()
+    hook = mixin_hook(ZPlus(), NormalizedHook, layer_name="m")
+    handles = hook.register(module)
+    try:
+        x = torch.rand(2, 3, dtype=torch.float64)
+        output = module(x)
+        assert output.requires_grad and output.grad_fn is not None
+        (weight_grad,) = torch.autograd.grad(output.sum(), module.weight)
+        torch.testing.assert_close(weight_grad, x.sum(0).expand(2, 3), rtol=0, atol=1e-12)
+    finally:
+        handles.remove()
+
+
+def test_normalized_composite_defaults():
+    from zennit.composites import EpsilonPlusFlat
+
+    from zennit_ext.normalize import NormalizedComposite
+
+    composite = NormalizedComposite(EpsilonPlusFlat())
+    assert composite.on_violation == "raise" and composite.hooked == {}
