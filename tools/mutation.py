@@ -168,14 +168,15 @@ def run_mutmut(
     selected = {}
     for module in modules:
         names = [module.removesuffix(".py").replace("/", ".") + ".*"]
+        digits = "0123456789"[::sample]
         if survivors:  # the listed equivalents would only survive again, slowly
-            alive = unsettled(work, module)
+            codes = mutants_of(work, module)
+            alive = [n for n in unsettled(work, module) if codes[n] is not None or n[-1] in digits]
             known = [n for n in alive if mutants_of(work, module)[n] is not None]
             skip = {n for n, d in diffs(work, known).items()
                     if equivalent(module, n, d, equivalents)}  # fmt: skip
             names = [n for n in alive if n not in skip] or names
         elif sample > 1:  # mutants whose number ends in every sample-th digit
-            digits = "0123456789"[::sample]
             known = [n for n in mutants_of(work, module) if n[-1] in digits]
             names = known or [names[0] + "__mutmut_*[" + digits + "]"]
         selected[module] = names
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"modules: {module!r} is not a module of zennit_ext or captum_ext")
     equivalents = load_equivalents()
     run = "survivors" if args.reuse and args.survivors else "full"
-    run = f"sample 1/{args.sample}" if args.sample > 1 and run == "full" else run
+    run = f"{run}, sample 1/{args.sample}" if args.sample > 1 else run
     previous = previous_results()
     keep_all = args.reuse or args.report
     kept = [r for r in previous if r.module not in modules] if keep_all else []
