@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in selected:
             results.append(collect(work, module, seconds[module], equivalents))
             results[-1].run = before[module].run if args.report and module in before else run
+            if not results[-1].unchecked:  # every mutant ran: not a sample
+                results[-1].run = results[-1].run.split(", sample")[0]
         order = {m: i for i, m in enumerate(CORE_MODULES)}
         write_summary(sorted(kept + results, key=lambda r: order.get(r.module, len(order))))
     below = [r.module for r in results if not r.kill_rate >= 90.0]
