@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy
 
-# mutation testing of the core modules (tools/mutation.py; not part of `make test`: about N h);
+# mutation testing of the core modules (tools/mutation.py; not part of `make test`: hours);
 # a subset: make mutation MODULES="zennit_ext/plrp.py zennit_ext/normalize.py"
 MODULES ?=
 MUTATION_ARGS ?=

@@ -81,14 +81,16 @@ class ModuleResult:
     equivalent: int = 0
     timeout: int = 0
     other: int = 0
+    unchecked: int = 0
     seconds: float = 0.0
+    run: str = "full"
     survivors: list[dict] = field(default_factory=list)
 
     @property
     def kill_rate(self) -> float:
         """Killed (timeouts count as killed) over the non-equivalent mutants, in percent."""
         live = self.mutants - self.equivalent
-        return 100.0 * (self.killed + self.timeout) / live if live else 100.0
+        return 100.0 * (self.killed + self.timeout) / live if live else float("nan")
 
 
 def mutmut_config(package: str, modules: list[str]) -> str:
@@ -106,18 +108,22 @@ def mutmut_config(package: str, modules: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare(package: str, modules: list[str], reuse: bool) -> Path:
+def prepare(package: str, modules: list[str], reuse: bool, retrace: bool) -> Path:
     """The scratch copy of the checkout for ``package``; returns its directory.
 
     mutmut traces which tests reach which function once per scratch copy, for every core
     module of the package (so a later ``--reuse`` run of another module needs no new trace).
     ``reuse`` refreshes the sources and tests of an existing copy instead of starting afresh
-    (mutmut then re-traces only new tests and re-mutates only changed functions).
+    (mutmut then re-traces only new tests and re-mutates only changed functions); ``retrace``
+    also drops mutmut's trace, so that every test is traced again (needed when functions
+    moved between modules) while the verdicts of unchanged functions are kept.
     """
     work = WORK / package
     if not reuse:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    if retrace:
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
     for name in COPIED:
         shutil.copytree(ROOT / name, work / name, ignore=ignore, dirs_exist_ok=True)
@@ -128,21 +134,63 @@ def prepare(package: str, modules: list[str], reuse: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, modules: list[str], max_children: int) -> dict[str, float]:
-    """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds."""
+def mutants_of(work: Path, module: str) -> dict[str, int | None]:
+    """Exit code of every mutant of ``module`` from the last run in ``work`` (None: not run).
+
+    Explicit names let mutmut run the clean tests of those mutants only (a pattern that
+    names no function runs the whole test selection first).
+    """
+    meta = work / "mutants" / (module + ".meta")
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
+def unsettled(work: Path, module: str) -> list[str]:
+    """Mutants of ``module`` that the last run in ``work`` did not kill (or did not reach)."""
+    codes = mutants_of(work, module)
+    return [name for name, code in codes.items() if STATUS.get(code) not in ("killed", "timeout")]
+
+
+def run_mutmut(
+    work: Path, modules: list[str], max_children: int, survivors: bool, sample: int,
+    equivalents: list[dict], together: bool = False,
+) -> dict[str, float]:
+    """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds.
+
+    With ``survivors`` only the mutants the last run left alive are run again (new tests
+    can only kill more; mutants of changed functions come back unchecked and run too).
+    ``sample`` in (2, 5, 10) runs only the mutants whose number ends in every ``sample``-th
+    digit (an estimate of the kill rate when the full run does not fit the time).
+    """
     env = dict(os.environ, NEURON_XAI_CACHE=str((ROOT / ".cache").resolve()), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
     mutmut = Path(sys.executable).with_name("mutmut")
     seconds = {}
+    selected = {}
     for module in modules:
-        pattern = module.removesuffix(".py").replace("/", ".") + ".*"
-        print(f"== mutmut run {pattern}", flush=True)
+        names = [module.removesuffix(".py").replace("/", ".") + ".*"]
+        digits = "0123456789"[::sample]
+        if survivors:  # the listed equivalents would only survive again, slowly
+            codes = mutants_of(work, module)
+            alive = [n for n in unsettled(work, module) if codes[n] is not None or n[-1] in digits]
+            known = [n for n in alive if mutants_of(work, module)[n] is not None]
+            skip = {n for n, d in diffs(work, known).items()
+                    if equivalent(module, n, d, equivalents)}  # fmt: skip
+            names = [n for n in alive if n not in skip] or names
+        elif sample > 1:  # mutants whose number ends in every sample-th digit
+            known = [n for n in mutants_of(work, module) if n[-1] in digits]
+            names = known or [names[0] + "__mutmut_*[" + digits + "]"]
+        selected[module] = names
+    # one mutmut run per module (its own wall time), or one for all (one clean-test run)
+    groups = [list(selected)] if together else [[module] for module in selected]
+    for group in groups:
+        names = [name for module in group for name in selected[module]]
+        print(f"== mutmut run {names[0]} ({len(names)} patterns)", flush=True)
         start = time.monotonic()
-        cmd = [str(mutmut), "run", "--max-children", str(max_children), pattern]
+        cmd = [str(mutmut), "run", "--max-children", str(max_children), *names]
         proc = subprocess.run(cmd, cwd=work, env=env)
-        seconds[module] = time.monotonic() - start
+        seconds.update(dict.fromkeys(group, time.monotonic() - start))
         if proc.returncode != 0:
-            raise SystemExit(f"mutmut run {pattern} failed with exit code {proc.returncode}")
+            raise SystemExit(f"mutmut run {names[0]} failed with exit code {proc.returncode}")
     return seconds
 
 
@@ -193,6 +241,13 @@ def module_path(mutant: str) -> str:
     return dotted.replace(".", "/") + ".py"
 
 
+def equivalent(module: str, mutant: str, diff: str, equivalents: list[dict]) -> bool:
+    """Whether the mutant with this diff is listed as equivalent."""
+    lines, function = changed_lines(diff), function_of(mutant)
+    return any(e["module"] == module and e["function"] == function and e["lines"] == lines
+               for e in equivalents)  # fmt: skip
+
+
 def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) -> ModuleResult:
     """Count the results mutmut left in ``work`` for ``module``."""
     meta = json.loads((work / "mutants" / (module + ".meta")).read_text())
@@ -200,6 +255,9 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
     survivors = []
     for name, code in meta["exit_code_by_key"].items():
         status = STATUS.get(code, "other")
+        if status == "not checked":  # left out by --sample
+            result.unchecked += 1
+            continue
         result.mutants += 1
         if status == "killed":
             result.killed += 1
@@ -211,11 +269,8 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
             result.other += 1
             result.survivors.append({"mutant": name, "status": status})
     for name, diff in diffs(work, survivors).items():
-        lines = changed_lines(diff)
         function = function_of(name)
-        match = next((e for e in equivalents if e["module"] == module
-                      and e["function"] == function and e["lines"] == lines), None)  # fmt: skip
-        if match is not None:
+        if equivalent(module, name, diff, equivalents):
             result.equivalent += 1
             continue
         result.survived += 1
@@ -224,21 +279,34 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
     return result
 
 
+def previous_results() -> list[ModuleResult]:
+    """The rows of the last ``summary.json`` (kept for the modules a ``--reuse`` run skips)."""
+    path = REPORTS / "summary.json"
+    if not path.exists():
+        return []
+    names = set(ModuleResult.__dataclass_fields__)
+    rows = json.loads(path.read_text())
+    return [ModuleResult(**{k: v for k, v in row.items() if k in names}) for row in rows]
+
+
 def write_summary(results: list[ModuleResult]) -> None:
     """``reports/mutation/summary.json`` and ``summary.md`` (table plus the live survivors)."""
     REPORTS.mkdir(parents=True, exist_ok=True)
     rows = [dict(asdict(r), kill_rate=round(r.kill_rate, 1)) for r in results]
     (REPORTS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     head = ("| module | mutants | killed | equivalent | survived | timeout | other "
-            "| kill rate | wall time |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+            "| kill rate | wall time | not run | run |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
     table = [head] + [
         f"| {r.module} | {r.mutants} | {r.killed} | {r.equivalent} | {r.survived} | {r.timeout} "
-        f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min |"
+        f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min | {r.unchecked} "
+        f"| {r.run} |"
         for r in results
     ]
     text = ["# Mutation testing (mutmut)", "", *table, "",
             "Kill rate: (killed + timeout) / (mutants - equivalent). "
-            "`other`: no tests reach the mutant, or it crashed the worker.", ""]  # fmt: skip
+            "`other`: no tests reach the mutant, or it crashed the worker. `not run`: left out "
+            "by `--sample` (the counts are of the sample).", ""]  # fmt: skip
     for r in results:
         for s in r.survivors:
             text += [f"## {s['mutant']} ({s['status']})", ""]
@@ -255,22 +323,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="keep the scratch copies and trace of the last run"
     )
+    parser.add_argument(
+        "--retrace", action="store_true", help="with --reuse: trace every test again"
+    )
+    parser.add_argument(
+        "--sample", type=int, default=1, choices=(1, 2, 5, 10),
+        help="run about 1/N of the mutants (by the last digit of their number)",
+    )
+    parser.add_argument(
+        "--together", action="store_true",
+        help="one mutmut run for all modules of a package (their wall time is the joint one)",
+    )
+    parser.add_argument(
+        "--report", action="store_true",
+        help="only rewrite the summary from the last run (e.g. after adding equivalents)",
+    )
+    parser.add_argument(
+        "--survivors", action="store_true", help="with --reuse: rerun only last run's survivors"
+    )
     args = parser.parse_args(argv)
     modules = [m.strip() for m in args.modules for m in m.split()] or list(CORE_MODULES)
     for module in modules:
         if not (ROOT / module).is_file() or module.split("/")[0] not in TEST_SELECTION:
             parser.error(f"modules: {module!r} is not a module of zennit_ext or captum_ext")
     equivalents = load_equivalents()
+    run = "survivors" if args.reuse and args.survivors else "full"
+    run = f"{run}, sample 1/{args.sample}" if args.sample > 1 else run
+    previous = previous_results()
+    keep_all = args.reuse or args.report
+    kept = [r for r in previous if r.module not in modules] if keep_all else []
     results = []
     for package in TEST_SELECTION:
         selected = [m for m in modules if m.startswith(package + "/")]
         if not selected:
             continue
-        work = prepare(package, selected, args.reuse)
-        seconds = run_mutmut(work, selected, args.max_children)
-        results += [collect(work, m, seconds[m], equivalents) for m in selected]
-        write_summary(results)
-    below = [r.module for r in results if r.kill_rate < 90.0]
+        if args.report:
+            work = WORK / package
+            selected = [m for m in selected if (work / "mutants" / (m + ".meta")).exists()]
+            before = {r.module: r for r in previous}
+            seconds = {m: before[m].seconds if m in before else 0.0 for m in selected}
+        else:
+            work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
+            survivors = args.reuse and args.survivors
+            seconds = run_mutmut(
+                work, selected, args.max_children, survivors, args.sample, equivalents,
+                args.together,
+            )
+        for module in selected:
+            results.append(collect(work, module, seconds[module], equivalents))
+            results[-1].run = before[module].run if args.report and module in before else run
+            if not results[-1].unchecked:  # every mutant ran: not a sample
+                results[-1].run = results[-1].run.split(", sample")[0]
+        order = {m: i for i, m in enumerate(CORE_MODULES)}
+        write_summary(sorted(kept + results, key=lambda r: order.get(r.module, len(order))))
+    below = [r.module for r in results if not r.kill_rate >= 90.0]
     if below:
         print(f"kill rate below 90 %: {', '.join(below)}")
     return 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 from zennit.core import BasicHook
-from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
 from zennit_ext.hooks import mixin_hook
 from zennit_ext.normalize import NormalizedHook
@@ -106,7 +106,129 @@ def test_rule_not_linear_in_relevance_is_rejected():
     module = nn.Linear(3, 2)
     hook, handles, _, output = _ours(clamped, module, torch.rand(2, 3))
     try:
-        with pytest.raises(TypeError, match="not linear in the relevance"):
+        message = (
+            r"^the rule of layer 'm' \(BasicHook\) is not linear in the relevance; NRM needs "
+            r"LRP rules \(z\+, gamma, epsilon, box, \.\.\.\)$"
+        )
+        with pytest.raises(TypeError, match=message):
             hook.column_sums(module, output.shape)
     finally:
         handles.remove()
+
+
+def _cnn_with_avgpool() -> nn.Sequential:
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 3),
+    ).double().eval()  # fmt: skip
+
+
+def _lrp(model, x, composite):
+    from zennit.attribution import Gradient
+
+    grad_out = torch.randn(len(x), 3, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    with Gradient(model=model, composite=composite) as attributor:
+        return attributor(x, grad_out)[1]
+
+
+@pytest.mark.parametrize("bounds", [None, (-1.5, 2.0)])
+@pytest.mark.parametrize("gamma", ["default", None, 0.5])
+def test_nrm_composite_is_the_papers_rule_map(bounds, gamma):
+    """§4.4: box (with bounds) or flat on the first layer, γ (0.25 by default; z+ for None) on
+    convolutions, z+ on dense layers, Norm on average pooling; as plain zennit composites."""
+    from zennit.composites import SpecialFirstLayerMapComposite
+    from zennit.types import Activation, AvgPool, Convolution
+    from zennit.types import Linear as AnyLinear
+
+    from zennit_ext.normalize import nrm_composite
+
+    low, high = bounds or (None, None)
+    kwargs = {} if gamma == "default" else {"gamma": gamma}
+    conv = ZPlus() if gamma is None else Gamma(gamma=0.25 if gamma == "default" else gamma)
+    first = Flat() if bounds is None else ZBox(low=low, high=high)
+    reference = SpecialFirstLayerMapComposite(
+        layer_map=[(Activation, Pass()), (AvgPool, Norm()), (Convolution, conv),
+                   (nn.Linear, ZPlus())],
+        first_map=[(AnyLinear, first)],
+    )  # fmt: skip
+    model = _cnn_with_avgpool()
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 3.5 - 1.5
+    expected = _lrp(model, x, reference)
+    ours = _lrp(model, x, nrm_composite(low, high, **kwargs))
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, None), (None, 1.0)])
+def test_nrm_composite_needs_both_bounds(low, high):
+    from zennit_ext.normalize import nrm_composite
+
+    with pytest.raises(
+        ValueError, match=f"^give both low and high or neither, got low={low}, high={high}$"
+    ):
+        nrm_composite(low, high)
+
+
+def test_a_column_that_sums_to_zero_passes_nothing():
+    """ε rule, neuron 0: contributions +1 and −1 cancel, its column is (2, −2)/(1 + ε) ≠ 0
+    but sums to 0, so the normalized rule passes 0 from it (eq. 17); neuron 1 passes all."""
+    module = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
+        module.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    hook, handles, inputs, output = _ours(Epsilon(), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+        assert sums[0, 0] == 0 and sums[0, 1] != 0
+        unit = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        unnormalized = hook.rule_backward(module, (inputs,), unit, normalize=False)[0]
+        assert unnormalized.abs().min() > 1
+        message = torch.tensor([[3.0, 2.0]], dtype=torch.float64)
+        relevance = hook.rule_backward(module, (inputs,), message, normalize=True)[0]
+        # neuron 1's column (2, 1)/(3 − 0.5) normalized to (2, 1)/3, times its message 2
+        torch.testing.assert_close(relevance, torch.tensor([[4 / 3, 2 / 3]], dtype=torch.float64))
+    finally:
+        handles.remove()
+
+
+@pytest.mark.parametrize("rule_name", ["epsilon", "zplus"])
+def test_a_layer_with_no_live_term_passes_exact_zeros(rule_name):
+    """All inputs 0: no term carries relevance; a message summing to 0 must not make NaN."""
+    module = nn.Linear(3, 2).double()
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    hook, handles, inputs, output = _ours(RULES[rule_name](), module, x)
+    try:
+        message = torch.tensor([[1.0, -1.0], [0.0, 0.0]], dtype=torch.float64)
+        assert torch.equal(hook.column_sums(module, output.shape), torch.zeros_like(output))
+        for normalize in (False, True):
+            relevance = hook.rule_backward(module, (inputs,), message, normalize=normalize)[0]
+            assert relevance.shape == x.shape
+            assert torch.equal(relevance, torch.zeros_like(x))
+    finally:
+        handles.remove()
+
+
+def test_input_without_grad_keeps_the_parameter_graph():
+    """The bridge joins the output to the input only where the input requires grad."""
+    module = nn.Linear(3, 2).double()
+    hook = mixin_hook(ZPlus(), NormalizedHook, layer_name="m")
+    handles = hook.register(module)
+    try:
+        x = torch.rand(2, 3, dtype=torch.float64)
+        output = module(x)
+        assert output.requires_grad and output.grad_fn is not None
+        (weight_grad,) = torch.autograd.grad(output.sum(), module.weight)
+        torch.testing.assert_close(weight_grad, x.sum(0).expand(2, 3), rtol=0, atol=1e-12)
+    finally:
+        handles.remove()
+
+
+def test_normalized_composite_defaults():
+    from zennit.composites import EpsilonPlusFlat
+
+    from zennit_ext.normalize import NormalizedComposite
+
+    composite = NormalizedComposite(EpsilonPlusFlat())
+    assert composite.on_violation == "raise" and composite.hooked == {}

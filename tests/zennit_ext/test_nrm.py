@@ -317,7 +317,11 @@ def test_negative_column_sums_raise_or_warn_never_nan():
     x = torch.rand(2, 5, dtype=torch.float64)
     epsilon = LayerMapComposite([(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))])
     before = _snapshot(model)
-    message = r"layer '\d' \(Linear, rule Gamma\) has \d+ negative column sums"
+    message = (
+        r"^layer '\d' \(Linear, rule Gamma\) has \d+ negative column sums at neurons that "
+        r"carry relevance; NRM needs positive sums \(eq. 15\): use z\+ \(or a larger gamma\) "
+        r"on a ReLU network$"
+    )
     with pytest.raises(PositiveSumError, match=message):
         NRM(model, HIDDEN, composite=epsilon).joint(x, 0, {"3": [0]})
     _assert_same(model, before)
@@ -351,7 +355,12 @@ def test_parameterised_module_without_rule_is_rejected():
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).eval()
     model[1].running_var.fill_(2.0)  # not merged into the Linear: not the identity
     before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"\['1'\] have parameters but no rule"):
+    message = (
+        r"^modules \['1'\] have parameters but no rule, so NRM cannot normalize their "
+        r"propagation; merge them with a canonizer \(e.g. zennit's SequentialMergeBatchNorm\) "
+        r"or give them a rule in the composite$"
+    )
+    with pytest.raises(ValueError, match=message):
         NRM(model, ["2"]).joint(torch.rand(2, 5), 0, {"2": [0]})
     _assert_same(model, before)
 
@@ -384,3 +393,9 @@ def test_canonized_batch_norm_passes_relevance_and_model_is_restored():
     heat = nrm.heatmap(x, model(x).argmax(1))
     torch.testing.assert_close(heat.flatten(1).sum(1), torch.ones(2).double())
     _assert_same(model, before)
+
+
+def test_a_bad_set_names_its_layer():
+    nrm, x = NRM(_mlp(1), HIDDEN, composite=_composite("zplus")), torch.rand(2, 5).double()
+    with pytest.raises(ValueError, match=r"^set for layer '3' has neuron indices \[9\] outside"):
+        nrm.joint(x, 0, {"3": [9]})

@@ -93,9 +93,14 @@ def test_closed_explanation_refuses_queries_and_model_is_hook_free():
     nrm = NRM(model, CNN_LAYERS, composite=_composite("zplus"))
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     explanation = nrm.explain(x, 0)
-    with pytest.raises(RuntimeError, match="not closed"):
+    with pytest.raises(RuntimeError, match=r"^module '0' still has NRM's hooks from an "
+                       r"explanation that was not closed; close it first \(use `with "
+                       r"nrm.explain\(x, target\) as e:`\)$"):  # fmt: skip
         nrm.explain(x, 0)  # a second open explanation would run the first one's hooks
+    session = explanation.session
     explanation.close()
+    for name in ("inputs", "output", "relevance", "heat"):  # the graph is dropped
+        assert not hasattr(session, name), name
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks
     with pytest.raises(RuntimeError, match="closed"):
         explanation.heatmap()
@@ -253,6 +258,11 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
     for method, key in ((segments.RuleSegment.channel_messages, "grouped"),
                         (segments.RuleSegment.edges, "edges")):  # fmt: skip
         monkeypatch.setattr(segments.RuleSegment, method.__name__, _counted(method, calls, key))
+    # every check of a fast result against autograd must pass: a failed check silently
+    # recomputes the slow way, which would hide a wrong fast path from the comparison below
+    verdicts = []
+    check = engine.close
+    monkeypatch.setattr(engine, "close", lambda a, b: verdicts.append(check(a, b)) or verdicts[-1])
 
     def queries(e):
         found = {pair: e.pairwise(*pair) for pair in pairs}
@@ -268,6 +278,7 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
                  for lower, upper in pairs]  # fmt: skip
     assert all(taken), taken  # the fast paths ran (else this test compares a path with itself)
     assert calls["grouped"] >= len(pairs) and calls["edges"] >= len(pairs), calls
+    assert verdicts and all(verdicts), verdicts
     with slow.explain(x, 0) as reference:
         expected = queries(reference)
     for key, value in expected.items():
@@ -368,3 +379,15 @@ def test_layer_relevance_equals_marginals():
             for unit in itertools.islice(range(units), 0, units, max(1, units // 5)):
                 torch.testing.assert_close(relevance[name].flatten(1)[:, unit],
                                            e.marginal(name, [unit]))  # fmt: skip
+
+
+def test_float_target_is_normalized_per_sample_in_the_output_dtype():
+    output = torch.zeros(2, 3, dtype=torch.float64)
+    target = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 3.0]])  # float32, sums 2 and 4
+    relevance = engine.output_relevance(output, target)
+    assert relevance.dtype == torch.float64
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]], dtype=torch.float64)
+    assert torch.equal(relevance, expected)
+    with pytest.raises(ValueError, match=r"^target relevance must have the output's shape "
+                       r"\(2, 3\), got \(3, 2\)$"):  # fmt: skip
+        engine.output_relevance(output, target.T)

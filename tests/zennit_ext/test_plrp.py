@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -346,3 +347,125 @@ def test_composite_checks_only_while_registered():
 def test_non_finite_settings_rejected(variant, kwargs, match):
     with pytest.raises(ValueError, match=match):
         variant(**kwargs)
+
+
+# ---- PLRP-λ and PLRP-M against a numpy reference (eq. 3.2, 3.4–3.6) ----
+
+
+def _zplus_reference(a: np.ndarray, w: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """z+ for non-negative inputs a (batch, in), weight w (out, in): a_j w+_kj / z_k · R_k."""
+    contributions = a[:, None, :] * np.clip(w, 0, None)[None]  # (batch, out, in)
+    z = contributions.sum(-1, keepdims=True)
+    z = z + 1e-6 * np.where(z >= 0, 1.0, -1.0)  # zennit's stabilizer
+    return (contributions / z * relevance[..., None]).sum(1)
+
+
+def _rescale_reference(r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(r)
+    for b in range(r.shape[0]):
+        for sign in (r[b] > 0, r[b] < 0):
+            kept = keep[b] & sign
+            if kept.any():
+                out[b, kept] = r[b, kept] * r[b, sign].sum() / r[b, kept].sum()
+    return out
+
+
+@pytest.mark.parametrize("variant", ["lambda", "m"])
+@pytest.mark.parametrize(("p", "p_neg"), [(0.3, 0.6), (0.5, 0.1)])
+def test_pruned_relevance_matches_a_numpy_reference(variant, p, p_neg):
+    """Every pruned layer's relevance, recomputed layer by layer without zennit or our code.
+
+    The reference prunes with the loop of eq. (3.2) per sign (p for the positive mass, p_neg
+    for the negative), rescales each sign (λ) or recomputes z+ with the pruned inputs set to
+    0 (M). Random mixed-sign output relevance makes both signs occur at every layer.
+    """
+    from test_pruning import _threshold_reference
+
+    model = _bias_free_mlp()
+    x = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    recorder = Recorder()
+    composite = (PLRPLambda if variant == "lambda" else PLRPM)(
+        p=p, p_neg=p_neg, composite=_zplus(), recorder=recorder
+    )
+    _attribute(model, x, composite)
+    records = {name: after.numpy() for name, _, after in recorder.records}
+
+    with torch.no_grad():
+        acts = {"6": model[:6](x), "4": model[:4](x), "2": model[:2](x)}
+    out_relevance = torch.randn(6, 4, generator=torch.Generator().manual_seed(11), dtype=x.dtype)
+    relevance, pruned_signs = out_relevance.numpy(), []  # as in _attribute
+    for name in ("6", "4", "2"):
+        a, w = acts[name].numpy(), model[int(name)].weight.detach().numpy()
+        unpruned = _zplus_reference(a, w, relevance)
+        keep = np.stack([_threshold_reference(row, p, p_neg) for row in unpruned])
+        pruned_signs += [(~keep & (unpruned > 0)).any(), (~keep & (unpruned < 0)).any()]
+        if variant == "lambda":
+            relevance = _rescale_reference(unpruned, keep)
+        else:
+            relevance = _zplus_reference(a * keep, w, relevance)
+        scale = np.abs(relevance).max()
+        np.testing.assert_allclose(records[name], relevance, rtol=1e-6, atol=1e-9 * scale)
+    assert sum(pruned_signs) >= 4, "too few layers and signs pruned to test anything"
+
+
+# ---- wiring, defaults and messages ----
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_p_zero_equals_the_default_base_with_its_canonizers(plrp_zoo_model, variant):
+    model, x, canonizers = plrp_zoo_model
+    base = _attribute(model, x, EpsilonPlusFlat(canonizers=canonizers))
+    ours = _attribute(model, x, variant(p=0.0, canonizers=canonizers))
+    scale = base.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(ours, base, rtol=0, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_second_backward_of_one_forward_gives_the_same_relevance(variant):
+    """PLRP-M swaps the stored input for the recomputation and must put it back."""
+    model = _bias_free_mlp()
+    x = torch.randn(3, 10, dtype=torch.float64).requires_grad_()
+    grad_out = torch.randn(3, 4, dtype=torch.float64)
+    with variant(p=0.4, composite=_zplus()).context(model) as modified:
+        out = modified(x)
+        (first,) = torch.autograd.grad(out, x, grad_out, retain_graph=True)
+        (second,) = torch.autograd.grad(out, x, grad_out)
+    assert first.abs().max() > 0
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_spec_keep_uses_the_given_gain():
+    """[1, 1] → [0, 1] has gain exactly 1: pruned at gain 1, kept at gain 1.5."""
+    r = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    assert PruningSpec(sparsity_gain=1.0).keep(r).sum().item() == 1
+    assert PruningSpec(sparsity_gain=1.5).keep(r).all()
+
+
+def test_pruned_hook_defaults_and_composite_state():
+    hook = pruned_hook(ZPlus(), PruningSpec(p=0.2))
+    assert hook.variant == "lambda" and hook.layer_name == "" and hook.recorder is None
+    assert PLRPLambda(p=0.1).pruned_names == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: PruningSpec(), ValueError,
+         r"^give p \(a fraction in \[0, 1\)\) or sparsity_gain, got neither$"),
+        (lambda: pruned_hook("z+", PruningSpec(p=0.1)), TypeError,
+         "^hook must be a zennit Hook, got str$"),
+        (lambda: pruned_hook(ZPlus(), PruningSpec(p=0.1), "mm"), ValueError,
+         r"^variant must be 'lambda' or 'm', got 'mm'$"),
+        (lambda: pruned_hook(Pass(), PruningSpec(p=0.1), "m"), TypeError,
+         "^PLRP-M recomputes the rule and needs a zennit BasicHook, got Pass$"),
+        (lambda: PLRPLambda(p=0.1, composite=EpsilonPlusFlat(), low=-1.0), ValueError,
+         "^low, high and canonizers configure the default base composite; with composite= "
+         "give them to that composite instead$"),
+        (lambda: PLRPM(p=0.1, composite=EpsilonPlusFlat(), high=1.0), ValueError,
+         "^low, high and canonizers configure"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_fail_with_exact_messages(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

@@ -254,3 +254,37 @@ def test_rescale_with_a_kept_mass_of_exactly_one():
     r = torch.tensor([[1.0, 0.5, -2.0, -0.5]], dtype=torch.float64)
     keep = torch.tensor([[True, False, True, False]])
     assert rescale_kept(r, keep).tolist() == [[1.5, 0.0, -2.5, 0.0]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mass_threshold_matches_loop_on_subnormal_relevance(seed):
+    """Subnormal float64 entries fill the lowest float buckets (where the budget can run out
+    in the first bucket or the second); integer multiples of 2^-1074 add up exactly."""
+    rng = np.random.default_rng(seed)
+    small, large = rng.integers(1, 1000, (40, 6)), rng.integers(2**49, 2**50, (40, 6))
+    m = np.where(rng.random((40, 6)) < 0.5, small, large)
+    m[:20] = small[:20]  # rows with every entry in the first bucket
+    x = np.ldexp(m.astype(np.float64), -1074) * rng.choice([-1.0, 1.0], m.shape)
+    for p, p_neg in [(0.3, 0.7), (0.55, 0.2)]:
+        keep = mass_threshold_mask(torch.from_numpy(x), p, p_neg).numpy()
+        expected = np.stack([_threshold_reference(row, p, p_neg) for row in x])
+        np.testing.assert_array_equal(keep, expected)
+        assert not expected.all()
+    # the budget ends inside the second bucket, less than the first bucket's mass after the
+    # second bucket's smallest entry: that entry is kept, only the first bucket is pruned
+    m = np.array([2**20, 2**49, 2**50 - 1], dtype=np.float64)
+    p = float((m[1] + m[0] / 2) / m.sum())
+    keep = mass_threshold_mask(torch.from_numpy(np.ldexp(m, -1074)[None]), p).numpy()
+    assert keep.tolist() == [[False, True, True]] == _threshold_reference(m, p, p)[None].tolist()
+
+
+def test_fraction_type_error_names_the_type_and_value():
+    with pytest.raises(TypeError, match=r"p must be a float in \[0, 1\), got str '0.1'"):
+        mass_threshold_mask(torch.ones(1, 3), "0.1")
+
+
+def test_an_entry_that_spends_the_budget_exactly_is_pruned():
+    """Eq. (3.2) prunes while the cumulative mass is ≤ p · total: 1 ≤ 0.25 · 4 goes."""
+    r = torch.tensor([[1.0, 1.0, 1.0, 1.0, -2.0, -2.0]], dtype=torch.float64)
+    keep = mass_threshold_mask(r, 0.25, p_neg=0.5)
+    assert keep[:, :4].sum().item() == 3 and keep[:, 4:].sum().item() == 1
