@@ -13,7 +13,7 @@ from test_nrm_explain import _stopping_mlp
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import LayerMapComposite
-from zennit.rules import AlphaBeta, Pass, ZPlus
+from zennit.rules import AlphaBeta, Gamma, Pass, ZPlus
 from zennit.types import Activation, Convolution
 
 from zennit_ext import NRM
@@ -226,3 +226,66 @@ def test_segment_conditions(case):
         assert (segments.rule_segment(e.session, "1", "5", pooling=True) is not None) == applies
         table = e.pairwise("1", "5")
         _assert_close(table, _reference(e, "1", "5"))
+
+
+def test_three_layers_with_a_channel_segment_and_mixed_levels():
+    """Top channels through the grouped transposed convolution, then each message split over
+    the middle layer's channels and read at the lowest layer's neurons."""
+    model = _block(nn.Identity())
+    nrm = NRM(model, ["0", "1", "5"], _rules(), on_violation="warn")
+    x = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    levels = {"5": "channel", "1": "channel", "0": "neuron"}
+    with nrm.explain(x, 0) as e:
+        assert segments.rule_segment(e.session, "1", "5") is not None
+        table = engine.interactions(e.session, ["5", "1", "0"], levels)
+        reference = engine.interactions(e.session, ["5", "1", "0"], levels, fast=False)
+        assert table.shape == (2, 64, 4, 4)
+        _assert_close(table, reference)
+        # summed over the lowest layer's neurons: the (channel, channel) pairs of '1' and '5'
+        _assert_close(table.sum(1), _reference(e, "1", "5"))
+
+
+def test_a_negative_column_sum_without_relevance_is_no_violation():
+    """Eq. 15 matters only where relevance flows: an output neuron with a negative column sum
+    but no target relevance neither raises nor counts."""
+
+    class Head(nn.Linear):
+        pass
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), Head(3, 2)).double().eval()
+    model[0].bias.data.fill_(0.5)  # every hidden unit active on inputs in [0, 1]
+    model[2].weight.data[0] = model[2].weight.data[0].abs()
+    model[2].weight.data[1] = -model[2].weight.data[1].abs()  # column sum of output 1 < 0
+    model[2].bias.data.fill_(5.0)  # … though the output itself is positive
+    rules = LayerMapComposite([(Activation, Pass()), (Head, Gamma(gamma=0.0)),
+                               (nn.Linear, ZPlus())])  # fmt: skip
+    x = torch.rand(3, 4, dtype=torch.float64)
+    with NRM(model, ["1"], rules, on_violation="raise").explain(x, 0) as e:
+        assert e.violations == {}
+    with pytest.warns(RuntimeWarning), NRM(model, ["1"], rules, on_violation="warn").explain(
+        x, 1
+    ) as e:
+        torch.testing.assert_close(e.violations["2"], torch.ones(3, dtype=torch.long))
+
+
+def test_a_layer_no_gradient_reaches_has_zero_relevance():
+    """A set layer computed from a detached tensor carries no message (zeros, not an error)."""
+
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+            self.relu_a, self.relu_b, self.head = nn.ReLU(), nn.ReLU(), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            side = self.relu_b(self.b(x).detach())
+            return self.head(torch.cat([self.relu_a(self.a(x)), side], 1))
+
+    torch.manual_seed(1)
+    nrm = NRM(Detached().double().eval(), ["relu_a", "relu_b"], _rules())
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with nrm.explain(x, 0) as e:
+        relevance = e.layer_relevance()
+        assert relevance["relu_b"].shape == (2, 3) and not relevance["relu_b"].any()
+        torch.testing.assert_close(relevance["relu_a"].sum(1), e.reached)
