@@ -289,3 +289,53 @@ def test_a_layer_no_gradient_reaches_has_zero_relevance():
         relevance = e.layer_relevance()
         assert relevance["relu_b"].shape == (2, 3) and not relevance["relu_b"].any()
         torch.testing.assert_close(relevance["relu_a"].sum(1), e.reached)
+
+
+def test_a_reshaping_step_between_the_layers_is_no_segment():
+    """A functional step that changes the rule layer's input shape (not a module, so not in
+    the recorded calls) rules the fast paths out."""
+
+    class Doubled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.relu_a = nn.Linear(4, 3), nn.ReLU()
+            self.b, self.relu_b, self.head = nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.relu_a(self.a(x))
+            return self.head(self.relu_b(self.b(torch.cat([h, 2 * h], 1))))
+
+    torch.manual_seed(2)
+    nrm = NRM(Doubled().double().eval(), ["relu_a", "relu_b"], _rules())
+    x = torch.rand(2, 4, dtype=torch.float64)
+    with nrm.explain(x, 0) as e:
+        for pooling in (False, True):
+            assert segments.rule_segment(e.session, "relu_a", "relu_b", pooling) is None
+        table = e.pairwise("relu_a", "relu_b", "neuron")
+        _assert_close(table, _reference(e, "relu_a", "relu_b", "neuron"))
+
+
+def test_output_relevance_checks_and_normalizes_float_targets():
+    output = torch.tensor([[1.0, 2.0, 0.5], [0.3, 0.1, 0.2]], dtype=torch.float64)
+    small = torch.tensor([[0.1, 0.3, 0.0], [0.05, 0.0, 0.15]], dtype=torch.float64)  # sums < 1
+    expected = torch.tensor([[0.25, 0.75, 0.0], [0.25, 0.0, 0.75]], dtype=torch.float64)
+    torch.testing.assert_close(engine.output_relevance(output, small), expected)
+    bad = small.clone()
+    bad[1, 1] = float("nan")
+    with pytest.raises(ValueError, match="target relevance"):
+        engine.output_relevance(output, bad)
+
+
+def test_a_layer_the_forward_pass_skips_is_refused():
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+            self.unused = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    nrm = NRM(Unused().double().eval(), ["body.1", "unused"], _rules())
+    with pytest.raises(ValueError, match=r"\['unused'\] were not called"):
+        nrm.explain(torch.rand(2, 4, dtype=torch.float64), 0)
