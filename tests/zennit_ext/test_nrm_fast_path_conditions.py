@@ -322,7 +322,7 @@ def test_output_relevance_checks_and_normalizes_float_targets():
     torch.testing.assert_close(engine.output_relevance(output, small), expected)
     bad = small.clone()
     bad[1, 1] = float("nan")
-    with pytest.raises(ValueError, match="target relevance"):
+    with pytest.raises(ValueError, match=r"^target relevance must be finite, got 1 non-finite"):
         engine.output_relevance(output, bad)
 
 
