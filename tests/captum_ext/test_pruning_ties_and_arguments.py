@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from test_pruning_curve import _mlp_by_hand
 from torch import nn
 
 from captum_ext import pruning
@@ -33,14 +34,6 @@ def _mlp(hidden=8, seed=0) -> nn.Sequential:
     norm.running_mean = torch.randn(hidden, generator=g, dtype=torch.float64) * 0.2
     norm.running_var = torch.rand(hidden, generator=g, dtype=torch.float64) + 0.5
     return model.eval()
-
-
-def _by_hand(model, x, keep, stats=None):
-    lin, norm, _, out = model
-    z = x @ lin.weight.T + lin.bias
-    mean, var = stats if stats is not None else (norm.running_mean, norm.running_var)
-    h = ((z - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias).clamp(min=0)
-    return (h * keep) @ out.weight.T + out.bias
 
 
 def _fingerprint(weights):
@@ -66,7 +59,7 @@ def test_tied_scores_over_many_units_prune_the_lowest_index_first():
         keep = torch.ones(hidden, dtype=torch.float64)
         keep[order[:k]] = 0.0
         with torch.no_grad():
-            want = float((_by_hand(model, x, keep) * weights).sum())
+            want = float((_mlp_by_hand(model, x, keep) * weights).sum())
         assert curve["logits"][where] == pytest.approx(want, rel=1e-12)
 
 
@@ -92,12 +85,12 @@ def test_the_seed_reaches_random_rankings_and_the_recalibration_order():
         norm = nn.BatchNorm1d(8, dtype=torch.float64)  # statistics of the pruned layer input
         with torch.no_grad():
             recalibrate_batchnorm(norm, x_train @ model[0].weight.T + model[0].bias, seed=seed)
-            want = float((_by_hand(model, x, keep, (norm.running_mean, norm.running_var))
+            want = float((_mlp_by_hand(model, x, keep, (norm.running_mean, norm.running_var))
                           * weights).sum())  # fmt: skip
         assert curve["logits"][0] == pytest.approx(want, rel=1e-10)
         with torch.no_grad():
             recalibrate_batchnorm(norm, x_train @ model[0].weight.T + model[0].bias, seed=None)
-            in_order = float((_by_hand(model, x, keep, (norm.running_mean, norm.running_var))
+            in_order = float((_mlp_by_hand(model, x, keep, (norm.running_mean, norm.running_var))
                               * weights).sum())  # fmt: skip
         assert curve["logits"][0] != pytest.approx(in_order, rel=1e-3)
 

@@ -85,10 +85,10 @@ def test_edges_take_the_skip_connections_second_check():
         _assert_close(e.pairwise("relu0", "relu1"), table)
 
 
-def test_interactions_fall_back_where_the_skip_joins_inside_the_segment(monkeypatch):
-    """The skip joins before the upper ReLU: neither the edges nor the channel messages see
-    it, so both checks fail and the table is computed by the batched backward."""
-    nrm, x = _residual("before")
+@pytest.fixture
+def interaction_calls(monkeypatch) -> list:
+    """The ``fast`` argument of every ``engine.interactions`` call (None: the fast try,
+    False: the batched-backward fallback)."""
     calls = []
     original = engine.interactions
 
@@ -97,28 +97,27 @@ def test_interactions_fall_back_where_the_skip_joins_inside_the_segment(monkeypa
         return original(session, names, levels, fast)
 
     monkeypatch.setattr(engine, "interactions", counted)
+    return calls
+
+
+def test_interactions_fall_back_where_the_skip_joins_inside_the_segment(interaction_calls):
+    """The skip joins before the upper ReLU: neither the edges nor the channel messages see
+    it, so both checks fail and the table is computed by the batched backward."""
+    nrm, x = _residual("before")
     with nrm.explain(x, 0) as e:
         levels = {"relu0": "channel", "relu1": "channel"}
         assert segments.rule_segment(e.session, "relu0", "relu1") is not None
         assert engine.edges(e.session, "relu0", "relu1", levels) is None
         table = e.pairwise("relu0", "relu1")
-        assert calls == [None, False]  # the fast try, then the fallback
+        assert interaction_calls == [None, False]  # the fast try, then the fallback
         _assert_close(table, _reference(e, "relu0", "relu1"))
 
 
-def test_interactions_keep_the_channel_messages_where_they_are_right(monkeypatch):
+def test_interactions_keep_the_channel_messages_where_they_are_right(interaction_calls):
     nrm, x = _residual("after")
-    calls = []
-    original = engine.interactions
-
-    def counted(session, names, levels, fast=None):
-        calls.append(fast)
-        return original(session, names, levels, fast)
-
-    monkeypatch.setattr(engine, "interactions", counted)
     with nrm.explain(x, 0) as e:
         table = e.pairwise("relu0", "relu1", level={"relu0": "neuron", "relu1": "channel"})
-        assert calls == [None]  # no fallback
+        assert interaction_calls == [None]  # no fallback
         reference = _reference(e, "relu0", "relu1")
         _assert_close(table.view(2, 4, 25, 4).sum(2), reference)
 
