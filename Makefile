@@ -64,7 +64,7 @@ BUILD_ARGS ?=
 dist: $(STAMP)
 	rm -rf dist
 	$(BIN)/python -m build $(BUILD_ARGS) --outdir dist .
-	$(BIN)/twine check --strict dist/*
+	$(BIN)/python -m twine check --strict dist/*
 
 $(Z1VENV)/bin/python:
 	@test -n "$(Z1PY)" || { echo "no pyenv Python 3.12 found (set Z1PY)"; exit 1; }
