@@ -238,8 +238,10 @@ class NormalizedHook(StatefulHook):
             with torch.enable_grad():
                 probe = torch.ones_like(linear.scales[0], requires_grad=True)
                 relevance = _relevance(linear, probe, normalize=False)
-                (sums,) = torch.autograd.grad(relevance.sum(), probe, allow_unused=True)
-            linear.sums = torch.zeros_like(probe) if sums is None else sums.detach()
+                # _relevance always depends on the probe (also with no live term), so the
+                # gradient exists
+                (sums,) = torch.autograd.grad(relevance.sum(), probe)
+            linear.sums = sums.detach()
         return linear.sums
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
