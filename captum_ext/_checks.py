@@ -7,11 +7,10 @@ from typing import Any
 from torch import nn
 
 from captum_ext import scores
-from zennit_ext.hooks import real_number
 
 __all__ = [
     "check_attribution", "check_per_eval", "check_eval_mode", "check_rows_per_chunk",
-    "check_alpha", "hook_rows_per_chunk", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
+    "hook_rows_per_chunk", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
 ]  # fmt: skip
 
 # elements held per chunk of rows (masked-score tables, contributions): 64 MB of float32
@@ -45,11 +44,6 @@ def check_rows_per_chunk(rows_per_chunk: Any, default: int, rows: int) -> int:
     if rows_per_chunk < 1:
         raise ValueError(f"rows_per_chunk must be a positive int or None, got {rows_per_chunk!r}")
     return min(rows, rows_per_chunk)
-
-
-def check_alpha(alpha: Any) -> float:
-    """``alpha`` as a float, or a ValueError naming it."""
-    return real_number("alpha", alpha)
 
 
 def check_per_eval(perturbations_per_eval: Any) -> int:

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from captum_ext import _engine, _fastpaths
 from captum_ext._checks import (
     ELEMENTS_PER_CHUNK,
-    check_alpha,
     check_attribution,
     check_eval_mode,
     check_per_eval,
@@ -24,6 +23,7 @@ from captum_ext._checks import (
 from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator, probe_layer
 from captum_ext._masking import RowSlice, Target, Transform, Units, format_inputs
 from captum_ext.synergy_result import SynergyResult
+from zennit_ext.hooks import real_number
 
 __all__ = ["LayerSynergy"]
 
@@ -204,7 +204,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
             row x alone (a batch gives the rows' separate results). A tuple when the layer
             outputs several tensors, as in ``LayerFeatureAblation``.
         """
-        alpha = check_alpha(alpha)
+        alpha = real_number("alpha", alpha)
         plan, units = self._plan(
             inputs, target, additional_forward_args, layer_baselines, layer_mask,
             perturbations_per_eval, show_progress, rows_per_chunk,

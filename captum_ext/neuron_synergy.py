@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from captum_ext import _engine
 from captum_ext._checks import (
-    check_alpha,
     check_attribution,
     check_eval_mode,
     check_per_eval,
@@ -22,6 +21,7 @@ from captum_ext._checks import (
 from captum_ext._evaluators import NeuronEvaluator, probe_layer, select_neuron
 from captum_ext._masking import RowSlice, Target, Units, format_inputs
 from captum_ext.synergy_result import SynergyResult
+from zennit_ext.hooks import real_number
 
 __all__ = ["NeuronSynergy", "MAX_INPUT_UNITS"]
 
@@ -155,7 +155,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
             Shaped like ``inputs`` (tuple in → tuple out): z_i(x) of the feature (group) each
             element belongs to, from row x alone.
         """
-        alpha = check_alpha(alpha)
+        alpha = real_number("alpha", alpha)
         plan, units = self._plan(
             inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
             perturbations_per_eval, show_progress, rows_per_chunk,
