@@ -56,7 +56,7 @@ def _pair_differences(
     plan: Plan, evaluator: Any, block: Tensor, p: Tensor, p_single: Tensor
 ) -> Tensor:
     """d_ij (R, k) of the k pairs ``block`` (k, 2), from finite masked model outputs."""
-    masked = evaluator.pairs(block, p, p_single)
+    masked = evaluator.pairs(block, p_single)
     check_finite("the explained output with two units masked", masked)
     return scores.score_difference(p[:, None], masked, plan.mode)
 

@@ -1,7 +1,7 @@
 """Masked scores of one chunk of rows: by forward passes, or from precomputed contributions.
 
 Every evaluator answers, for R rows and n units, ``singles()`` → p (R,) unmasked and
-p_single (R, n) with each unit masked alone, and ``pairs(index, p, p_single)`` → (R, P) with
+p_single (R, n) with each unit masked alone, and ``pairs(index, p_single)`` → (R, P) with
 the two units of each pair ``index[k]`` masked together. ``pairs_per_call`` is the block of
 pairs it takes at once.
 """
@@ -64,7 +64,7 @@ class _MaskedForward:
         p = self._scores(None)[:, 0]
         return p, self._batched(torch.eye(self.n, dtype=torch.bool))
 
-    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
+    def pairs(self, index: Tensor, p_single: Tensor) -> Tensor:
         return self._batched(_pair_masks(index, self.n))
 
 
@@ -236,7 +236,7 @@ class ContributionEvaluator:
             p_single[r, k] = self._scores(r, self._z[r] - self._c.single(r, k))
         return p, p_single
 
-    def pairs(self, index: Tensor, p: Tensor, p_single: Tensor) -> Tensor:
+    def pairs(self, index: Tensor, p_single: Tensor) -> Tensor:
         index = index.to(self._z.device)
         out = p_single[:, index[:, 1]].clone()  # rows where unit i is inactive: p_j
         for i in index[:, 0].unique().tolist():

@@ -52,6 +52,27 @@ def mlp(dtype: torch.dtype = torch.float64, device: str = "cpu", scale: float = 
     return model.to(device=device, dtype=dtype).eval()
 
 
+class Reciprocal(nn.Module):
+    """1 / (sum of the first ``units`` inputs): infinite once all of those units are masked."""
+
+    def __init__(self, units: int) -> None:
+        super().__init__()
+        self.units = units
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return 1.0 / h[:, : self.units].sum(1, keepdim=True)
+
+
+def reciprocal(units: int) -> nn.Module:
+    """A 6-4 ReLU layer with positive weights and biases, then :class:`Reciprocal`: finite
+    unless ``units`` units of the ReLU layer are masked together."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), Reciprocal(units))
+    model[0].weight.data.uniform_(0.1, 1.0)
+    model[0].bias.data.uniform_(0.1, 0.3)
+    return model.double().eval()
+
+
 def cnn() -> nn.Module:
     torch.manual_seed(4)
     return nn.Sequential(
@@ -103,16 +124,29 @@ def _masked_forward(w: World, units: torch.Tensor) -> Any:
 # (id, call on a World, error type, message fragment)
 BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
     # NRM: constructor, explanation, one-shot methods
-    ("NRM unknown layer", lambda w: NRM(w.model, layers=["9"]), ValueError, "not modules of"),
+    ("NRM unknown layer", lambda w: NRM(w.model, layers=["9"]), ValueError,
+     "layers ['9'] are not modules of the model"),
     ("NRM.explain nan x", lambda w: w.nrm.explain(with_nan(w.x), 0), ValueError,
      "x must be finite"),
     ("NRM.explain inf x", lambda w: w.nrm.explain(with_nan(w.x, INF), 0), ValueError,
      "x must be finite"),
     ("NRM.explain inf output", lambda w: NRM(mlp(scale=INF), ["1"]).explain(w.x, 0), ValueError,
-     "model output (for a finite x) must be finite"),
+     "the model output (for a finite x) must be finite"),
     ("NRM.explain empty batch", lambda w: w.nrm.explain(w.x[:0], 0), ValueError,
      "x must hold at least one sample"),
+    ("NRM.explain list x", lambda w: w.nrm.explain(w.x.tolist(), 0), TypeError,
+     "x must be a torch.Tensor, got list"),
+    ("NRM.explain 1-D x", lambda w: w.nrm.explain(w.x[0], 0), ValueError,
+     "x must have the shape (batch, ...), got (6,)"),
+    ("NRM.explain 3-D output", lambda w: NRM(nn.Sequential(w.model, nn.Unflatten(1, (3, 1))),
+                                             ["0.1"]).explain(w.x, 0), ValueError,
+     "NRM needs a (batch, n_outputs) model output, got (2, 3, 1)"),
     ("NRM.explain target 3", lambda w: w.nrm.explain(w.x, 3), ValueError, "in [0, 3), got 3"),
+    ("NRM.explain 3 targets for 2 samples", lambda w: w.nrm.explain(w.x, [0, 1, 2]), ValueError,
+     "target must be one class or one per sample in [0, 3), got [0, 1, 2]"),
+    ("NRM.explain target relevance summing to 0",
+     lambda w: w.nrm.explain(w.x, torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, 0.0]])), ValueError,
+     "target relevance must have a positive sum per sample (eq. 16)"),
     ("NRM.explain target -1", lambda w: w.nrm.explain(w.x, -1), ValueError, "in [0, 3), got -1"),
     ("NRM.explain nan target relevance",
      lambda w: w.nrm.explain(w.x, torch.full((2, 3), NAN, dtype=torch.float64)), ValueError,
@@ -121,31 +155,32 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
      "x must be finite"),
     ("NRM.pairwise inf output",
      lambda w: NRM(mlp(scale=INF), ["1", "3"]).pairwise(w.x, 0, "1", "3"), ValueError,
-     "model output (for a finite x) must be finite"),
+     "the model output (for a finite x) must be finite"),
     # NRMExplanation queries
     ("joint unknown layer", lambda w: w.query("joint", {"9": [0]}), ValueError,
-     "not in NRM's layers"),
+     "sets: layers ['9'] are not in NRM's layers ['1', '3']"),
     ("joint index out of range", lambda w: w.query("joint", {"1": [5]}), ValueError,
-     "outside [0, 5)"),
+     "set for layer '1' has neuron indices [5] outside [0, 5) (layer output (2, 5))"),
     ("joint negative index", lambda w: w.query("joint", {"1": [-1]}), ValueError,
-     "outside [0, 5)"),
+     "set for layer '1' has neuron indices [-1] outside [0, 5) (layer output (2, 5))"),
     ("joint empty set", lambda w: w.query("joint", {"1": []}), ValueError,
-     "set for layer '1' is empty"),
+     "set for layer '1' is empty; expected at least one neuron index (or a boolean mask)"),
     ("conditional empty given", lambda w: w.query("conditional", {"1": [0]}, given={"3": []}),
-     ValueError, "set for layer '3' is empty"),
+     ValueError,
+     "set for layer '3' is empty; expected at least one neuron index (or a boolean mask)"),
     ("marginal unknown layer", lambda w: w.query("marginal", "9", [0]), ValueError,
-     "not in NRM's layers"),
+     "sets: layers ['9'] are not in NRM's layers ['1', '3']"),
     ("pairwise unknown layer", lambda w: w.query("pairwise", "1", "9"), ValueError,
-     "not in NRM's layers"),
+     "layers: layers ['9'] are not in NRM's layers ['1', '3']"),
     ("heatmap channel out of range", lambda w: w.query("heatmap", {"3": [4]}), ValueError,
-     "outside [0, 4)"),
+     "set for layer '3' has neuron indices [4] outside [0, 4) (layer output (2, 4))"),
     ("top_interactions k=0", lambda w: w.query("top_interactions", ["1", "3"], k=0), ValueError,
      "k must be an int in [1, 20]"),
     ("joint unknown level", lambda w: w.query("joint", {"1": [0]}, level="bogus"), ValueError,
      "level must be one of"),
     # zennit_ext.paths
     ("NeuronPaths unknown layer", lambda w: NeuronPaths(w.model, ["9"]), ValueError,
-     "not modules of"),
+     "layers ['9'] are not modules of the model"),
     ("NeuronPaths.graph nan x", lambda w: w.paths.graph(with_nan(w.x), 0), ValueError,
      "x must be finite"),
     ("NeuronPaths.graph empty batch", lambda w: w.paths.graph(w.x[:0], 0), ValueError,
@@ -178,7 +213,7 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
      ValueError, "inputs must be finite"),
     ("LayerSynergy.compute inf output",
      lambda w: LayerSynergy(m := mlp(scale=INF), m[3]).compute(w.x, target=0), ValueError,
-     "explained output (model output or neuron, finite inputs) must be finite"),
+     "the explained output (model output or neuron, finite inputs) must be finite"),
     ("LayerSynergy.compute empty batch",
      lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x[:0], target=0), ValueError,
      "inputs must hold at least one row"),
@@ -197,6 +232,12 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
      lambda w: LayerSynergy(w.model, w.model[3]).compute(
          w.x, target=0, layer_mask=torch.zeros(1, 7, dtype=torch.long)), ValueError,
      "layer_mask of shape (1, 7) does not broadcast"),
+    ("LayerSynergy.compute inf with one unit masked",
+     lambda w: LayerSynergy(m := reciprocal(1), m[1]).compute(w.x, target=0), ValueError,
+     "the explained output with one unit masked must be finite"),
+    ("LayerSynergy.compute inf with two units masked",
+     lambda w: LayerSynergy(m := reciprocal(2), m[1]).compute(w.x, target=0), ValueError,
+     "the explained output with two units masked must be finite"),
     ("LayerSynergy.attribute alpha=inf",
      lambda w: LayerSynergy(w.model, w.model[3]).attribute(w.x, target=0, alpha=INF),
      ValueError, "alpha must be a finite real number"),
@@ -205,7 +246,7 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
      ValueError, "inputs must be finite"),
     ("NeuronSynergy.attribute inf neuron",
      lambda w: NeuronSynergy(m := mlp(scale=INF), m[5]).attribute(w.x, neuron_selector=0),
-     ValueError, "explained output (model output or neuron, finite inputs) must be finite"),
+     ValueError, "the explained output (model output or neuron, finite inputs) must be finite"),
     ("NeuronSynergy.attribute empty batch",
      lambda w: NeuronSynergy(w.model, w.model[3]).attribute(w.x[:0], neuron_selector=0),
      ValueError, "inputs must hold at least one row"),
@@ -233,7 +274,13 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
      "x_test must be finite"),
     ("pruning_curve empty x_test",
      lambda w: w.pruning_curve(x_test=w.x[:0], y_test=w.y[:0]), ValueError,
-     "x_test must be a (N, ...) tensor with at least one row"),
+     "x_test must be a (N, ...) tensor with at least one row, got (0, 6)"),
+    ("pruning_curve 0-d x_test", lambda w: w.pruning_curve(x_test=torch.tensor(1.0)),
+     ValueError, "x_test must be a (N, ...) tensor with at least one row, got ()"),
+    ("pruning_curve list x_test", lambda w: w.pruning_curve(x_test=w.x.tolist()), ValueError,
+     "x_test must be a (N, ...) tensor with at least one row, got list"),
+    ("pruning_curve empty x_recalibrate", lambda w: w.pruning_curve(x_recalibrate=w.x[:0]),
+     ValueError, "x_recalibrate must be a (N, ...) tensor with at least one row, got (0, 6)"),
     ("pruning_curve nan x_recalibrate",
      lambda w: w.pruning_curve(x_recalibrate=with_nan(w.x)), ValueError,
      "x_recalibrate must be finite"),
@@ -244,16 +291,19 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
     ("pruning_curve inf output",
      lambda w: pruning.pruning_curve(m := mlp(scale=INF), m[3], torch.rand(4), w.x, w.y,
                                      progress=False), ValueError,
-     "model output at 0% pruned must be finite"),
+     "the model output at 0% pruned must be finite"),
     ("taylor_scores nan x",
      lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], with_nan(w.images), w.y), ValueError,
      "x must be finite"),
     ("taylor_scores y out of range",
      lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([0, 5])),
      ValueError, "y must hold class indices in [0, 3)"),
+    ("taylor_scores y = number of classes",
+     lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([3, 0])),
+     ValueError, "y must hold class indices in [0, 3)"),
     ("taylor_scores inf output",
      lambda w: pruning.taylor_scores(nn.Sequential(w.cnn, Scale(INF)), w.cnn[0], w.images, w.y),
-     ValueError, "model output (for a finite x) must be finite"),
+     ValueError, "the model output (for a finite x) must be finite"),
     ("masked_units out of range", lambda w: _masked_forward(w, torch.tensor([4])), ValueError,
      "units must be flat indices in [0, 4)"),
     ("recalibrate_batchnorm nan x",
@@ -306,7 +356,8 @@ def test_bad_call_raises_a_clear_error(call, error, fragment):
     state = {k: v.clone() for k, v in world.model.state_dict().items()}
     with pytest.raises(error) as raised:
         call(world)
-    assert fragment in str(raised.value), str(raised.value)
+    message = str(raised.value)  # the fragment opens or closes the message: nothing around it
+    assert message.startswith(fragment) or message.endswith(fragment), message
     # the error came from our checks, not from inside torch
     assert any(
         "zennit_ext" in str(entry.path) or "captum_ext" in str(entry.path)

@@ -122,8 +122,9 @@ class NRM:
         Raises
         ------
         ValueError
-            If ``x`` is empty or not finite, the model output is not finite, or ``target`` is
-            out of range; before any hook is left on the model.
+            If ``x`` is empty or not finite, no gradient reaches ``x`` (a model that detaches
+            its input), the model output is not finite, or ``target`` is out of range; no hook
+            is left on the model.
         PositiveSumError
             With ``on_violation='raise'``, if a neuron carrying relevance has a negative
             column sum (eq. 15); the model is restored first.
@@ -205,7 +206,7 @@ class NRM:
         outside = [name for name in sets if name not in self.modules]
         if outside:
             raise ValueError(
-                f"{argument} names layers {outside} that are not in NRM's layers {self.layers}"
+                f"{argument}: layers {outside} are not in NRM's layers {self.layers}"
             )
 
 

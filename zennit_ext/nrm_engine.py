@@ -26,10 +26,13 @@ layers are per-sample weight gradients (:func:`edges`). Both read the rule's one
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,12 +119,14 @@ class Session:
         layers: Sequence[str],
         x: torch.Tensor,
         target: Any,
-        batch_size: int = 64,
-        progress: bool = False,
-        fast: bool = True,
+        batch_size: int,
+        progress: bool,
+        fast: bool,
     ) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() < 2:
-            raise TypeError(f"x must be a (batch, ...) tensor, got {type(x).__name__}")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2:
+            raise ValueError(f"x must have the shape (batch, ...), got {tuple(x.shape)}")
         if len(x) == 0:
             raise ValueError(f"x must hold at least one sample, got shape {tuple(x.shape)}")
         check_finite("x", x)
@@ -182,7 +187,12 @@ class Session:
             self.output, [self.inputs, *(self.outputs[n] for n in names)], self.relevance,
             retain_graph=True, allow_unused=True,
         )  # fmt: skip
-        self.heat = _or_zeros(grads[0], self.inputs)
+        if grads[0] is None:
+            raise ValueError(
+                "x: no gradient of the model output reaches it (does forward() detach its "
+                "input?), so no relevance can reach it"
+            )
+        self.heat = grads[0]
         self.messages = {
             name: _or_zeros(grad, self.outputs[name])
             for name, grad in zip(names, grads[1:], strict=True)
@@ -215,7 +225,7 @@ class Session:
         )
         if self.composite.on_violation == "raise":
             raise PositiveSumError(text)
-        warnings.warn(text, RuntimeWarning, stacklevel=5)
+        warnings.warn(text, RuntimeWarning, stacklevel=_caller_stacklevel())
 
     def close(self) -> None:
         """Remove the hooks and canonizers (the model is as before) and drop the graph."""
@@ -267,16 +277,14 @@ class Session:
         chunks = torch.arange(count, device=self.inputs.device).split(max(1, size))
         return iter(tqdm(chunks, desc=desc, disable=None if self.progress else True))
 
-    def segment(
-        self, upper: str | None, lower: str | None, messages: torch.Tensor
-    ) -> torch.Tensor:
+    def segment(self, upper: str, lower: str | None, messages: torch.Tensor) -> torch.Tensor:
         """Push messages ``(n, *upper shape)`` down to ``lower`` (None: the input) in one batched
-        partial backward; ``upper`` None is the model output."""
-        top = self.output if upper is None else self.outputs[upper]
+        partial backward."""
         below = self.inputs if lower is None else self.outputs[lower]
         (result,) = torch.autograd.grad(
-            top, below, messages, retain_graph=True, is_grads_batched=True, allow_unused=True
-        )
+            self.outputs[upper], below, messages, retain_graph=True, is_grads_batched=True,
+            allow_unused=True,
+        )  # fmt: skip
         if result is None:
             raise ValueError("NRM's layers must lie on one path from the input to the output")
         return result
@@ -284,6 +292,16 @@ class Session:
     def steps(self) -> int:
         """Number of layers with a normalized rule (walk length ``L``, Def. 3)."""
         return len(self.hooks)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by its caller name the first line outside
+    ``zennit_ext``: the user's ``nrm.explain(...)`` or one-shot call, however deep the call."""
+    package = Path(__file__).parent
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and Path(frame.f_code.co_filename).parent == package:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _stored_input(hook: NormalizedHook) -> torch.Tensor | None:
@@ -341,17 +359,15 @@ def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> to
     names = session.descending({name for masks in conditions for name in masks})
     if not names:
         return session.heat[None].expand(len(conditions), *session.heat.shape)
-    top = session.messages[names[0]]
+    ones = {name: torch.ones_like(session.outputs[name]) for name in names}
     results = []
     for chunk in session.chunks(len(conditions), session.batch_size, "NRM conditions"):
-        message, upper = top[None], None
-        for name in names:
-            if upper is not None:
-                message = session.segment(upper, name, message)
-            ones = torch.ones_like(session.outputs[name])
-            mask = torch.stack([conditions[i].get(name, ones) for i in chunk.tolist()])
-            upper, message = name, message * mask
-        results.append(session.segment(upper, None, message))
+        picked = [conditions[i] for i in chunk.tolist()]
+        masks = {name: torch.stack([c.get(name, ones[name]) for c in picked]) for name in names}
+        message = session.messages[names[0]][None] * masks[names[0]]
+        for upper, name in itertools.pairwise(names):
+            message = session.segment(upper, name, message) * masks[name]
+        results.append(session.segment(names[-1], None, message))
     return torch.cat(results)
 
 
@@ -361,18 +377,26 @@ def reach(session: Session, names: Sequence[str]) -> dict[str, torch.Tensor | fl
     ``Mᵀ 1`` of the normalized propagation below the layer: 1 for every neuron, except where
     relevance ends at a neuron with zero column sum. If the checked pass saw no relevance end,
     it is 1; otherwise one double backward pass gives it for all ``names`` at once (the
-    heatmap of probes on every layer is linear in each probe).
+    heatmap of probes on every layer is linear in each probe). It is 0 on a layer no gradient
+    connects to the input (e.g. computed from a detached tensor).
     """
     if not session.lost:
         return dict.fromkeys(names, 1.0)
+    reaches: dict[str, torch.Tensor | float] = {
+        n: torch.zeros_like(session.outputs[n]) for n in names
+    }
+    live = [n for n in names if session.outputs[n].requires_grad]
     with torch.enable_grad():
-        probes = [torch.ones_like(session.outputs[n], requires_grad=True) for n in names]
+        probes = [torch.ones_like(session.outputs[n], requires_grad=True) for n in live]
         (heat,) = torch.autograd.grad(
-            [session.outputs[n] for n in names], session.inputs, probes,
-            retain_graph=True, create_graph=True,
+            [session.outputs[n] for n in live], session.inputs, probes,
+            retain_graph=True, create_graph=True, allow_unused=True,
         )  # fmt: skip
+        if heat is None:  # none of them depends on the input (or none is live)
+            return reaches
         found = torch.autograd.grad(heat.sum(), probes, retain_graph=True, allow_unused=True)
-    return {n: _or_zeros(f, p).detach() for n, f, p in zip(names, found, probes, strict=True)}
+    reaches.update({n: f.detach() for n, f in zip(live, found, strict=True) if f is not None})
+    return reaches
 
 
 def layer_relevance(session: Session) -> dict[str, torch.Tensor]:
@@ -405,7 +429,7 @@ def interactions(
     segment = rule_segment(session, names[1], top) if fast else None
     if segment is not None and not segment.carries_channels(levels[top]):
         segment = None
-    pairs = list(zip(names[:-1], names[1:], strict=False))
+    pairs = list(itertools.pairwise(names))
     blocks, total = [], None
     for chunk in session.chunks(counts[0], per_top, "NRM interactions"):
         if segment is not None:
@@ -441,9 +465,7 @@ def _split(session: Session, name: str, level: Level, messages: torch.Tensor) ->
     return (messages[:, None] * masks[None]).flatten(0, 1)
 
 
-def consecutive_edges(
-    session: Session, level: Level = "channel", fast: bool | None = None
-) -> dict[tuple[str, str], torch.Tensor]:
+def consecutive_edges(session: Session, level: Level) -> dict[tuple[str, str], torch.Tensor]:
     """Joint relevance of every unit pair of adjacent set layers (in forward order).
 
     Returns
@@ -453,8 +475,8 @@ def consecutive_edges(
     """
     ascending = sorted(session.layers, key=session.order.index)
     return {
-        (lower, upper): interactions(session, [upper, lower], {upper: level, lower: level}, fast)
-        for lower, upper in zip(ascending[:-1], ascending[1:], strict=False)
+        (lower, upper): interactions(session, [upper, lower], {upper: level, lower: level})
+        for lower, upper in itertools.pairwise(ascending)
     }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.grad
@@ -31,9 +31,11 @@ __all__ = ["RuleSegment", "rule_segment", "close"]
 
 
 def close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Equal up to rounding (√eps of the dtype, relative to the largest value)."""
+    """Equal up to rounding (√eps of the dtype, relative to the largest value); never where
+    ``reference`` is not finite (an infinite scale would accept anything)."""
     scale = reference.abs().max().clamp(min=torch.finfo(reference.dtype).tiny)
-    return bool((ours - reference).abs().max() <= torch.finfo(reference.dtype).eps ** 0.5 * scale)
+    error = (ours - reference).abs().max()
+    return bool(scale.isfinite() and error <= torch.finfo(reference.dtype).eps ** 0.5 * scale)
 
 
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
@@ -142,9 +144,7 @@ def rule_segment(
 
 
 def _find_segment(session: Session, lower: str, upper: str, pooling: bool) -> RuleSegment | None:
-    calls = session.calls
-    if lower not in calls or upper not in calls:
-        return None
+    calls = session.calls  # the set layers ran (checked by the session): both are in it
     start = len(calls) - 1 - calls[::-1].index(lower)
     stop = len(calls) - 1 - calls[::-1].index(upper)
     between = [name for name in calls[start + 1 : stop + 1]
@@ -198,14 +198,14 @@ def _pool(session: Session, name: str) -> bool:
 
 def _is_affine(module: nn.Module, input: torch.Tensor, weight: torch.Tensor,
                bias: torch.Tensor | None, output: torch.Tensor) -> bool:  # fmt: skip
-    """Whether the rule's term is the layer's own affine map with the modified parameters
-    (no output modifier), so that its transpose is a transposed convolution with ``weight``."""
+    """Whether the rule's term of a Linear or Conv2d ``module`` is the layer's own affine map
+    with the modified parameters (no output modifier), so that its transpose is a transposed
+    convolution with ``weight``."""
     with torch.no_grad():
         if isinstance(module, nn.Linear):
             expected = nn.functional.linear(input, weight, bias)
-        elif not isinstance(module, nn.Conv2d):
-            return False
-        else:
-            expected = nn.functional.conv2d(input, weight, bias, module.stride, module.padding,
-                                            module.dilation)  # fmt: skip
+        else:  # a segment's rule layer is a Linear or a Conv2d
+            conv = cast(nn.Conv2d, module)
+            expected = nn.functional.conv2d(input, weight, bias, conv.stride, conv.padding,
+                                            conv.dilation)  # fmt: skip
     return expected.shape == output.shape and close(expected, output.detach())

@@ -232,3 +232,32 @@ def test_normalized_composite_defaults():
 
     composite = NormalizedComposite(EpsilonPlusFlat())
     assert composite.on_violation == "raise" and composite.hooked == {}
+
+
+def test_normalized_scales_before_the_column_sums_is_refused():
+    from zennit_ext.normalize import _Linearized
+
+    linear = _Linearized([], [], [], [torch.ones(2)], [], [], [])
+    with pytest.raises(RuntimeError, match=r"^normalized_scales needs the column sums "
+                       r"\(column_sums\) first$"):  # fmt: skip
+        linear.normalized_scales()
+    linear.sums = torch.tensor([2.0, 0.0])
+    assert torch.equal(linear.normalized_scales()[0], torch.tensor([0.5, 0.0]))
+
+
+def test_rule_layer_outputs_skip_the_layers_own_gradient():
+    """A normalized rule replaces the gradient at its layer's input, so the layer's output is
+    joined to the input by the bridge (whose backward costs nothing), not by the layer."""
+    from zennit_ext import NRM
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 2, 2),
+                          nn.Flatten(), nn.Linear(4, 2)).double()  # fmt: skip
+    bridged = {}
+    with NRM(model, ["1"]).explain(torch.rand(2, 4, dtype=torch.float64), 0) as e:
+        for name in e.session.hooks:
+            node = e.session.outputs[name].grad_fn
+            while type(node).__name__ in ("CloneBackward0", "IdentityBackward"):  # zennit >= 1.0
+                node = node.next_functions[0][0]
+            bridged[name] = type(node).__name__
+    assert bridged == dict.fromkeys(["0", "3", "5"], "_BridgeBackward")

@@ -107,7 +107,10 @@ def test_closed_explanation_refuses_queries_and_model_is_hook_free():
     with nrm.explain(x, 0) as e:  # usable again
         assert e.heatmap().shape == x.shape
         model(x)  # another forward pass through the hooked model: the rules' inputs change
-        with pytest.raises(RuntimeError, match="forward pass while this NRM explanation"):
+        with pytest.raises(RuntimeError, match=r"^the model ran a forward pass while this NRM "
+                           r"explanation was open \(layers \['\d+', '\d+', '\d+'\] saw new "
+                           r"inputs\), so its answers would mix two inputs; run other forward "
+                           r"passes outside the `with nrm.explain\(...\)` block$"):  # fmt: skip
             e.heatmap()
 
 
@@ -162,17 +165,32 @@ def test_layer_whose_inputs_are_all_zero_stops_everything_without_error():
         assert not e.heatmap().isnan().any()
 
 
-def test_violations_are_reported_per_layer():
+def _violating() -> tuple[NRM, torch.Tensor]:
+    """NRM (warning on violations) on an MLP whose layer 2 has negative column sums at units
+    that carry relevance, and an input (2, 5)."""
     model = _mlp(0)
     model[2].weight.data = -model[2].weight.data.abs()
     model[2].bias.data.fill_(5.0)
-    x = torch.rand(2, 5, dtype=torch.float64)
     rules = LayerMapComposite([(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))])
-    with pytest.warns(RuntimeWarning), NRM(model, HIDDEN, rules, on_violation="warn").explain(
-        x, 0
-    ) as e:
+    return NRM(model, HIDDEN, rules, on_violation="warn"), torch.rand(2, 5, dtype=torch.float64)
+
+
+def test_violations_are_reported_per_layer():
+    nrm, x = _violating()
+    with pytest.warns(RuntimeWarning), nrm.explain(x, 0) as e:
         assert "2" in e.violations and (e.violations["2"] > 0).all()
         assert all(count.shape == (2,) and count.sum() > 0 for count in e.violations.values())
+
+
+def test_violation_warnings_name_the_callers_line():
+    """The warning points at the user's line, through `explain` and through a one-shot query."""
+    nrm, x = _violating()
+    with pytest.warns(RuntimeWarning, match="negative column sums") as explained:
+        with nrm.explain(x, 0):
+            pass
+    with pytest.warns(RuntimeWarning, match="negative column sums") as one_shot:
+        nrm.joint(x, 0, {"1": [0]})
+    assert {record.filename for record in [*explained, *one_shot]} == {__file__}
 
 
 # ---- devices and dtypes ----
@@ -200,7 +218,10 @@ def test_devices_and_dtypes(device, dtype):
             *e.consecutive_edges().values(),
             e.reached,
         ]
-        for result in results:
+        masks = e.session.masks(
+            {"1": [0, 1], "3": torch.ones(8, 8, dtype=torch.bool, device=device)}, "channel"
+        )
+        for result in [*results, *masks.values()]:
             assert result.device.type == device and result.dtype == dtype
         torch.testing.assert_close(e.reached, torch.ones(2, dtype=dtype, device=device))
     with slow.explain(x, target) as reference:
@@ -367,6 +388,31 @@ def test_consecutive_edges_fast_path_equals_pairwise(rule, net):
         lower = relevance[pair[0]]
         rows = lower.flatten(2).sum(2) if lower.dim() > 2 else lower
         torch.testing.assert_close(table.sum(2), rows, rtol=0, atol=1e-10 * scale)
+
+
+def test_unit_masks_on_a_weight_gradient_pair_sum_the_neuron_table():
+    """Unit masks on either layer of a pair the weight-gradient path serves: the joint
+    relevance of two masks is the neuron table summed over their members (linear in the
+    sets). The masks overlap and leave a unit out."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    for linear in model[::2]:  # mostly positive weights: every unit pair carries relevance
+        linear.weight.data.uniform_(-0.2, 1.0)
+    model, x = model.double().eval(), torch.rand(3, 5, dtype=torch.float64)
+    lower = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool)[:, None]
+    upper = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1], [0, 0, 0, 1]], dtype=torch.bool)[:, None]
+    nrm = NRM(model, ["1", "3"], LayerMapComposite([(Activation, Pass()), (nn.Linear, ZPlus())]))
+    with nrm.explain(x, 0) as e:
+        assert engine.edges(e.session, "1", "3", dict.fromkeys("13", "neuron")) is not None
+        neurons = e.pairwise("1", "3", level="neuron")  # (3, 4, 4)
+        low = e.pairwise("1", "3", level={"1": lower, "3": "neuron"})
+        up = e.pairwise("1", "3", level={"1": "neuron", "3": upper})
+    assert (neurons > 0).sum() > neurons.numel() / 2
+    tolerance = {"rtol": 1e-10, "atol": 1e-12}
+    expected = torch.einsum("bij,ki->bkj", neurons, lower[:, 0].double())
+    torch.testing.assert_close(low, expected, **tolerance)
+    expected = torch.einsum("bij,kj->bik", neurons, upper[:, 0].double())
+    torch.testing.assert_close(up, expected, **tolerance)
 
 
 def test_layer_relevance_equals_marginals():

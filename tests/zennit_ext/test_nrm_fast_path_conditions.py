@@ -63,19 +63,35 @@ class _Residual(nn.Module):
         return self.head(b)
 
 
-def _residual(skip: str):
+def _residual(skip: str, stopping: bool = False):
+    """NRM on relu0 and relu1 of :class:`_Residual` and an input (2, 3, 5, 5); ``stopping``:
+    relu0's channel 0 lives on its bias alone (negative conv weights, positive BN scale and a
+    large shift), so z⁺ relevance ends there."""
     model = _Residual(skip).double().eval()
+    if stopping:
+        model.conv0.weight.data[0] = -model.conv0.weight.data[0].abs()
+        model.bn0.weight.data[0] = model.bn0.weight.data[0].abs()
+        model.bn0.bias.data[0] = 5.0
     nrm = NRM(model, ["relu0", "relu1"], _rules(canonizers=[SequentialMergeBatchNorm()]),
               on_violation="warn")  # fmt: skip
     x = torch.rand(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     return nrm, x
 
 
-def test_edges_take_the_skip_connections_second_check():
+@pytest.mark.parametrize("stopping", [False, True])
+def test_edges_take_the_skip_connections_second_check(stopping):
     """A skip that bypasses the upper layer: rows differ from the lower layer's relevance,
-    but equal the relevance arriving from the upper layer, so the weight gradients apply."""
-    nrm, x = _residual("after")
+    but equal the relevance arriving from the upper layer, so the weight gradients apply
+    (also where relevance ends at the lower layer: both sides weighted by the reach)."""
+    nrm, x = _residual("after", stopping)
     with nrm.explain(x, 0) as e:
+        reaches = engine.reach(e.session, ["relu0"])["relu0"]
+        if stopping:  # channel 0 ends all relevance it receives, the others pass it all on
+            assert e.session.lost and not reaches[:, 0].any() and e.stopped["conv0"].gt(0).all()
+            torch.testing.assert_close(reaches[:, 1:], torch.ones_like(reaches[:, 1:]))
+            assert e.session.messages["relu0"][:, 0].gt(0).any()  # relevance arrives there
+        else:
+            assert reaches == 1.0
         levels = {"relu0": "channel", "relu1": "channel"}
         table = engine.edges(e.session, "relu0", "relu1", levels)
         assert table is not None
@@ -122,7 +138,7 @@ def test_interactions_keep_the_channel_messages_where_they_are_right(interaction
         _assert_close(table.view(2, 4, 25, 4).sum(2), reference)
 
 
-def test_edges_with_stopped_relevance_weight_rows_by_the_reach():
+def test_edges_with_stopped_relevance_weight_rows_by_the_reach(monkeypatch):
     """Relevance ends at zero column sums below the lower layer: the edge table is weighted by
     the share of each lower neuron's relevance that reaches the input."""
     model = _stopping_mlp(0)
@@ -132,8 +148,11 @@ def test_edges_with_stopped_relevance_weight_rows_by_the_reach():
         assert e.session.lost
         reaches = engine.reach(e.session, ["1"])["1"]
         assert (reaches < 1 - 1e-6).any() and (reaches > 1e-6).any()
+        partial = []  # the rows equal the lower layer's relevance: no partial backward
+        monkeypatch.setattr(e.session, "segment", lambda *args: partial.append(args))
         table = engine.edges(e.session, "1", "3", {"1": "neuron", "3": "neuron"})
-        assert table is not None
+        monkeypatch.undo()
+        assert table is not None and partial == []
         _assert_close(table, _reference(e, "1", "3", "neuron"))
 
 
@@ -179,7 +198,8 @@ def test_layers_on_two_branches_are_refused():
     torch.manual_seed(0)
     nrm = NRM(Branches().double().eval(), ["relu_a", "relu_b"], _rules())
     x = torch.rand(2, 4, dtype=torch.float64)
-    with nrm.explain(x, 0) as e, pytest.raises(ValueError, match="one path"):
+    message = "^NRM's layers must lie on one path from the input to the output$"
+    with nrm.explain(x, 0) as e, pytest.raises(ValueError, match=message):
         e.joint({"relu_a": [0], "relu_b": [1]})
 
 
@@ -268,26 +288,42 @@ def test_a_negative_column_sum_without_relevance_is_no_violation():
         torch.testing.assert_close(e.violations["2"], torch.ones(3, dtype=torch.long))
 
 
-def test_a_layer_no_gradient_reaches_has_zero_relevance():
-    """A set layer computed from a detached tensor carries no message (zeros, not an error)."""
+class _Detached(nn.Module):
+    """Two branches a and b into a dense head; b is computed from a detached tensor: its
+    linear layer's output (``detach='output'``, then no gradient at all) or its input
+    (``'input'``, then a gradient only through b's parameters)."""
 
-    class Detached(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
-            self.relu_a, self.relu_b, self.head = nn.ReLU(), nn.ReLU(), nn.Linear(6, 2)
+    def __init__(self, detach: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(4, 3)
+        self.relu_a, self.relu_b, self.head = nn.ReLU(), nn.ReLU(), nn.Linear(6, 2)
+        self.detach = detach
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            side = self.relu_b(self.b(x).detach())
-            return self.head(torch.cat([self.relu_a(self.a(x)), side], 1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.b(x).detach() if self.detach == "output" else self.b(x.detach())
+        return self.head(torch.cat([self.relu_a(self.a(x)), self.relu_b(b)], 1))
 
+
+@pytest.mark.parametrize("detach", ["output", "input"])
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_layer_no_gradient_reaches_has_zero_relevance(stopping, detach):
+    """A set layer cut off from the input carries no relevance to it (zeros, not an error),
+    also where relevance ends elsewhere (``stopping``: unit 0 of layer a lives on its bias)."""
     torch.manual_seed(1)
-    nrm = NRM(Detached().double().eval(), ["relu_a", "relu_b"], _rules())
+    model = _Detached(detach).double().eval()
+    if stopping:
+        model.a.weight.data[0] = -model.a.weight.data[0].abs()
+        model.a.bias.data[0] = 1.0
+        model.head.weight.data[:, 0] = 1.0  # relevance arrives at unit 0
+    nrm = NRM(model, ["relu_a", "relu_b"], _rules())
     x = torch.rand(2, 4, dtype=torch.float64)
     with nrm.explain(x, 0) as e:
+        assert e.session.lost == stopping and (e.reached < 1 - 1e-6).all() == stopping
         relevance = e.layer_relevance()
         assert relevance["relu_b"].shape == (2, 3) and not relevance["relu_b"].any()
         torch.testing.assert_close(relevance["relu_a"].sum(1), e.reached)
+        alone = engine.reach(e.session, ["relu_b"])["relu_b"]  # no probe reaches the input
+        assert alone == 1.0 if not stopping else not alone.any() and alone.shape == (2, 3)
 
 
 def test_a_reshaping_step_between_the_layers_is_no_segment():
@@ -338,3 +374,57 @@ def test_a_layer_the_forward_pass_skips_is_refused():
     nrm = NRM(Unused().double().eval(), ["body.1", "unused"], _rules())
     with pytest.raises(ValueError, match=r"\['unused'\] were not called"):
         nrm.explain(torch.rand(2, 4, dtype=torch.float64), 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_close_is_relative_to_the_largest_value_and_refuses_non_finite(dtype):
+    """``close`` accepts differences below √eps of the dtype times the largest reference
+    value, and nothing against a reference that is not finite."""
+    reference = torch.tensor([[-300.0, 2.0], [0.0, 5.0]], dtype=dtype)
+    step = torch.finfo(dtype).eps ** 0.5 * 300.0
+    assert segments.close(reference + 0.5 * step, reference)
+    assert not segments.close(reference + torch.tensor([[0.0, 2.0 * step], [0, 0]]), reference)
+    assert segments.close(torch.zeros(3, dtype=dtype), torch.zeros(3, dtype=dtype))
+    if dtype == torch.float64:  # √eps = 2⁻²⁶ exactly: a difference of exactly the tolerance
+        edge = torch.tensor([2.0**26, 0.0], dtype=dtype)
+        assert segments.close(edge + 1.0, edge) and not segments.close(edge + 1.5, edge)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        broken = reference.clone()
+        broken[1, 0] = bad
+        assert not segments.close(reference, broken) and not segments.close(broken, reference)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_is_affine_accepts_the_layers_own_map_only(kind):
+    """A term is affine when its output is the layer's map with the modified parameters; an
+    output modifier (here ×2, or a shift in one entry) breaks it."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        module, x = nn.Linear(4, 3).double(), torch.rand(2, 4, dtype=torch.float64)
+    else:
+        module = nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1).double()
+        x = torch.rand(2, 2, 5, 5, dtype=torch.float64)
+    weight, bias = module.weight.clamp(min=0), module.bias.abs() + 0.1  # a z⁺-like term
+    output = module._conv_forward(x, weight, bias) if kind == "conv" else x @ weight.T + bias
+    assert segments._is_affine(module, x, weight, bias, output)
+    assert not segments._is_affine(module, x, weight, bias, 2 * output)
+    shifted = output.clone()
+    shifted.view(-1)[3] += 1e-3
+    assert not segments._is_affine(module, x, weight, bias, shifted)
+    assert not segments._is_affine(module, x, weight, None, output)  # the bias belongs to it
+
+
+def test_interactions_keep_the_channel_messages_of_a_linear_layer(interaction_calls):
+    """Three MLP layers: the top neurons' messages through the Linear layer below them are
+    right (no fallback) and give the table of the batched backward."""
+    model = _stopping_mlp(1)
+    nrm = NRM(model, ["1", "3", "5"], _rules())
+    x = torch.rand(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with nrm.explain(x, 0) as e:
+        assert segments.rule_segment(e.session, "3", "5") is not None
+        table = engine.interactions(e.session, ["5", "3", "1"], dict.fromkeys("135", "neuron"))
+        assert interaction_calls == [None]
+        reference = engine.interactions(e.session, ["5", "3", "1"], dict.fromkeys("135", "neuron"),
+                                        fast=False)  # fmt: skip
+    assert table.shape == (2, 4, 4, 3)
+    _assert_close(table, reference)
