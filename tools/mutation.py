@@ -177,7 +177,10 @@ def run_mutmut(
             known = [n for n in alive if mutants_of(work, module)[n] is not None]
             skip = {n for n, d in diffs(work, known).items()
                     if equivalent(module, n, d, equivalents)}  # fmt: skip
-            names = [n for n in alive if n not in skip] or names
+            names = [n for n in alive if n not in skip]
+            if not names:  # every survivor is a listed equivalent: nothing to rerun
+                print(f"== {module}: no survivor to rerun", flush=True)
+                continue
         elif sample > 1:  # mutants whose number ends in every sample-th digit
             known = [n for n in mutants_of(work, module) if n[-1] in digits]
             names = known or [names[0] + "__mutmut_*[" + digits + "]"]
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.together,
             )
         for module in selected:
-            results.append(collect(work, module, seconds[module], equivalents))
+            results.append(collect(work, module, seconds.get(module, 0.0), equivalents))
             results[-1].run = before[module].run if args.report and module in before else run
             if not results[-1].unchecked:  # every mutant ran: not a sample
                 results[-1].run = results[-1].run.split(", sample")[0]

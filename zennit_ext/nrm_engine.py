@@ -26,13 +26,10 @@ layers are per-sample weight gradients (:func:`edges`). Both read the rule's one
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -212,20 +209,18 @@ class Session:
                 violations[name] = violated
         self.report = Report(stopped, self.heat.flatten(1).sum(1), violations)
         self.lost = any(bool((mass != 0).any()) for mass in stopped.values())
-        for name, count in violations.items():
-            self._violation(name, int(count.sum()))
+        if violations and self.composite.on_violation == "raise":
+            raise PositiveSumError(self.violation_text(next(iter(violations))))
 
-    def _violation(self, name: str, count: int) -> None:
-        hook = self.hooks[name]
-        text = (
+    def violation_text(self, name: str) -> str:
+        """What the report's violation at layer ``name`` means (the warning or the error)."""
+        count = int(self.report.violations[name].sum())
+        return (
             f"layer {name!r} ({type(self.modules[name]).__name__}, rule "
-            f"{type(hook).__bases__[1].__name__}) has {count} negative column sums at neurons "
-            "that carry relevance; NRM needs positive sums (eq. 15): use z+ (or a larger "
-            "gamma) on a ReLU network"
+            f"{type(self.hooks[name]).__bases__[1].__name__}) has {count} negative column sums "
+            "at neurons that carry relevance; NRM needs positive sums (eq. 15): use z+ (or a "
+            "larger gamma) on a ReLU network"
         )
-        if self.composite.on_violation == "raise":
-            raise PositiveSumError(text)
-        warnings.warn(text, RuntimeWarning, stacklevel=_caller_stacklevel())
 
     def close(self) -> None:
         """Remove the hooks and canonizers (the model is as before) and drop the graph."""
@@ -292,16 +287,6 @@ class Session:
     def steps(self) -> int:
         """Number of layers with a normalized rule (walk length ``L``, Def. 3)."""
         return len(self.hooks)
-
-
-def _caller_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning raised by its caller name the first line outside
-    ``zennit_ext``: the user's ``nrm.explain(...)`` or one-shot call, however deep the call."""
-    package = Path(__file__).parent
-    frame, level = inspect.currentframe(), 0
-    while frame is not None and Path(frame.f_code.co_filename).parent == package:
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _stored_input(hook: NormalizedHook) -> torch.Tensor | None:

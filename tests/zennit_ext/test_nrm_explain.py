@@ -18,6 +18,7 @@ from zennit.types import Activation, Convolution
 from zennit_ext import NRM, NRMExplanation
 from zennit_ext import nrm_engine as engine
 from zennit_ext import nrm_segments as segments
+from zennit_ext.normalize import PositiveSumError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWarning")
 
@@ -177,9 +178,21 @@ def _violating() -> tuple[NRM, torch.Tensor]:
 
 def test_violations_are_reported_per_layer():
     nrm, x = _violating()
-    with pytest.warns(RuntimeWarning), nrm.explain(x, 0) as e:
+    with pytest.warns(RuntimeWarning) as records, nrm.explain(x, 0) as e:
         assert "2" in e.violations and (e.violations["2"] > 0).all()
         assert all(count.shape == (2,) and count.sum() > 0 for count in e.violations.values())
+    texts = [
+        f"layer {name!r} (Linear, rule Gamma) has {int(count.sum())} negative column sums at "
+        "neurons that carry relevance; NRM needs positive sums (eq. 15): use z+ (or a larger "
+        "gamma) on a ReLU network"
+        for name, count in e.violations.items()
+    ]
+    assert [str(record.message) for record in records] == texts
+    strict = NRM(nrm.model, HIDDEN, LayerMapComposite([(Activation, Pass()),
+                                                       (nn.Linear, Gamma(gamma=0.0))]))  # fmt: skip
+    with pytest.raises(PositiveSumError) as raised:
+        strict.explain(x, 0)
+    assert str(raised.value) in texts  # the first layer found
 
 
 def test_violation_warnings_name_the_callers_line():
