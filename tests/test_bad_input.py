@@ -73,6 +73,17 @@ def reciprocal(units: int) -> nn.Module:
     return model.double().eval()
 
 
+class Summed(nn.Module):
+    """Two inputs, summed, into :func:`mlp`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = mlp()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.body(a + b)
+
+
 def cnn() -> nn.Module:
     torch.manual_seed(4)
     return nn.Sequential(
@@ -211,6 +222,9 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
     ("LayerSynergy.attribute inf inputs",
      lambda w: LayerSynergy(w.model, w.model[3]).attribute(with_nan(w.x, INF), target=0),
      ValueError, "inputs must be finite"),
+    ("LayerSynergy.attribute nan second of two inputs",
+     lambda w: LayerSynergy(m := Summed(), m.body[3]).attribute((w.x, with_nan(w.x)), target=0),
+     ValueError, "inputs[1] must be finite"),
     ("LayerSynergy.compute inf output",
      lambda w: LayerSynergy(m := mlp(scale=INF), m[3]).compute(w.x, target=0), ValueError,
      "the explained output (model output or neuron, finite inputs) must be finite"),
