@@ -168,7 +168,9 @@ def test_a_model_that_detaches_its_input_is_refused_and_left_hook_free():
     model = _WithUnused(_stopping_mlp(0), detach=True)
     nrm = NRM(model, [f"body.{n}" for n in HIDDEN], composite=_composite("zplus"))
     x = torch.rand(3, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"^x: no gradient of the model output reaches it"):
+    with pytest.raises(ValueError, match=r"^x: no gradient of the model output reaches it "
+                       r"\(does forward\(\) detach its input\?\), so no relevance can reach "
+                       r"it$"):  # fmt: skip
         nrm.explain(x, 0)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
