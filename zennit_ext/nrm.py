@@ -14,8 +14,10 @@ on several layers is a masked message passing (:mod:`zennit_ext.nrm_engine`).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 import torch
@@ -133,14 +135,13 @@ class NRM:
         return self._explain(x, target)
 
     def _explain(self, x: torch.Tensor, target: Any) -> NRMExplanation:
-        """:meth:`explain`, for it and the one-shot methods: the violation warnings name the
-        line that called either (two frames up)."""
+        """:meth:`explain`, for it and the one-shot methods."""
         session = engine.Session(
             self.model, self.composite, self.layers, x, target,
             batch_size=self.batch_size, progress=self.progress, fast=self.fast,
         )  # fmt: skip
         for name in session.report.violations:
-            warnings.warn(session.violation_text(name), RuntimeWarning, stacklevel=3)
+            warnings.warn(session.violation_text(name), RuntimeWarning, stacklevel=_stacklevel())
         return NRMExplanation(self, session)
 
     def joint(
@@ -216,6 +217,18 @@ class NRM:
             raise ValueError(
                 f"{argument}: layers {outside} are not in NRM's layers {self.layers}"
             )
+
+
+def _stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by the caller name the line that called
+    into ``zennit_ext`` (through ``explain``, a one-shot method or :class:`NeuronPaths`)."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
+        "zennit_ext", "contextlib"
+    ):  # fmt: skip
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class NRMExplanation:

@@ -19,6 +19,7 @@ from zennit_ext import NRM, NRMExplanation
 from zennit_ext import nrm_engine as engine
 from zennit_ext import nrm_segments as segments
 from zennit_ext.normalize import PositiveSumError
+from zennit_ext.paths import NeuronPaths
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWarning")
 
@@ -203,7 +204,12 @@ def test_violation_warnings_name_the_callers_line():
             pass
     with pytest.warns(RuntimeWarning, match="negative column sums") as one_shot:
         nrm.joint(x, 0, {"1": [0]})
-    assert {record.filename for record in [*explained, *one_shot]} == {__file__}
+    paths = NeuronPaths(nrm.model, HIDDEN, composite=LayerMapComposite(
+        [(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))]), on_violation="warn")  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="negative column sums") as through_paths:
+        paths.graph(x, 0)
+    records = [*explained, *one_shot, *through_paths]
+    assert {record.filename for record in records} == {__file__}
 
 
 # ---- devices and dtypes ----
