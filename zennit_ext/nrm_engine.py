@@ -139,11 +139,11 @@ class Session:
         self._open = True
         composite.register(model)
         try:
-            self.hooks = {
-                hook.layer_name: hook
-                for hook in composite.hook_refs
-                if isinstance(hook, NormalizedHook)
-            }
+            rules = {hook.layer_name: hook for hook in composite.hook_refs
+                     if isinstance(hook, NormalizedHook)}  # fmt: skip
+            # in the model's module order (Zennit keeps its hooks in a set): reports, warnings
+            # and messages list layers in the same order on every run
+            self.hooks = {name: rules[name] for name in self.modules if name in rules}
             self._forward(x)
             self.relevance = output_relevance(self.output, target)
             self._checked_pass()
