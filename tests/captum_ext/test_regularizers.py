@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -162,6 +162,25 @@ def _edge_maps(kind, b, c, h, w, seed):
     return maps.requires_grad_(True)
 
 
+def _off_the_boundary(maps, epsilon, coords="unit") -> bool:
+    """No two filters' centres lie within rounding of the neighbourhood radius without being
+    exactly at it: there ``d <= radius`` is decided by the last bit (e.g. two maps whose peaks
+    are mirrored have the same centre in exact arithmetic, at 1e-17 in the reference's sum
+    order), so ours and the reference may take either side."""
+    b, c, h, w = maps.shape
+    step, side = _step(coords, h, w)
+    pos = _positions(h, w, step, maps)
+    radius = epsilon * side * step
+    for n in range(b):
+        centres = [_center(maps[n, f].detach().flatten(), pos)[1] for f in range(c)]
+        for i in range(c):
+            for j in range(i + 1, c):
+                gap = abs(float(_dist(centres[i], centres[j])) - radius)
+                if 0 < gap <= 1e-9 * side * step:
+                    return False
+    return True
+
+
 @settings(max_examples=40, deadline=None)
 @given(kind=_EDGE, b=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(1, 4),
        w=st.integers(1, 4), seed=st.integers(0, 2**16), detach=st.booleans(),
@@ -170,6 +189,7 @@ def test_edge_cases_give_finite_losses_and_the_reference_gradients(
     kind, b, c, h, w, seed, detach, epsilon
 ):
     maps = _edge_maps(kind, b, c, h, w, seed)
+    assume(_off_the_boundary(maps, epsilon))
     lac = LocalActivationConsistencyLoss(detach_center=detach)
     sync = SynchronizationLoss(epsilon=epsilon)
     for ours, ref in ((lac(maps), ref_lac(maps, "cell", detach)),
