@@ -132,10 +132,6 @@ class NRM:
             With ``on_violation='raise'``, if a neuron carrying relevance has a negative
             column sum (eq. 15); the model is restored first.
         """
-        return self._explain(x, target)
-
-    def _explain(self, x: torch.Tensor, target: Any) -> NRMExplanation:
-        """:meth:`explain`, for it and the one-shot methods."""
         session = engine.Session(
             self.model, self.composite, self.layers, x, target,
             batch_size=self.batch_size, progress=self.progress, fast=self.fast,
@@ -148,62 +144,62 @@ class NRM:
         self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"
     ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.joint`, (batch,)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.joint(sets, level)
 
     def marginal(self, x: torch.Tensor, target: Any, layer: str, units: SetSpec,
                  level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.marginal`, (batch,)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.marginal(layer, units, level)
 
     def conditional(self, x: torch.Tensor, target: Any, sets: Sets, given: Sets,
                     level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.conditional`, (batch,)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.conditional(sets, given, level)
 
     def heatmap(self, x: torch.Tensor, target: Any, sets: Sets | None = None,
                 level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.heatmap`, like ``x``."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.heatmap(sets, level)
 
     def heatmaps(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
                  level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.heatmaps`, ``(n_conditions, *x.shape)``."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.heatmaps(conditions, level)
 
     def joint_many(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
                    level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.joint_many`, (n_conditions, batch)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.joint_many(conditions, level)
 
     def additive(self, x: torch.Tensor, target: Any, sets: Sets,
                  level: str = "neuron") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.additive`, (batch,)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.additive(sets, level)
 
     def pairwise(self, x: torch.Tensor, target: Any, layer_a: str, layer_b: str,
                  level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.pairwise`, ``(batch, |A|, |B|)``."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.pairwise(layer_a, layer_b, level)
 
     def interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str],
                      level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
         """One-shot :meth:`NRMExplanation.interactions`, ``(batch, |L1|, |L2|, …)``."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.interactions(layers, level)
 
     def top_interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str], k: int = 5,
                          level: Level | Mapping[str, Level] = "channel",
                          ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """One-shot :meth:`NRMExplanation.top_interactions`: (indices, values)."""
-        with self._explain(x, target) as e:
+        with self.explain(x, target) as e:
             return e.top_interactions(layers, k, level)
 
     def check_sets(self, sets: Any, argument: str) -> None:
