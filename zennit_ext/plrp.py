@@ -27,6 +27,7 @@ from zennit.types import Linear
 from zennit_ext.hooks import BatchCheck, RuleWrappingComposite, StatefulHook, mixin_hook
 from zennit_ext.pruning import (
     check_fraction,
+    check_measure,
     mass_threshold_mask,
     rescale_kept,
     sparsity_gain_mask,
@@ -55,13 +56,22 @@ class PruningSpec:
         Fraction in [0, 1) of the absolute negative mass to prune; defaults to ``p``.
     sparsity_gain : float, optional
         Minimal sparsity gain ≥ 0 (eq. 3.3); exclusive with ``p``.
+    sparsity_measure : {'gini', 'hoyer', 'l0'}
+        Sparsity measure of the gain (see :func:`~zennit_ext.pruning.sparsity_gain_mask`);
+        only with ``sparsity_gain``.
     """
 
     p: float | None = None
     p_neg: float | None = None
     sparsity_gain: float | None = None
+    sparsity_measure: str = "gini"
 
     def __post_init__(self) -> None:
+        check_measure(self.sparsity_measure)
+        if self.sparsity_gain is None and self.sparsity_measure != "gini":
+            raise ValueError(
+                f"sparsity_measure={self.sparsity_measure!r} needs sparsity_gain, got p={self.p!r}"
+            )
         if self.sparsity_gain is not None:
             if self.p is not None or self.p_neg is not None:
                 raise ValueError(
@@ -79,7 +89,7 @@ class PruningSpec:
     def keep(self, relevance: torch.Tensor) -> torch.Tensor:
         """Bool keep-mask, shape of ``relevance`` (batch, ...), per sample and sign."""
         if self.sparsity_gain is not None:
-            return sparsity_gain_mask(relevance, self.sparsity_gain)
+            return sparsity_gain_mask(relevance, self.sparsity_gain, self.sparsity_measure)
         assert self.p is not None  # __post_init__: p or sparsity_gain is set
         return mass_threshold_mask(relevance, self.p, self.p_neg)
 
@@ -198,6 +208,7 @@ class _PLRPComposite(RuleWrappingComposite):
         *,
         p_neg: float | None = None,
         sparsity_gain: float | None = None,
+        sparsity_measure: str = "gini",
         layer_p: Mapping[str, float] | None = None,
         composite: Composite | None = None,
         low: Any = None,
@@ -208,7 +219,7 @@ class _PLRPComposite(RuleWrappingComposite):
     ) -> None:
         if p is None and sparsity_gain is None:
             sparsity_gain = 1.0
-        self.spec = PruningSpec(p=p, p_neg=p_neg, sparsity_gain=sparsity_gain)
+        self.spec = PruningSpec(p, p_neg, sparsity_gain, sparsity_measure)
         self.layer_p = {name: check_fraction(f"layer_p[{name!r}]", v) for name, v in
                         dict(layer_p or {}).items()}  # fmt: skip
         self.layer_types = layer_types
@@ -269,6 +280,10 @@ _DOC = """Pruned LRP, {title}, as a Zennit composite (paper eq. 3.2–3.{eq}).
         Fraction of the absolute negative mass to prune; defaults to ``p``.
     sparsity_gain : float, optional
         Minimal sparsity gain ≥ 0: the fraction is chosen per layer and sample (eq. 3.3).
+    sparsity_measure : {{'gini', 'hoyer', 'l0'}}
+        Sparsity measure ``s`` of the gain (the paper leaves it unnamed): the Gini index,
+        Hoyer's l1/l2 measure, or the share of zeros (gain 1 then prunes every entry at most
+        the mean of its sign). Only with ``sparsity_gain`` (or its default).
     layer_p : mapping of str to float, optional
         Fixed fraction (both signs) for named layers (names as in ``model.named_modules()``);
         0 disables pruning of that layer.

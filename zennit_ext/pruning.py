@@ -19,6 +19,7 @@ __all__ = [
     "prefix_gini",
     "mass_threshold_mask",
     "sparsity_gain_mask",
+    "SPARSITY_MEASURES",
     "rescale_kept",
     "check_fraction",
 ]
@@ -234,16 +235,86 @@ def gini_index(x: torch.Tensor) -> torch.Tensor:
     return prefix_gini(torch.sort(flat, dim=-1).values)[:, 0]
 
 
-def _gain_counts(values: torch.Tensor, min_gain: float) -> torch.Tensor:
-    """How many smallest entries to prune so that every pruning step has gain ≥ ``min_gain``.
+SPARSITY_MEASURES = ("gini", "hoyer", "l0")
+
+
+def _gini_gains(values: torch.Tensor) -> torch.Tensor:
+    """Eq. (3.3) gain of every step with the Gini index as the sparsity measure.
 
     Step ``k`` (0-based) removes ``c_k``. With the suffix sums ``S_k = Σ_{i≥k} c_i`` the Gini
     difference of :func:`prefix_gini` telescopes to ``G_{k+1} − G_k = 2 c_k T_k / (n S_k
     S_{k+1})``, with ``T_k = Σ_{i>k} (i − k) c_i = Σ_{j>k} S_j``: a sum of non-negative terms.
-    The gain of eq. (3.3) on the support (``m`` non-zero entries) is then
-    ``2 ||v0||_1 T_k / (m S_k S_{k+1})``: no difference of nearly equal Gini values, so float32
-    keeps what float64 keeps (differences of prefix Gini values are ~1/n and vanish in float32
-    above ~10⁴ entries). The sums are accumulated in float64 whatever the input dtype.
+    The gain on the support (``m`` non-zero entries) is then ``2 ||v0||_1 T_k / (m S_k
+    S_{k+1})``: no difference of nearly equal Gini values (those are ~1/n apart and vanish in
+    float32 above ~10⁴ entries).
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        (..., n) float64, non-negative, sorted ascending.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n − 1) float64 gains; steps that remove a zero entry are meaningless.
+    """
+    suffix = _suffix_sum(values)  # S_k
+    after = suffix[..., 1:]  # S_{k+1}, k = 0 … n − 2
+    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+    return 2 * suffix[..., :1] * _suffix_sum(after) / (support * suffix[..., :-1] * after)
+
+
+def _hoyer_gains(values: torch.Tensor) -> torch.Tensor:
+    """Eq. (3.3) gain of every step with Hoyer's measure ``(√m − ‖v‖₁/‖v‖₂) / (√m − 1)``.
+
+    ``m`` is the support size of ``v0``; one entry (``m = 1``) is maximally sparse: gain 0.
+    The ratio ``‖v‖₁/‖v‖₂`` is evaluated in float64 from suffix sums of ``c`` and ``c²``.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        (..., n) float64, non-negative, sorted ascending.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n − 1) float64 gains.
+    """
+    l1 = _suffix_sum(values)
+    ratio = l1 / _suffix_sum(values * values).sqrt()
+    support = (values > 0).sum(-1, keepdim=True).to(values.dtype)
+    scale = (support.sqrt() - 1).clamp(min=1e-300)  # m = 1: ratio steps are 0 anyway
+    step = (ratio[..., :-1] - ratio[..., 1:]) / scale
+    return l1[..., :1] * step / values[..., :-1]
+
+
+def _l0_gains(values: torch.Tensor) -> torch.Tensor:
+    """Eq. (3.3) gain of every step with the share of zeros (l0) as the sparsity measure.
+
+    Each step zeroes one of the ``m`` support entries: ``Δs = 1/m`` and the gain is
+    ``||v0||_1 / (m c_k)``; gain ≥ 1 prunes exactly the entries at most the support's mean.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        (..., n) float64, non-negative, sorted ascending.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n − 1) float64 gains.
+    """
+    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+    return values.sum(-1, keepdim=True) / (support * values[..., :-1])
+
+
+_GAINS = {"gini": _gini_gains, "hoyer": _hoyer_gains, "l0": _l0_gains}
+
+
+def _gain_counts(values: torch.Tensor, min_gain: float, measure: str = "gini") -> torch.Tensor:
+    """How many smallest entries to prune so that every pruning step has gain ≥ ``min_gain``.
+
+    The gains are computed in float64 whatever the input dtype.
 
     Parameters
     ----------
@@ -251,33 +322,42 @@ def _gain_counts(values: torch.Tensor, min_gain: float) -> torch.Tensor:
         (..., n) non-negative, sorted ascending.
     min_gain : float
         Minimal gain of every pruning step.
+    measure : {'gini', 'hoyer', 'l0'}
+        Sparsity measure ``s`` of eq. (3.3).
 
     Returns
     -------
     torch.Tensor
         (...) int64 counts, at most n − 1 (zero entries included; they are skipped at no cost).
     """
-    wide = values.to(torch.float64)
-    suffix = _suffix_sum(wide)  # S_k
-    after = suffix[..., 1:]  # S_{k+1}, k = 0 … n − 2
-    spread = _suffix_sum(after)  # T_k
-    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
-    gain = 2 * suffix[..., :1] * spread / (support * suffix[..., :-1] * after)
+    gain = _GAINS[measure](values.to(torch.float64))
     ok = (values[..., :-1] == 0) | (gain >= min_gain)
     # the first failing step stops the search; entries before it are pruned
     failed = torch.cat([~ok, ok.new_ones((*ok.shape[:-1], 1))], dim=-1)
     return failed.to(torch.int64).argmax(-1)
 
 
-def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.Tensor:
+def check_measure(measure: str) -> str:
+    """Return ``measure`` if it names a sparsity measure of eq. (3.3), else raise ValueError."""
+    if measure not in SPARSITY_MEASURES:
+        raise ValueError(f"sparsity_measure must be one of {SPARSITY_MEASURES}, got {measure!r}")
+    return measure
+
+
+def sparsity_gain_mask(
+    relevance: torch.Tensor, min_gain: float = 1.0, measure: str = "gini"
+) -> torch.Tensor:
     """Keep-mask of eq. (3.3): prune the smallest entries while each step's sparsity gain holds.
 
     For each sample and each sign the entries are removed in ascending order; step ``k`` has
-    gain ``||v0||_1 · (G(v_{k+1}) − G(v_k)) / (||v_k||_1 − ||v_{k+1}||_1)`` with ``G`` the
-    Gini index (:func:`prefix_gini`) over the support of ``v0`` — the entries of that sign;
-    entries of the other sign or zero would otherwise count as already sparse and block all
-    pruning. Pruning stops before the first step with gain below ``min_gain``; the largest
-    entry of a sign is never pruned. O(n log n) per sample.
+    gain ``||v0||_1 · (s(v_{k+1}) − s(v_k)) / (||v_k||_1 − ||v_{k+1}||_1)`` with ``s`` the
+    sparsity measure over the support of ``v0`` — the entries of that sign; entries of the
+    other sign or zero would otherwise count as already sparse and block all pruning. The
+    paper leaves ``s`` unnamed; the default is the Gini index it evaluates with
+    (:func:`prefix_gini`). Pruning stops before the first step with gain below ``min_gain``;
+    the largest entry of a sign is never pruned. O(n log n) per sample; the gains are
+    computed in float64 without differences of nearly equal values, so a float32 mask equals
+    the float64 mask of the same values.
 
     Parameters
     ----------
@@ -285,6 +365,9 @@ def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.
         (batch, ...) relevance of one layer.
     min_gain : float
         Minimal allowed sparsity gain, finite and ≥ 0 (the paper's natural choice is 1).
+    measure : {'gini', 'hoyer', 'l0'}
+        Sparsity measure ``s``: the Gini index, Hoyer's ``(√m − ‖v‖₁/‖v‖₂) / (√m − 1)`` or
+        the share of zeros (with gain 1: prune every entry at most the mean of its sign).
 
     Returns
     -------
@@ -294,14 +377,14 @@ def sparsity_gain_mask(relevance: torch.Tensor, min_gain: float = 1.0) -> torch.
     Raises
     ------
     TypeError, ValueError
-        If ``min_gain`` is not a finite non-negative number.
+        If ``min_gain`` is not a finite non-negative number or ``measure`` is unknown.
     """
     if isinstance(min_gain, bool) or not isinstance(min_gain, int | float):
         raise TypeError(f"sparsity_gain must be a float >= 0, got {min_gain!r}")
     if not 0 <= min_gain < math.inf:
         raise ValueError(f"sparsity_gain must be >= 0 and finite, got {min_gain!r}")
     values, order = _sorted_parts(relevance)
-    counts = _gain_counts(values, float(min_gain))
+    counts = _gain_counts(values, float(min_gain), check_measure(measure))
     return _keep_from_counts(values, order, counts, relevance.shape)
 
 

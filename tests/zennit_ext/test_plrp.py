@@ -204,6 +204,8 @@ def test_m_rejects_non_basic_rule(plrp_unchanged):
         ({"p": 0.1, "low": -1.0}, ValueError, "both low and high"),
         ({"p": 0.1, "composite": EpsilonPlusFlat(), "canonizers": []}, ValueError, "canonizers"),
         ({"p": 0.1, "layer_p": {"2": 1.5}}, ValueError, r"layer_p\['2'\] must be in"),
+        ({"sparsity_measure": "l1"}, ValueError, "sparsity_measure must be one of"),
+        ({"p": 0.1, "sparsity_measure": "l0"}, ValueError, "sparsity_measure='l0' needs"),
     ],
 )
 def test_invalid_settings(variant, kwargs, error, match):
@@ -440,6 +442,15 @@ def test_spec_keep_uses_the_given_gain():
     r = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     assert PruningSpec(sparsity_gain=1.0).keep(r).sum().item() == 1
     assert PruningSpec(sparsity_gain=1.5).keep(r).all()
+
+
+def test_spec_keep_uses_the_given_measure():
+    """[1, 2, 3, 6]: the l0 gain prunes 1, 2, 3 (≤ the mean); the Gini gain stops earlier."""
+    r = torch.tensor([[1.0, 2.0, 3.0, 6.0]], dtype=torch.float64)
+    assert PruningSpec(sparsity_gain=1.0, sparsity_measure="l0").keep(r).tolist() == [
+        [False, False, False, True]
+    ]
+    assert PruningSpec(sparsity_gain=1.0).keep(r).sum().item() > 1
 
 
 def test_pruned_hook_defaults_and_composite_state():

@@ -44,6 +44,22 @@ def _gini_reference(c: np.ndarray) -> float:
     return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * c) / (n * np.sum(c)))
 
 
+def _hoyer_reference(c: np.ndarray) -> float:
+    """Hoyer's sparsity (√n − ‖c‖₁/‖c‖₂) / (√n − 1); 1 for a single entry."""
+    n = c.size
+    if n == 1:
+        return 1.0
+    return float((np.sqrt(n) - np.abs(c).sum() / np.sqrt((c * c).sum())) / (np.sqrt(n) - 1))
+
+
+def _l0_reference(c: np.ndarray) -> float:
+    """Share of exact zeros."""
+    return float(np.mean(c == 0))
+
+
+MEASURES = {"gini": _gini_reference, "hoyer": _hoyer_reference, "l0": _l0_reference}
+
+
 def _parts(row: np.ndarray) -> list[np.ndarray]:
     return [np.clip(row, 0, None), np.clip(-row, 0, None)]
 
@@ -71,8 +87,11 @@ def _threshold_reference(row: np.ndarray, p: float, p_neg: float) -> np.ndarray:
     return ~pruned
 
 
-def _gain_reference(row: np.ndarray, min_gain: float) -> tuple[np.ndarray, list[float]]:
-    """Eq. (3.3) by brute force: zero entries one by one, recompute the Gini index each time."""
+def _gain_reference(
+    row: np.ndarray, min_gain: float, measure: str = "gini"
+) -> tuple[np.ndarray, list[float]]:
+    """Eq. (3.3) by brute force: zero entries one by one, recompute the measure each time."""
+    sparsity = MEASURES[measure]
     pruned = np.zeros(row.size, bool)
     margins = []
     for part in _parts(row):
@@ -85,7 +104,7 @@ def _gain_reference(row: np.ndarray, min_gain: float) -> tuple[np.ndarray, list[
             if part[index] > 0:
                 nxt = current.copy()
                 nxt[index] = 0.0
-                step = _gini_reference(nxt[support]) - _gini_reference(current[support])
+                step = sparsity(nxt[support]) - sparsity(current[support])
                 gain = part.sum() * step / part[index]
                 margins.append(gain - min_gain)
                 if gain < min_gain:
@@ -133,12 +152,12 @@ def test_mass_threshold_keeps_mass_and_prunes_smallest(x, p):
 
 
 @settings(max_examples=150, deadline=None)
-@given(distinct, st.floats(0.0, 3.0))
-def test_sparsity_gain_matches_prefix_search(x, min_gain):
-    expected, margins = zip(*(_gain_reference(row, min_gain) for row in x), strict=True)
+@given(distinct, st.floats(0.0, 3.0), st.sampled_from(sorted(MEASURES)))
+def test_sparsity_gain_matches_prefix_search(x, min_gain, measure):
+    expected, margins = zip(*(_gain_reference(row, min_gain, measure) for row in x), strict=True)
     # a gain equal to the threshold up to rounding could go either way in both codes
     assume(all(abs(m) > 1e-9 for ms in margins for m in ms))
-    keep = sparsity_gain_mask(torch.from_numpy(x), min_gain).numpy()
+    keep = sparsity_gain_mask(torch.from_numpy(x), min_gain, measure).numpy()
     np.testing.assert_array_equal(keep, np.stack(expected))
 
 
@@ -288,3 +307,17 @@ def test_an_entry_that_spends_the_budget_exactly_is_pruned():
     r = torch.tensor([[1.0, 1.0, 1.0, 1.0, -2.0, -2.0]], dtype=torch.float64)
     keep = mass_threshold_mask(r, 0.25, p_neg=0.5)
     assert keep[:, :4].sum().item() == 3 and keep[:, 4:].sum().item() == 1
+
+
+def test_l0_gain_one_prunes_exactly_the_entries_at_most_the_mean():
+    """[1, 2, 3, 6]: mean 3, so 1, 2 and 3 go (3's gain is 12 / (4 · 3) = 1 exactly)."""
+    r = torch.tensor([[1.0, 2.0, 3.0, 6.0, -1.0, -3.0]], dtype=torch.float64)
+    keep = sparsity_gain_mask(r, 1.0, "l0")
+    assert keep.tolist() == [[False, False, False, True, False, True]]
+
+
+def test_unknown_measure_rejected():
+    with pytest.raises(
+        ValueError, match=r"sparsity_measure must be one of \('gini', 'hoyer', 'l0'\), got 'l1'"
+    ):
+        sparsity_gain_mask(torch.ones(1, 3), 1.0, "l1")

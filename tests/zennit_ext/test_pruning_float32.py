@@ -67,6 +67,21 @@ def test_sparsity_gain_mask_float32_equals_float64(kind, n):
     assert abs(kept - sparsity_gain_mask(x64).double().mean().item()) < 1e-3
 
 
+@pytest.mark.parametrize("n", [10**5, 10**6])
+@pytest.mark.parametrize(
+    ("kind", "measure", "gain"),
+    [("exponential", "hoyer", 0.6), ("exponential", "l0", 1.0), ("relu-cubed", "l0", 1.0)],
+)
+def test_other_measures_float32_equal_float64(kind, measure, gain, n):
+    """Hoyer's gains stay below 1/√2 on exponentials (nothing is pruned at 1): tested at 0.6."""
+    x32 = _signed(_sample(kind, n, seed=n + 7), seed=n).float()
+    keep32 = sparsity_gain_mask(x32, gain, measure)
+    keep64 = sparsity_gain_mask(x32.double(), gain, measure)
+    assert _disagreement(keep32, keep64) <= 1
+    assert (keep32 != keep64).sum() <= 2 * x32.shape[0]
+    assert 0.01 < keep32.double().mean().item() < 0.95
+
+
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("p", [0.2, 0.9])
