@@ -144,7 +144,9 @@ class NormalizedHook(StatefulHook):
     # Zennit 1.0 reads the signature to decide whether the forward hook gets kwargs
     post_forward = _post_forward_kwargs if _POST_FORWARD_KWARGS else _post_forward_args
 
-    def _terms(self, module: nn.Module) -> tuple[
+    def _terms(
+        self, module: nn.Module
+    ) -> tuple[
         list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]
     ]:
         """The rule's modified inputs (requiring grad), outputs, and the parameter-modified
@@ -259,8 +261,8 @@ class NormalizedComposite(RuleWrappingComposite):
     base : zennit.core.Composite
         Its rules define the unnormalized propagation ``M̃``; its canonizers are applied.
     on_violation : {'raise', 'warn'}
-        What a negative column sum at a neuron carrying relevance does (eq. 15); read by
-        NRM's engine after its checked pass.
+        What a negative column sum at a neuron carrying relevance does (eq. 15), and a checked
+        pass that does not conserve relevance; read by NRM's engine after its checked pass.
 
     Raises
     ------

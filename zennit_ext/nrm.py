@@ -51,7 +51,8 @@ class NRM:
     canonizers : list, optional
         Canonizers of the default composite (give them to ``composite`` otherwise).
     on_violation : {'raise', 'warn'}
-        What a negative column sum at a neuron carrying relevance (eq. 15) does.
+        What a negative column sum at a neuron carrying relevance (eq. 15) does, and a checked
+        pass that does not conserve relevance (``reached + Σ stopped`` not 1 up to rounding).
     batch_size : int
         Conditions per batched backward pass.
     progress : bool
@@ -131,6 +132,11 @@ class NRM:
         PositiveSumError
             With ``on_violation='raise'``, if a neuron carrying relevance has a negative
             column sum (eq. 15); the model is restored first.
+        ConservationError
+            With ``on_violation='raise'``, if ``reached + Σ stopped`` differs from 1 by more
+            than the rounding of the pass (√eps of the dtype, relative to the largest absolute
+            relevance mass), e.g. through a residual add in ``forward`` that no hook sees; the
+            model is restored first.
         """
         session = engine.Session(
             self.model, self.composite, self.layers, x, target,
@@ -138,6 +144,8 @@ class NRM:
         )  # fmt: skip
         for name in session.report.violations:
             warnings.warn(session.violation_text(name), RuntimeWarning, stacklevel=_stacklevel())
+        if session.unbalanced.any():
+            warnings.warn(session.imbalance_text(), RuntimeWarning, stacklevel=_stacklevel())
         return NRMExplanation(self, session)
 
     def joint(
@@ -210,9 +218,7 @@ class NRM:
             )
         outside = [name for name in sets if name not in self.modules]
         if outside:
-            raise ValueError(
-                f"{argument}: layers {outside} are not in NRM's layers {self.layers}"
-            )
+            raise ValueError(f"{argument}: layers {outside} are not in NRM's layers {self.layers}")
 
 
 def _stacklevel() -> int:

@@ -42,8 +42,17 @@ from zennit_ext.normalize import NormalizedComposite, NormalizedHook, PositiveSu
 from zennit_ext.nrm_segments import close, rule_segment
 
 __all__ = [
-    "Report", "Session", "propagate", "interactions", "layer_relevance", "consecutive_edges",
+    "Report", "Session", "ConservationError", "propagate", "interactions", "layer_relevance",
+    "consecutive_edges",
 ]  # fmt: skip
+
+
+class ConservationError(ValueError):
+    """The checked pass does not conserve relevance: ``reached + Σ stopped`` is not 1.
+
+    A step of the forward pass that no module hook sees changed the relevance (e.g. a residual
+    add ``x + f(x)`` in ``forward``, a scaling, a mean, a detached branch).
+    """
 
 
 @dataclass
@@ -107,6 +116,12 @@ class Session:
         The normalized LRP heatmap (input relevance of all walks), like ``x``.
     report : Report
         The checked pass's findings.
+    imbalance : torch.Tensor
+        (batch,): ``reached + Σ stopped − 1`` (0 up to rounding where relevance is conserved).
+    tolerance : torch.Tensor
+        (batch,): how far rounding may move ``imbalance`` from 0 (:meth:`_tolerance`).
+    unbalanced : torch.Tensor
+        (batch,) bool: samples whose ``|imbalance|`` exceeds the tolerance.
     """
 
     def __init__(
@@ -209,8 +224,26 @@ class Session:
                 violations[name] = violated
         self.report = Report(stopped, self.heat.flatten(1).sum(1), violations)
         self.lost = any(bool((mass != 0).any()) for mass in stopped.values())
+        self.imbalance = sum(stopped.values(), self.report.reached) - 1
+        self.tolerance = self._tolerance()
+        self.unbalanced = self.imbalance.abs() > self.tolerance
         if violations and self.composite.on_violation == "raise":
             raise PositiveSumError(self.violation_text(next(iter(violations))))
+        if self.unbalanced.any() and self.composite.on_violation == "raise":
+            raise ConservationError(self.imbalance_text())
+
+    def _tolerance(self) -> torch.Tensor:
+        """(batch,): how far the rounding of the pass may move ``reached + Σ stopped`` from 1.
+
+        Every rule layer rounds the relevance terms it moves, and where terms of both signs
+        cancel (small γ or ε column sums) the absolute relevance mass exceeds the total: √eps
+        of the dtype times the largest absolute mass ``Σ|m|`` of a message or of the heatmap,
+        at least 1 (the output relevance). In float32 that is 3.5e-4, far above the rounding
+        (~1e-7 at 10⁵ neurons per layer) and far below a relevance that a skip doubles.
+        """
+        masses = torch.stack([values.flatten(1).abs().sum(1)
+                              for values in (self.heat, *self.messages.values())])  # fmt: skip
+        return torch.finfo(self.heat.dtype).eps ** 0.5 * masses.amax(0).clamp(min=1.0)
 
     def violation_text(self, name: str) -> str:
         """What the report's violation at layer ``name`` means (the warning or the error)."""
@@ -220,6 +253,20 @@ class Session:
             f"{type(self.hooks[name]).__bases__[1].__name__}) has {count} negative column sums "
             "at neurons that carry relevance; NRM needs positive sums (eq. 15): use z+ (or a "
             "larger gamma) on a ReLU network"
+        )
+
+    def imbalance_text(self) -> str:
+        """What an unconserved checked pass means (the warning or the error)."""
+        samples = self.unbalanced.nonzero()[:, 0].tolist()
+        found = ", ".join(
+            f"{float(self.imbalance[i]):+.3g} (tolerance {float(self.tolerance[i]):.1g})"
+            for i in samples
+        )
+        return (
+            f"relevance is not conserved: reached + Σ stopped − 1 is {found} in samples "
+            f"{samples}; a step of forward() that no module hook sees changes the relevance "
+            "(e.g. a residual add x + f(x), a scaling, a mean, a detached branch): make it a "
+            "module with a rule (e.g. zennit's Sum through a canonizer)"
         )
 
     def close(self) -> None:
