@@ -2,7 +2,9 @@
 
 A ``Plan`` names the rows N, the units n, how many rows one chunk holds, and a factory
 ``evaluator(start, stop)`` for a chunk (see ``captum_ext._evaluators``). Memory is bounded by
-the chunk, never by N.
+the chunk, never by N. Differences, sums and formulas are float64 whatever the model's dtype
+(S_ij is a difference of nearly equal means of thousands of rows); results come back in the
+dtype the model gives its scores in.
 """
 
 from __future__ import annotations
@@ -33,14 +35,16 @@ class Plan:
     progress: bool
 
 
-def _chunks(plan: Plan) -> Iterator[tuple[Any, Tensor, Tensor, Tensor]]:
-    """Per chunk: its evaluator, p (R,), p_single (R, n) and d_i (R, n)."""
+def _chunks(plan: Plan) -> Iterator[tuple[Any, Tensor, Tensor, Tensor, torch.dtype]]:
+    """Per chunk: its evaluator, p (R,), p_single (R, n) and d_i (R, n) in float64, and the
+    model's dtype of the scores."""
     for start in range(0, plan.rows, plan.rows_per_chunk):
         evaluator = plan.evaluator(start, min(plan.rows, start + plan.rows_per_chunk))
-        p, p_single = evaluator.singles()
+        p, p_single, dtype = evaluator.singles()
         check_finite("the explained output (model output or neuron, finite inputs)", p)
         check_finite("the explained output with one unit masked", p_single)
-        yield evaluator, p, p_single, scores.score_difference(p[:, None], p_single, plan.mode)
+        d_single = scores.score_difference(p[:, None], p_single, plan.mode)
+        yield evaluator, p, p_single, d_single, dtype
 
 
 def _pair_blocks(plan: Plan, evaluator: Any, bar: tqdm) -> Iterator[Tensor]:
@@ -70,25 +74,26 @@ def _bar(plan: Plan) -> tqdm:
 
 
 @torch.no_grad()
-def sums(plan: Plan) -> tuple[Tensor, Tensor, int]:
-    """Σ_x d_i(x) (n,), Σ_x d_ij(x) (n, n; upper triangle) and the row count.
+def sums(plan: Plan) -> tuple[Tensor, Tensor, int, torch.dtype]:
+    """Σ_x d_i(x) (n,) and Σ_x d_ij(x) (n, n; upper triangle) in float64, the row count and the
+    model's dtype of the scores (that of the results).
 
     When ``torch.distributed`` is initialized, the sums and counts of all processes are
     all-reduced: every rank returns those of the whole data set.
     """
-    sums: tuple[Tensor, Tensor] | None = None
+    sums: tuple[Tensor, Tensor, torch.dtype] | None = None
     with _bar(plan) as bar:
-        for evaluator, p, p_single, d_single in _chunks(plan):
+        for evaluator, p, p_single, d_single, dtype in _chunks(plan):
             if sums is None:
-                sums = d_single.new_zeros(plan.n), d_single.new_zeros(plan.n, plan.n)
-            single, pair = sums
+                sums = d_single.new_zeros(plan.n), d_single.new_zeros(plan.n, plan.n), dtype
+            single, pair, _ = sums
             single += d_single.sum(0)
             for block in _pair_blocks(plan, evaluator, bar):
                 d_pair = _pair_differences(plan, evaluator, block, p, p_single)
                 pair[block[:, 0], block[:, 1]] += d_pair.sum(0)
     if sums is None:
         raise ValueError(f"no rows to score, got {plan.rows}")
-    single, pair = sums
+    single, pair, dtype = sums
     rows = plan.rows
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         packed = torch.cat([single, pair.reshape(-1)])
@@ -96,20 +101,21 @@ def sums(plan: Plan) -> tuple[Tensor, Tensor, int]:
         torch.distributed.all_reduce(packed)
         torch.distributed.all_reduce(count)
         single, pair, rows = packed[: plan.n], packed[plan.n :].reshape_as(pair), int(count)
-    return single, pair, rows
+    return single, pair, rows, dtype
 
 
 @torch.no_grad()
 def per_row_z(plan: Plan, alpha: float) -> Tensor:
-    """(N, n) z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0), each row from itself alone."""
+    """(N, n) z_i(x) = d_i(x) + α · mean_j max(s_ij(x), 0), each row from itself alone, in the
+    model's dtype of the scores."""
     out = []
     with _bar(plan) as bar:
-        for evaluator, p, p_single, d_single in _chunks(plan):
+        for evaluator, p, p_single, d_single, dtype in _chunks(plan):
             positive = torch.zeros_like(d_single)
             for block in _pair_blocks(plan, evaluator, bar):
                 d_pair = _pair_differences(plan, evaluator, block, p, p_single)
                 i, j = block[:, 0].to(p.device), block[:, 1].to(p.device)
                 s = scores.pair_synergy(d_pair, d_single[:, i], d_single[:, j]).clamp(min=0)
                 positive.index_add_(1, i, s).index_add_(1, j, s)
-            out.append(scores.z_score(d_single, positive / plan.n, alpha))
+            out.append(scores.z_score(d_single, positive / plan.n, alpha).to(dtype))
     return torch.cat(out)

@@ -1,9 +1,11 @@
 """Masked scores of one chunk of rows: by forward passes, or from precomputed contributions.
 
-Every evaluator answers, for R rows and n units, ``singles()`` → p (R,) unmasked and
-p_single (R, n) with each unit masked alone, and ``pairs(index, p_single)`` → (R, P) with
-the two units of each pair ``index[k]`` masked together. ``pairs_per_call`` is the block of
-pairs it takes at once.
+Every evaluator answers, for R rows and n units, ``singles()`` → p (R,) unmasked,
+p_single (R, n) with each unit masked alone and the dtype the model gives its scores in (that
+of the results), and ``pairs(index, p_single)`` → (R, P) with the two units of each pair
+``index[k]`` masked together. Scores are float64 whatever the model's dtype: the differences
+of nearly equal scores are taken from them. ``pairs_per_call`` is the block of pairs it takes
+at once.
 """
 
 from __future__ import annotations
@@ -53,16 +55,17 @@ class _MaskedForward:
     def __init__(self, rows: int, per_eval: int) -> None:
         self.pairs_per_call = max(1, min(per_eval, _ROWS_PER_PASS // rows))
 
-    def _scores(self, masks: Tensor | None) -> Tensor:
-        """(R, K) scores for K masks (K, n); None → the unmasked (R, 1)."""
+    def _scores(self, masks: Tensor | None) -> tuple[Tensor, torch.dtype]:
+        """(R, K) float64 scores for K masks (K, n), None → the unmasked (R, 1); the model's
+        dtype of them."""
         raise NotImplementedError
 
     def _batched(self, masks: Tensor) -> Tensor:
-        return torch.cat([self._scores(b) for b in masks.split(self.pairs_per_call)], dim=1)
+        return torch.cat([self._scores(b)[0] for b in masks.split(self.pairs_per_call)], dim=1)
 
-    def singles(self) -> tuple[Tensor, Tensor]:
-        p = self._scores(None)[:, 0]
-        return p, self._batched(torch.eye(self.n, dtype=torch.bool))
+    def singles(self) -> tuple[Tensor, Tensor, torch.dtype]:
+        p, dtype = self._scores(None)
+        return p[:, 0], self._batched(torch.eye(self.n, dtype=torch.bool)), dtype
 
     def pairs(self, index: Tensor, p_single: Tensor) -> Tensor:
         return self._batched(_pair_masks(index, self.n))
@@ -95,7 +98,7 @@ class LayerHookEvaluator(_MaskedForward):
         self._forward, self._layer, self._part = forward, layer, part
         self._units, self._transform = units, transform
 
-    def _scores(self, masks: Tensor | None) -> Tensor:
+    def _scores(self, masks: Tensor | None) -> tuple[Tensor, torch.dtype]:
         rows, copies = len(self._part), 1 if masks is None else len(masks)
         inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
         handle = None
@@ -107,7 +110,7 @@ class LayerHookEvaluator(_MaskedForward):
             if handle is not None:
                 handle.remove()
         scores = self._part.target.select(self._transform(output), copies)
-        return scores.reshape(copies, rows).t()
+        return scores.reshape(copies, rows).t(), output.dtype
 
     def _masking_hook(self, masks: Tensor, expected: int) -> Any:
         """A forward hook that masks the layer output of ``expected`` stacked rows."""
@@ -145,8 +148,10 @@ def select_neuron(layer_eval: tuple[Tensor, ...], selector: Any, rows: int) -> T
             raise ValueError(f"neuron_selector {selector!r} selects no neuron of the layer "
                              f"output of shape {shapes[0]}")  # fmt: skip
     if value.numel() != rows:
-        raise ValueError(f"neuron_selector {selector!r} must give one value per row ({rows}), "
-                         f"got shape {tuple(value.shape)} for layer output(s) {shapes}")
+        raise ValueError(
+            f"neuron_selector {selector!r} must give one value per row ({rows}), "
+            f"got shape {tuple(value.shape)} for layer output(s) {shapes}"
+        )
     return value.reshape(rows)
 
 
@@ -177,7 +182,7 @@ class NeuronEvaluator(_MaskedForward):
         self._forward, self._layer, self._part, self._units = forward, layer, part, units
         self._selector, self._device_ids = selector, device_ids
 
-    def _scores(self, masks: Tensor | None) -> Tensor:
+    def _scores(self, masks: Tensor | None) -> tuple[Tensor, torch.dtype]:
         rows, copies = len(self._part), 1 if masks is None else len(masks)
         inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
         if masks is not None:
@@ -187,7 +192,7 @@ class NeuronEvaluator(_MaskedForward):
             self._forward, inputs, self._layer, args, device_ids=self._device_ids
         )
         value = select_neuron(layer_eval, self._selector, copies * rows)
-        return value.reshape(copies, rows).t()
+        return value.reshape(copies, rows).t().to(torch.float64), value.dtype
 
 
 class ContributionEvaluator:
@@ -223,18 +228,20 @@ class ContributionEvaluator:
         self._suffix, self._target, self._transform = suffix, target, transform
         self._step = max(1, _ELEMENTS_PER_BLOCK // max(1, z[0].numel()))
 
-    def _scores(self, rows: Tensor, z: Tensor) -> Tensor:
-        return self._target.rows(rows).select(self._transform(self._suffix(z)))
+    def _scores(self, rows: Tensor, z: Tensor) -> tuple[Tensor, torch.dtype]:
+        """Float64 scores of the rows ``rows`` with L's output ``z``; the model's dtype of them."""
+        output = self._suffix(z)
+        return self._target.rows(rows).select(self._transform(output)), output.dtype
 
-    def singles(self) -> tuple[Tensor, Tensor]:
+    def singles(self) -> tuple[Tensor, Tensor, torch.dtype]:
         all_rows = torch.arange(len(self._z), device=self._z.device)
-        p = self._scores(all_rows, self._z)
+        p, dtype = self._scores(all_rows, self._z)
         rows, units = torch.nonzero(self._c.active, as_tuple=True)
         p_single = p[:, None].repeat(1, self.n)
         for block in torch.arange(len(rows), device=rows.device).split(self._step):
             r, k = rows[block], units[block]
-            p_single[r, k] = self._scores(r, self._z[r] - self._c.single(r, k))
-        return p, p_single
+            p_single[r, k] = self._scores(r, self._z[r] - self._c.single(r, k))[0]
+        return p, p_single, dtype
 
     def pairs(self, index: Tensor, p_single: Tensor) -> Tensor:
         index = index.to(self._z.device)
@@ -247,6 +254,6 @@ class ContributionEvaluator:
                 base = self._z[rows] - self._c.single(rows, i)
                 z = self._c.minus_pairs(base, rows, j)  # (rows, pairs, *out)
                 flat_rows = rows[:, None].expand(-1, len(j)).reshape(-1)
-                scores = self._scores(flat_rows, z.reshape(-1, *z.shape[2:]))
+                scores = self._scores(flat_rows, z.reshape(-1, *z.shape[2:]))[0]
                 out[rows[:, None], columns[None, :]] = scores.reshape(len(rows), len(j))
         return out

@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from captum_ext._masking import Units
 
 __all__ = [
-    "Split", "split_after", "channel_groups", "contributions", "elements_per_row", "RankOne",
+    "Split",
+    "split_after",
+    "channel_groups",
+    "contributions",
+    "elements_per_row",
+    "RankOne",
     "Materialized",
 ]
 
@@ -145,10 +150,10 @@ def _one_unit_per_column(split: Split, units: Units) -> bool:
 
 def elements_per_row(split: Split, units: Units, activation: Tensor) -> int:
     """Elements held per row of a chunk: z, the contributions (unless kept as rank one), and
-    the (R, n) tables of scores and differences."""
+    the (R, n) float64 tables of scores and differences (two float32 elements each)."""
     out = split.z(activation[:1]).numel()
     if _one_unit_per_column(split, units):
-        return out + 6 * units.n
+        return out + 12 * units.n
     return out * (units.n + 1)
 
 

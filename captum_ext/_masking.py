@@ -20,15 +20,20 @@ __all__ = ["Units", "Target", "Transform", "RowSlice", "format_inputs"]
 
 
 class Transform:
-    """The ``output_transform`` of a score: None, 'sigmoid', 'softmax' (last dim) or callable."""
+    """The ``output_transform`` of a score: None, 'sigmoid', 'softmax' (last dim) or callable.
+
+    Scores come out in float64: 'sigmoid' and 'softmax' run on the output in float64 (a float32
+    sigmoid near 1 rounds the differences of nearly equal outputs away); a callable gets the
+    output as the model gives it.
+    """
 
     def __init__(self, transform: Any) -> None:
         if transform is None or callable(transform):
             self._fn = transform
         elif transform == "sigmoid":
-            self._fn = torch.sigmoid
+            self._fn = lambda out: out.to(torch.float64).sigmoid()
         elif transform == "softmax":
-            self._fn = lambda out: out.softmax(-1)
+            self._fn = lambda out: out.to(torch.float64).softmax(-1)
         else:
             raise ValueError(
                 "output_transform must be None, 'sigmoid', 'softmax' or a callable, "
@@ -36,7 +41,7 @@ class Transform:
             )
 
     def __call__(self, output: Tensor) -> Tensor:
-        return output if self._fn is None else self._fn(output)
+        return (output if self._fn is None else self._fn(output)).to(torch.float64)
 
 
 def _is_index(value: Any) -> bool:
@@ -85,8 +90,10 @@ class Target:
                                  f"got {target!r}")  # fmt: skip
             self._index = torch.tensor(entries, dtype=torch.long).reshape(rows, -1)
         else:
-            raise ValueError(f"target must be None, an int, a tuple of ints, a list with one "
-                             f"entry per input row ({rows}) or a tensor, got {target!r}")
+            raise ValueError(
+                f"target must be None, an int, a tuple of ints, a list with one "
+                f"entry per input row ({rows}) or a tensor, got {target!r}"
+            )
 
     def rows(self, which: slice | Tensor) -> Target:
         """The target of the rows ``which`` (a slice or an index tensor)."""
@@ -101,8 +108,10 @@ class Target:
         """Scores (copies · R,) of an output (copies · R, ...) from ``copies`` stacked batches."""
         if self._index is None:
             if output.numel() != len(output):
-                raise ValueError(f"target must be given for a forward output of shape "
-                                 f"{tuple(output.shape)} (more than one value per row)")
+                raise ValueError(
+                    f"target must be given for a forward output of shape "
+                    f"{tuple(output.shape)} (more than one value per row)"
+                )
             return output.reshape(-1)
         index = self._index.to(output.device).repeat(copies, 1)
         shape = tuple(output.shape)
@@ -186,8 +195,9 @@ class Units:
             for m, t in zip(masks, tensors, strict=True)
         )
         self.baselines = tuple(
-            _as_rows(torch.as_tensor(b, dtype=t.dtype, device=t.device), t, rows, names[1],
-                     what)  # fmt: skip
+            _as_rows(
+                torch.as_tensor(b, dtype=t.dtype, device=t.device), t, rows, names[1], what
+            )  # fmt: skip
             for b, t in zip(self._baselines(baselines, tensors, names[1]), tensors, strict=True)
         )
 
@@ -294,4 +304,3 @@ def format_inputs(inputs: Any) -> tuple[Tensor, ...]:
     for position, x in enumerate(inputs):
         check_finite("inputs" if len(inputs) == 1 else f"inputs[{position}]", x)
     return inputs
-

@@ -54,6 +54,9 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
     only the rest of the network runs, in batches. Otherwise masked forward passes run with a
     forward hook on the layer, ``perturbations_per_eval`` masks per pass.
 
+    The differences of scores, their sums over rows and S are computed in float64 whatever
+    the model's dtype; results come in the dtype of the forward output.
+
     Rows are processed in chunks (``rows_per_chunk``, sized so memory stays near 64 MB):
     memory does not grow with N. When ``torch.distributed`` is initialized, ``compute`` on
     each process's rows all-reduces the sums: every rank gets the result of all rows.
@@ -69,7 +72,9 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         masking hook needs the whole batch at the layer).
     output_transform : None, 'sigmoid', 'softmax' or callable
         Applied to the forward output before ``target`` selects the score; 'softmax' over the
-        last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model.
+        last dimension. SynXAI's p is ``'sigmoid'`` of a one-logit model. 'sigmoid' and
+        'softmax' are evaluated in float64 (a float32 sigmoid near 1 would round away the
+        differences between masks); a callable gets the output as the model gives it.
     mode : {'abs_mean', 'signed'}
         ``d = |p - p_U|`` (the paper's) or ``p - p_U``.
 
@@ -241,5 +246,7 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
             inputs, target, additional_forward_args, layer_baselines, layer_mask,
             perturbations_per_eval, show_progress, rows_per_chunk,
         )  # fmt: skip
-        single, pair, rows = _engine.sums(plan)
-        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)
+        single, pair, rows, dtype = _engine.sums(plan)
+        return SynergyResult.from_sums(
+            single, pair, rows, units.ids, units.shapes, self.mode, dtype
+        )

@@ -13,6 +13,9 @@ CSGCNN's evaluation code); the filter hits part k on image I when IoU_{f,k}^I > 
   spectral clustering of the filters' cosine similarities.
 - :func:`filter_metrics`: all of them as scalars; :data:`DIRECTION` says which way is better.
 
+IoUs are compared with φ in their own dtype (an IoU equal to φ is no hit in float32 as in
+float64); upsampled maps, IoUs, rates, entropies and their means are computed in float64 and
+returned in the input's dtype, so float32 input decides every tie as float64 does.
 scikit-learn is imported inside the clustering functions.
 """
 
@@ -54,7 +57,7 @@ DIRECTION = {
 }
 """Which way each key of :func:`filter_metrics` is better (for ``Report.add_table``)."""
 
-_CHUNK = 1 << 24  # upsampled values per chunk of images in part_iou
+_CHUNK = 1 << 23  # upsampled values per chunk of images in part_iou (float64: 64 MB)
 
 
 def _check_iou(iou: object) -> Tensor:
@@ -75,7 +78,8 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     (CSGCNN's convention). When the threshold is the filter's minimum (a ReLU filter that is
     0 on more than a 1 − top_rate share of all positions), "≥" would make the region the
     whole image; the region is then where the map exceeds it (its support; empty for a dead
-    filter).
+    filter). The upsampling runs in float64: for float32 maps and an integer scale factor it
+    is exact, so a region of values equal to the threshold stays in the region.
 
     Parameters
     ----------
@@ -105,37 +109,42 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     values = maps.detach().transpose(0, 1).reshape(c, -1)
     k = max(1, int(top_rate * values.shape[1]))
     threshold = values.kthvalue(values.shape[1] - k + 1, dim=1).values  # k-th largest, (C,)
+    minimum = threshold <= values.amin(1)
+    threshold = threshold.to(torch.float64)
     # "> t" where t is the minimum, as "≥ the next float above t": one comparison for all
     above = torch.nextafter(threshold, torch.full_like(threshold, float("inf")))
-    threshold = torch.where(threshold <= values.amin(1), above, threshold)[:, None, None]
+    threshold = torch.where(minimum, above, threshold)[:, None, None]
     area = masks.flatten(2).sum(-1)  # (N, K)
-    rows, cols = (_linear_interpolation(m, big, maps) for m, big in zip((h, w), size, strict=True))
+    rows, cols = (
+        _linear_interpolation(m, big, maps.device) for m, big in zip((h, w), size, strict=True)
+    )
     step = max(1, _CHUNK // (c * size[0] * size[1]))
     out = []
     for start in range(0, n, step):
         # bilinear upsampling (align_corners=False) is separable: rows @ map @ colsᵀ
-        up = rows @ maps[start : start + step].detach() @ cols.T  # (n, C, H, W)
+        up = rows @ maps[start : start + step].detach().to(torch.float64) @ cols.T
         region = up.sub_(threshold).heaviside_(up.new_ones(())).flatten(2)  # 1[up ≥ t]
-        part = masks[start : start + step].to(device=maps.device, dtype=maps.dtype).flatten(2)
+        part = masks[start : start + step].to(device=maps.device, dtype=torch.float64)
+        part = part.flatten(2)
         part = torch.cat([part, part.new_ones(len(part), 1, part.shape[-1])], 1)  # + image
         inter = region @ part.transpose(1, 2)  # (n, C, K + 1); the last column is |region|
         union = inter[..., -1:] + part[:, None, :-1].sum(-1) - inter[..., :-1]
         out.append(inter[..., :-1] / union.clamp(min=1))
     iou = torch.cat(out)
     missing = (area == 0).to(maps.device)[:, None, :].expand_as(iou)
-    return iou.masked_fill(missing, float("nan"))
+    return iou.masked_fill(missing, float("nan")).to(maps.dtype)
 
 
-def _linear_interpolation(small: int, big: int, like: Tensor) -> Tensor:
-    """(big, small) matrix of 1-D linear upsampling with align_corners=False."""
-    eye = torch.eye(small, device=like.device, dtype=like.dtype)[:, None, :]
+def _linear_interpolation(small: int, big: int, device: torch.device) -> Tensor:
+    """(big, small) float64 matrix of 1-D linear upsampling with align_corners=False."""
+    eye = torch.eye(small, device=device, dtype=torch.float64)[:, None, :]
     return F.interpolate(eye, size=big, mode="linear", align_corners=False)[:, 0, :].T
 
 
 def _hits(iou: Tensor, phi: float) -> Tensor:
-    """1[IoU > φ] as 0/1 floats (NaN: no hit)."""
+    """1[IoU > φ], decided in the IoU's dtype, as float64 0/1 (NaN: no hit)."""
     phi = real_number("phi", phi)
-    return (_check_iou(iou) > phi).to(iou.dtype)
+    return (_check_iou(iou) > phi).to(torch.float64)
 
 
 def _normalized_entropy(v: Tensor) -> Tensor:
@@ -150,8 +159,8 @@ def _normalized_entropy(v: Tensor) -> Tensor:
 
 
 def _part_rates(iou: Tensor, phi: float) -> Tensor:
-    """(C, K): share of the images having part k on which the filter hits it (eq. 11)."""
-    present = (~torch.isnan(iou)).to(iou.dtype).sum(0)
+    """(C, K) float64: share of the images having part k on which the filter hits it (eq. 11)."""
+    present = (~torch.isnan(iou)).sum(0)
     return _hits(iou, phi).sum(0) / present.clamp(min=1)
 
 
@@ -168,14 +177,14 @@ def interp(iou: Tensor, phi: float = 0.2) -> Tensor:
     Returns
     -------
     torch.Tensor
-        (C,), higher is better.
+        (C,) in the IoU's dtype, higher is better.
     """
-    return _part_rates(iou, phi).amax(-1)
+    return _part_rates(iou, phi).amax(-1).to(iou.dtype)
 
 
 def stability(iou: Tensor, phi: float = 0.2) -> Tensor:
     """Stability(f) = H_k(mean_I 1[IoU > φ]) / log K (eq. 12); (C,), lower is better."""
-    return _normalized_entropy(_part_rates(iou, phi))
+    return _normalized_entropy(_part_rates(iou, phi)).to(iou.dtype)
 
 
 def purity(iou: Tensor, phi: float = 0.2) -> Tensor:
@@ -183,12 +192,12 @@ def purity(iou: Tensor, phi: float = 0.2) -> Tensor:
 
     Absent parts count as misses; images on which the filter hits nothing contribute 0.
     """
-    return _normalized_entropy(_hits(iou, phi)).mean(0)
+    return _normalized_entropy(_hits(iou, phi)).mean(0).to(iou.dtype)
 
 
 def diversity(iou: Tensor, phi: float = 0.2) -> Tensor:
     """Diversity(I) = H_k(max_f 1[IoU > φ]) / log K (eq. 14); (N,), higher is better."""
-    return _normalized_entropy(_hits(iou, phi).amax(1))
+    return _normalized_entropy(_hits(iou, phi).amax(1)).to(iou.dtype)
 
 
 def _live(maps: Tensor) -> Tensor:

@@ -39,7 +39,9 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
     Δ, Δ_ij and S over all rows; ``attribute`` gives each row's synergistic importance of
     each feature, shaped like the inputs. Masked inputs run in batches of
     ``perturbations_per_eval`` masks per forward pass. At most 4,096 features or groups (the
-    pairs grow as n²): pass a ``feature_mask`` for larger inputs.
+    pairs grow as n²): pass a ``feature_mask`` for larger inputs. The differences of neuron
+    values, their sums over rows and S are computed in float64; results come in the neuron's
+    dtype.
 
     Parameters
     ----------
@@ -184,5 +186,7 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
             inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
             perturbations_per_eval, show_progress, rows_per_chunk,
         )  # fmt: skip
-        single, pair, rows = _engine.sums(plan)
-        return SynergyResult.from_sums(single, pair, rows, units.ids, units.shapes, self.mode)
+        single, pair, rows, dtype = _engine.sums(plan)
+        return SynergyResult.from_sums(
+            single, pair, rows, units.ids, units.shapes, self.mode, dtype
+        )

@@ -316,7 +316,8 @@ def taylor_scores(
     to first order, ``Θ_c = mean_t |1/M Σ_m a_{t,c,m} ∂C_t/∂a_{t,c,m}|`` over images t, with
     C_t the cross-entropy of image t and m over the channel's M positions. The model runs in
     eval mode; its parameters, buffers, gradients and mode are left as they were, and the
-    hook is removed, also on error.
+    hook is removed, also on error. The means and sums over positions, images and batches are
+    accumulated in float64 whatever the layer's dtype.
 
     Parameters
     ----------
@@ -366,13 +367,15 @@ def taylor_scores(
                     raise ValueError(f"y must hold class indices in [0, {logits.shape[1]}), got "
                                      f"{labels.tolist()}")  # fmt: skip
                 loss = nn.functional.cross_entropy(
-                    logits, labels.to(logits.device), reduction="sum")
+                    logits, labels.to(logits.device), reduction="sum"
+                )
                 (a,) = captured
                 (grad,) = torch.autograd.grad(loss, a)
-                part = (a * grad).reshape(*a.shape[:2], -1).mean(-1).abs().sum(0)
+                wide = a.detach().to(torch.float64) * grad
+                part = wide.reshape(*a.shape[:2], -1).mean(-1).abs().sum(0)
                 total = part if total is None else total + part
     finally:
         handle.remove()
         model.train(training)
     assert total is not None  # x holds at least one image (checked above)
-    return total / len(x)
+    return (total / len(x)).to(a.dtype)

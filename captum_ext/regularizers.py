@@ -12,6 +12,10 @@ activation position (one soft-argmax, :func:`expected_positions`, serves both lo
 
 ``loss = ce + 0.2 * lac(maps) + 0.1 * sync(maps)`` with ``maps`` the (B, C, H, W) output of
 the top conv layer, captured with :func:`capture_output`.
+
+Both losses and :func:`expected_positions` compute in float64 whatever the maps' dtype and
+return in it: the positions of nearby filters agree in most of their digits, and their
+differences (the directions of the gradients) would keep none of a float32 map's.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ def _safe_norm(squared: Tensor) -> Tensor:
 def expected_positions(maps: Tensor, coords: Coords = "cell") -> tuple[Tensor, Tensor, Tensor]:
     """Soft-argmax of every map (eq. 5): log q, and x̄ = Σ_m q_m x_m per image and filter.
 
+    Computed in float64, returned in the maps' dtype.
+
     Parameters
     ----------
     maps : torch.Tensor
@@ -115,7 +121,13 @@ def expected_positions(maps: Tensor, coords: Coords = "cell") -> tuple[Tensor, T
         (B, C) expected row and column positions x̄ (differentiable).
     """
     check_maps(maps)
-    grid_r, grid_c = _grids(maps, _check_coords(coords))
+    log_q, rows, cols = _soft_argmax(maps.to(torch.float64), _check_coords(coords))
+    return log_q.to(maps.dtype), rows.to(maps.dtype), cols.to(maps.dtype)
+
+
+def _soft_argmax(maps: Tensor, coords: Coords) -> tuple[Tensor, Tensor, Tensor]:
+    """log q, rows and cols of :func:`expected_positions`, in the dtype of (checked) ``maps``."""
+    grid_r, grid_c = _grids(maps, coords)
     log_q = maps.flatten(2).log_softmax(-1).view_as(maps)
     q = log_q.exp()
     return log_q, q.sum(3) @ grid_r, q.sum(2) @ grid_c
@@ -153,8 +165,9 @@ class LocalActivationConsistencyLoss(nn.Module):
 
     def forward(self, maps: Tensor) -> Tensor:
         """Loss of (B, C, H, W) maps: a 0-d tensor on the maps' device and dtype."""
-        log_q, rows, cols = expected_positions(maps, self.coords)
-        grid_r, grid_c = _grids(maps, self.coords)
+        wide = check_maps(maps).to(torch.float64)
+        log_q, rows, cols = _soft_argmax(wide, self.coords)
+        grid_r, grid_c = _grids(wide, self.coords)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_center):
             if self.detach_center:
                 rows, cols = rows.detach(), cols.detach()
@@ -162,7 +175,7 @@ class LocalActivationConsistencyLoss(nn.Module):
             d_cols = (grid_c - cols[..., None]).square()  # (B, C, W)
             dist = _safe_norm(d_rows[..., :, None] + d_cols[..., None, :])
             p = (-dist).flatten(2).softmax(-1)
-        return -(p * log_q.flatten(2)).sum(-1).mean()
+        return -(p * log_q.flatten(2)).sum(-1).mean().to(maps.dtype)
 
 
 class SynchronizationLoss(nn.Module):
@@ -209,15 +222,15 @@ class SynchronizationLoss(nn.Module):
 
     def forward(self, maps: Tensor) -> Tensor:
         """Loss of (B, C, H, W) maps: a 0-d tensor on the maps' device and dtype."""
-        _, rows, cols = expected_positions(maps, self.coords)
+        _, rows, cols = _soft_argmax(check_maps(maps).to(torch.float64), self.coords)
         b, c, h, w = maps.shape
         if c == 1:  # no pairs: a zero that still backpropagates
-            return (rows.sum() + cols.sum()) * 0.0
+            return ((rows.sum() + cols.sum()) * 0.0).to(maps.dtype)
         radius = self.epsilon * _side(h, w) * _cell_size(self.coords, h, w)
         per_filter, count = _SyncTerms.apply(rows, cols, radius)
         if self.reduction == "sum":
-            return per_filter.sum() / b
-        return per_filter.sum() / (count > 0).sum().clamp(min=1)
+            return (per_filter.sum() / b).to(maps.dtype)
+        return (per_filter.sum() / (count > 0).sum().clamp(min=1)).to(maps.dtype)
 
 
 class _SyncTerms(torch.autograd.Function):
@@ -228,7 +241,8 @@ class _SyncTerms(torch.autograd.Function):
     Backward: with G_ij = g_i (1[j ∈ Nb(i)] / |Nb(i)| − softmax_{j ≠ i}(−d_i)_j) and the unit
     vectors u_ij = (x̄_i − x̄_j) / d_ij (0 where d_ij = 0), the gradient of x̄_i is
     Σ_j (G_ij + G_ji) u_ij = Σ_j P_ij − Σ_j P_ji with P = G ∘ u, as u_ji = −u_ij. Five
-    (B, C, C) buffers in all, where autograd allocates about fifteen.
+    (B, C, C) buffers in all (float64 from :class:`SynchronizationLoss`), where autograd
+    allocates about fifteen.
     """
 
     @staticmethod

@@ -46,9 +46,13 @@ class SynergyResult:
     @classmethod
     def from_sums(
         cls, single: Tensor, pair: Tensor, rows: int, group_ids: Tensor,
-        unit_shapes: tuple[tuple[int, ...], ...], mode: str,
+        unit_shapes: tuple[tuple[int, ...], ...], mode: str, dtype: torch.dtype,
     ) -> SynergyResult:  # fmt: skip
-        """From Σ_x d_i(x) (n,) and Σ_x d_ij(x) (n, n, upper triangle used) over ``rows``."""
+        """From Σ_x d_i(x) (n,) and Σ_x d_ij(x) (n, n, upper triangle used) over ``rows``.
+
+        The means and S_ij = Δ_ij - Δ_i - Δ_j are taken in the sums' dtype (float64 from the
+        engine: S_ij cancels most digits of the means), then rounded to ``dtype``.
+        """
         importance = single / rows
         upper = torch.triu(pair / rows, diagonal=1)
         pair_importance = upper + upper.t() + torch.diag(importance)
@@ -56,7 +60,10 @@ class SynergyResult:
             scores.pair_synergy(upper, importance[:, None], importance[None, :]), diagonal=1
         )
         synergy = synergy + synergy.t()
-        return cls(importance, synergy, pair_importance, group_ids, unit_shapes, mode, rows)
+        return cls(
+            importance.to(dtype), synergy.to(dtype), pair_importance.to(dtype), group_ids,
+            unit_shapes, mode, rows,
+        )  # fmt: skip
 
     @property
     def n(self) -> int:
