@@ -37,13 +37,14 @@ test: $(STAMP) data
 bench: $(STAMP) data
 	$(BIN)/python -m benchmarks all
 
-# ruff over the repository, then mypy over zennit_ext and captum_ext
+# ruff (lint and format) over the repository, then mypy over zennit_ext and captum_ext
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m mypy
 
 # mutation testing of the core modules (tools/mutation.py; not part of `make test`: hours);
-# a subset: make mutation MODULES="zennit_ext/plrp.py zennit_ext/normalize.py"
+# a subset: make mutation MODULES="zennit_ext/plrp/composites.py zennit_ext/nrm/rules.py"
 MODULES ?=
 MUTATION_ARGS ?=
 mutation: $(STAMP) data

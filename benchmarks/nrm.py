@@ -49,8 +49,8 @@ from benchmarks.report import Report
 from benchmarks.timing import compare
 from zennit_ext import NRM
 from zennit_ext.canonizers import EfficientNetLiteCanonizer
-from zennit_ext.neuron_sets import cluster_masks
-from zennit_ext.normalize import nrm_composite
+from zennit_ext.nrm.rules import nrm_composite
+from zennit_ext.nrm.sets import cluster_masks
 
 PAPER = {  # Table 2: MLP 2nd, MLP 3rd, VGG16 channel, VGG16 cluster
     "NRM": (0.9470, 0.4468, 0.5283, 0.3987),
@@ -82,22 +82,26 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int) -> list
 def _score_tuples(space, layers, tuples, target, nrm_scores, composite) -> dict:
     """Correlation with the joint contribution and SC_k of every method for one sample."""
     contribution, occlusion = joint_contributions(space, layers, tuples, target)
-    scores = {"NRM": nrm_scores, **baselines(space, layers, tuples, target, composite),
-              "Occ": occlusion}  # fmt: skip
+    scores = {
+        "NRM": nrm_scores,
+        **baselines(space, layers, tuples, target, composite),
+        "Occ": occlusion,
+    }
     k_max = min(100, len(tuples))
     return {
-        method: (pearson(scores[method], contribution),
-                 sum_of_contributions(scores[method], contribution, k_max))
+        method: (
+            pearson(scores[method], contribution),
+            sum_of_contributions(scores[method], contribution, k_max),
+        )
         for method in METHODS
-    }  # fmt: skip
+    }
 
 
 def _mlp_order2(table: torch.Tensor, model, x, target, layers) -> dict:
     """Scores of every (relu1, relu2) pair, ``table`` (256, 128) from NRM's ``pairwise``."""
     space = UnitSpace(model, x, dict.fromkeys(layers, "neuron"))
     scores = table.double().numpy().reshape(-1)
-    return _score_tuples(space, list(layers), _all_pairs(table.shape), target, scores,
-                         _mlp_rules())  # fmt: skip
+    return _score_tuples(space, list(layers), _all_pairs(table.shape), target, scores, _mlp_rules())
 
 
 def _triples(e, x, layers, n_triples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +168,9 @@ def _pair_scores(table, model, x, target, layers, levels) -> dict:
     """NRM's pairwise ``table`` against the joint contribution of every unit pair."""
     space = UnitSpace(model, x, levels)
     scores = table.double().numpy().reshape(-1)
-    return _score_tuples(space, list(layers), _all_pairs(table.shape), target, scores,
-                         nrm_composite())  # fmt: skip
+    return _score_tuples(
+        space, list(layers), _all_pairs(table.shape), target, scores, nrm_composite()
+    )
 
 
 def _cnn_sample(nrm, model, x, target, k_clusters: int, channel: bool) -> dict:
@@ -221,12 +226,15 @@ def _interaction_figures(report, nrm, test, indices, samples) -> dict:
                 (top,), _ = e.top_interactions(list(layers), k=5, level=level)
                 if kind == "cluster":
                     masks = sample["clusters"]
-                    sets = [{n: masks[n][int(u)] for n, u in zip(layers, pair, strict=True)}
-                            for pair in top]  # fmt: skip
+                    sets = [
+                        {n: masks[n][int(u)] for n, u in zip(layers, pair, strict=True)}
+                        for pair in top
+                    ]
                     heat = e.heatmaps(sets)
                 else:
-                    sets = [{n: [int(u)] for n, u in zip(layers, pair, strict=True)}
-                            for pair in top]  # fmt: skip
+                    sets = [
+                        {n: [int(u)] for n, u in zip(layers, pair, strict=True)} for pair in top
+                    ]
                     heat = e.heatmaps(sets, level="channel")
                 full = e.heatmap()
             panels = [x[0].permute(1, 2, 0), full[0].sum(0)]
@@ -260,8 +268,9 @@ def _efficientnet(report: Report, quick: bool, progress: bool) -> None:
     with torch.no_grad():
         classes = model(photos).argmax(1).tolist()
     # its convolutions read the signed residual stream, where γ breaks eq. 15: z⁺ everywhere
-    composite = nrm_composite(low=-1.0, high=1.0, gamma=None,
-                              canonizers=[EfficientNetLiteCanonizer()])  # fmt: skip
+    composite = nrm_composite(
+        low=-1.0, high=1.0, gamma=None, canonizers=[EfficientNetLiteCanonizer()]
+    )
     nrm = NRM(model, EFFICIENTNET_LAYERS, composite=composite)
     layers = list(EFFICIENTNET_LAYERS)
     fig, axes = plt.subplots(len(photos), 7, figsize=(15, 2.5 * len(photos)), squeeze=False)
@@ -275,16 +284,20 @@ def _efficientnet(report: Report, quick: bool, progress: bool) -> None:
             heat = e.heatmaps(sets, level="channel")
             full = e.heatmap()
             reached.append(float(e.reached[0]))
-            stopped.append(sorted(((float(m[0]), n) for n, m in e.stopped.items()),
-                                  reverse=True)[:3])  # fmt: skip
+            stopped.append(
+                sorted(((float(m[0]), n) for n, m in e.stopped.items()), reverse=True)[:3]
+            )
         panels = [((x[0] + 1) / 2).permute(1, 2, 0), full[0].sum(0)]
         panels += [h[0].sum(0) for h in heat]
         titles = [f"{names[row]}: {labels[target]}", "NRM (all walks)"]
         titles += [f"{tuple(p.tolist())}  {float(v):.1e}" for p, v in zip(top, values, strict=True)]
         _draw_row(axes[row], panels, titles)
     fig.suptitle(f"EfficientNet-Lite0: top-5 channel interactions {layers}")
-    report.add_figure(fig, "efficientnet_top5_channel",
-                      "EfficientNet-Lite0 (ImageNet weights), top-5 channel pairs")  # fmt: skip
+    report.add_figure(
+        fig,
+        "efficientnet_top5_channel",
+        "EfficientNet-Lite0 (ImageNet weights), top-5 channel pairs",
+    )
     plt.close(fig)
     report.results["efficientnet_relevance_reaching_input"] = reached
     report.results["efficientnet_largest_stops"] = stopped
@@ -321,8 +334,10 @@ def _table2(report: Report, mlp: dict, cnn: dict, below: dict) -> None:
         row = {"method": method}
         for (label, _), found, paper in zip(
             (("MLP 2nd", 0), ("MLP 3rd", 1), ("channel", 2), ("cluster", 3)),
-            ours, PAPER[method], strict=True,
-        ):  # fmt: skip
+            ours,
+            PAPER[method],
+            strict=True,
+        ):
             row[f"{label} (ours)"], row[f"{label} (paper)"] = found[method], paper
         rows.append(row)
     for method in METHODS:  # today's protocol, kept as labelled rows
@@ -334,7 +349,8 @@ def _table2(report: Report, mlp: dict, cnn: dict, below: dict) -> None:
             row[f"{label} (ours)"] = row[f"{label} (paper)"] = float("nan")
         rows.append(row)
     report.add_table(
-        "Table 2: Pearson correlation with the joint contribution", rows,
+        "Table 2: Pearson correlation with the joint contribution",
+        rows,
         direction={f"{c} (ours)": "higher" for c in ("MLP 2nd", "MLP 3rd", "channel", "cluster")},
         note="MLP columns: the bias-free 784-256-128-10 MLP, whose (relu1, relu2) pairs sit "
         "next to the logit as the paper's most likely do. The rows '3-hidden MLP' are the "
@@ -343,14 +359,18 @@ def _table2(report: Report, mlp: dict, cnn: dict, below: dict) -> None:
         "spread over one more layer of walks. Paper columns 3–4 are VGG16 on ImageNet; ours "
         "are the cluttered-image CNN.",
         key="table2",
-    )  # fmt: skip
+    )
     claims = [
-        {"claim": f"NRM has the highest correlation ({label})",
-         "holds": bool(max(found, key=found.get) == "NRM"),
-         "NRM": found["NRM"], "best baseline": max(v for m, v in found.items() if m != "NRM")}
-        for label, found in zip(("MLP 2nd", "MLP 3rd", "CNN channel", "CNN cluster"), ours,
-                                strict=True)
-    ]  # fmt: skip
+        {
+            "claim": f"NRM has the highest correlation ({label})",
+            "holds": bool(max(found, key=found.get) == "NRM"),
+            "NRM": found["NRM"],
+            "best baseline": max(v for m, v in found.items() if m != "NRM"),
+        }
+        for label, found in zip(
+            ("MLP 2nd", "MLP 3rd", "CNN channel", "CNN cluster"), ours, strict=True
+        )
+    ]
     report.add_table("Paper claims on our data", claims, key="claims")
 
 
@@ -382,19 +402,28 @@ def _speed(report: Report, quick: bool) -> None:
             return e.heatmap(), e.joint(sets, "channel"), e.marginal(layers[1], [7], "channel")
 
     def one_shot():
-        return (nrm.heatmap(x, 0), nrm.joint(x, 0, sets, "channel"),
-                nrm.marginal(x, 0, layers[1], [7], "channel"))  # fmt: skip
+        return (
+            nrm.heatmap(x, 0),
+            nrm.joint(x, 0, sets, "channel"),
+            nrm.marginal(x, 0, layers[1], [7], "channel"),
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # random weights break eq. 15
         timing = compare(ours, plain_lrp, **repeats)
         queries = compare(one_explanation, one_shot, **repeats)
-    report.add_speed("VGG16 512x512 channel pairs", timing,
-                     ours="NRM explain + pairwise (per-sample weight gradients)",
-                     anchor="one plain Zennit LRP pass (same rules)")  # fmt: skip
-    report.add_speed("Three queries, one VGG16 image", queries,
-                     ours="one explanation (heatmap, joint, marginal)",
-                     anchor="three one-shot NRM calls")  # fmt: skip
+    report.add_speed(
+        "VGG16 512x512 channel pairs",
+        timing,
+        ours="NRM explain + pairwise (per-sample weight gradients)",
+        anchor="one plain Zennit LRP pass (same rules)",
+    )
+    report.add_speed(
+        "Three queries, one VGG16 image",
+        queries,
+        ours="one explanation (heatmap, joint, marginal)",
+        anchor="three one-shot NRM calls",
+    )
     report.add_text(
         f"VGG16 (random weights, one 224² image): the full 512×512 channel matrix of "
         f"features.26 × features.28 takes {timing['ours_s']:.1f} s (one explanation and "

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from zennit.core import Composite
 
-from zennit_ext.neuron_sets import reduce_units, unit_masks
+from zennit_ext.nrm.sets import reduce_units, unit_masks
 
 __all__ = ["UnitSpace", "joint_contributions", "baselines", "pearson", "sum_of_contributions"]
 
@@ -78,11 +78,9 @@ class UnitSpace:
             chunk = removals[start : start + batch_size]
             keep = {n: self._keep(n, [r.get(n, -1) for r in chunk]) for n in self.levels}
             handles = [
-                self.modules[name].register_forward_hook(
-                    lambda m, a, out, k=keep[name]: out * k
-                )
+                self.modules[name].register_forward_hook(lambda m, a, out, k=keep[name]: out * k)
                 for name in layers
-            ]  # fmt: skip
+            ]
             try:
                 with torch.no_grad():
                     x = self.x.expand(len(chunk), *self.x.shape[1:])

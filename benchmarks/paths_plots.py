@@ -69,8 +69,9 @@ def _panel(ax: plt.Axes, panel: torch.Tensor, title: str) -> None:
 def heatmap_rows(rows: list[list[tuple[torch.Tensor, str]]], title: str) -> plt.Figure:
     """One row of (panel, title) pairs per image (Figs. 4, 6, 7)."""
     width = max(len(row) for row in rows)
-    fig, axes = plt.subplots(len(rows), width, figsize=(2.1 * width, 2.2 * len(rows)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(rows), width, figsize=(2.1 * width, 2.2 * len(rows)), squeeze=False
+    )
     for ax_row, row in zip(axes, rows, strict=True):
         for ax, (panel, name) in zip(ax_row, row, strict=False):
             _panel(ax, panel, name)
@@ -87,8 +88,13 @@ def overview(rows: list[dict], layers: tuple[str, ...]) -> plt.Figure:
     Each row: ``image`` (H, W, 3), ``classes`` [(name, probability)], ``graph`` (networkx),
     ``projection`` (H, W), ``title``.
     """
-    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.8 * len(rows)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.1, 2.6, 1]})  # fmt: skip
+    fig, axes = plt.subplots(
+        len(rows),
+        4,
+        figsize=(13, 2.8 * len(rows)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.1, 2.6, 1]},
+    )
     for (ax_image, ax_bar, ax_graph, ax_back), row in zip(axes, rows, strict=True):
         _panel(ax_image, row["image"], row["title"])
         names, probabilities = zip(*row["classes"], strict=True)
@@ -103,8 +109,9 @@ def overview(rows: list[dict], layers: tuple[str, ...]) -> plt.Figure:
     return fig
 
 
-def threshold_curves(grid: tuple[float, ...], curves: dict[str, dict[str, np.ndarray]],
-                     chosen: dict[str, float]) -> plt.Figure:  # fmt: skip
+def threshold_curves(
+    grid: tuple[float, ...], curves: dict[str, dict[str, np.ndarray]], chosen: dict[str, float]
+) -> plt.Figure:
     """nMSE, SMAPE, kept fraction and class-score ratio vs c, one line per model."""
     metrics = ("nmse", "smape", "kept_fraction", "score_ratio")
     fig, axes = plt.subplots(1, 4, figsize=(14, 3))

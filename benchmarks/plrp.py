@@ -14,7 +14,6 @@ Speed: PLRP vs the base composite on the cluttered CNN and a random VGG16.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,48 +21,21 @@ import torch
 from tqdm import tqdm
 from zennit.composites import EpsilonGammaBox
 
+from benchmarks.plrp_common import DIRECTION, FIGURES, METHOD_NAMES, TIE_ORDERS, Task
 from benchmarks.report import Report
 from benchmarks.timing import compare
 from zennit_ext import PLRPM, PLRPLambda
 from zennit_ext.canonizers import EfficientNetLiteCanonizer
-from zennit_ext.explain import explain
+from zennit_ext.quantus import explain
 
-METHODS = {"PLRP-λ": PLRPLambda, "PLRP-M": PLRPM}
-DIRECTION = {
-    "gini": "higher",
-    "entropy": "lower",
-    "rma": "higher",
-    "faith_auc": "lower",
-    "faith_auc_rand": "lower",
-    "lipschitz": "lower",
-}
-FIGURES = {"image": "Figure 2 (images)", "genomics": "Figure 8 (genomics)"}
-
-
-@dataclass
-class Task:
-    """One model with its explained inputs; ``mask`` is None without ground truth.
-
-    ``kind`` ('image' or 'genomics') decides which of the paper's claims apply (Figure 2 vs
-    the genomics section, Figure 8).
-    """
-
-    name: str
-    kind: str
-    model: torch.nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    mask: np.ndarray | None
-    base: dict[str, Any]  # EpsilonGammaBox kwargs
-    baseline: float  # perturbation value (data's neutral value)
-    patch: int  # region side for region perturbation (images only)
-    robustness: bool
+METHODS = dict(zip(METHOD_NAMES, (PLRPLambda, PLRPM), strict=True))
 
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {
             "ps": (0.0, 0.1, 0.3),
+            "sg_measures": (),
             "n_img": 8,
             "n_dna": 12,
             "n_photos": 2,
@@ -80,6 +52,7 @@ def _settings(quick: bool) -> dict[str, Any]:
         }
     return {
         "ps": (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5),
+        "sg_measures": ("hoyer", "l0"),
         "n_img": 64,
         "n_dna": 64,
         "n_photos": 6,
@@ -109,14 +82,16 @@ def _tasks(quick: bool, progress: bool, cfg: dict) -> list[Task]:
 
     tasks = []
     if cfg["image_tasks"]:
-        model, _ = get_trained("cluttered_cnn", quick=cfg["cluttered_quick_model"],
-                               progress=progress)  # fmt: skip
+        model, _ = get_trained(
+            "cluttered_cnn", quick=cfg["cluttered_quick_model"], progress=progress
+        )
         data = load_cluttered(n=256, size=64, seed=1, split="test")
         idx = _correct(model, data.x, data.y, cfg["n_img"])
         mask = data.mask[idx].numpy()
         base = {"low": 0.0, "high": 1.0}
-        task = Task("cluttered_cnn", "image", model, data.x[idx], data.y[idx], mask, base, 0.0,
-                    8, True)  # fmt: skip
+        task = Task(
+            "cluttered_cnn", "image", model, data.x[idx], data.y[idx], mask, base, 0.0, 8, True
+        )
         tasks.append(task)
     dna = load_dna(n=400, seed=1)
     for name in cfg["dna_models"]:
@@ -144,8 +119,20 @@ def _tasks(quick: bool, progress: bool, cfg: dict) -> list[Task]:
         with torch.no_grad():
             y = model(x).argmax(1)
         base = {"low": -1.0, "high": 1.0, "canonizers": [EfficientNetLiteCanonizer()]}
-        tasks.append(Task("efficientnet_lite0", "image", model, x, y, None, base, 0.0, 16,
-                          cfg["efficientnet_lipschitz"]))  # fmt: skip
+        tasks.append(
+            Task(
+                "efficientnet_lite0",
+                "image",
+                model,
+                x,
+                y,
+                None,
+                base,
+                0.0,
+                16,
+                cfg["efficientnet_lipschitz"],
+            )
+        )
     return tasks
 
 
@@ -238,9 +225,6 @@ def region_perturbation_auc(model, x, y, relevance, patch, baseline, steps, tie_
     return np.trapezoid(curves, dx=1.0 / steps, axis=1), curves
 
 
-TIE_ORDERS = {"": None, "_rand": 0}  # metric suffix -> tie_seed of region_perturbation_auc
-
-
 def _faithfulness(task: Task, a: np.ndarray, cfg) -> tuple[dict[str, float], dict[str, Any]]:
     """AUC (whole, first half, second half of the curve) for raster and random tie order."""
     out, curves = {}, {}
@@ -321,19 +305,24 @@ def _metrics(task: Task, a: np.ndarray, cls, kwargs, cfg) -> dict[str, float]:
     return {key: float(value) for key, value in out.items()}
 
 
-def _settings_list(ps) -> list[tuple[str, str, dict]]:
-    """(method, label, setting): LRP once, each variant per p > 0 and with sparsity gain 1."""
+def _settings_list(ps, measures=()) -> list[tuple[str, str, dict]]:
+    """(method, label, setting): LRP once, each variant per p > 0 and with sparsity gain 1
+    (Gini as the measure s, the paper's evaluation measure; then each of ``measures``)."""
     runs = [("LRP", "LRP", {})]
     for method in METHODS:
         runs += [(method, f"{method} p={p:g}", {"p": p}) for p in ps if p > 0]
         runs.append((method, f"{method} SG", {"sparsity_gain": 1.0}))
+        runs += [
+            (method, f"{method} SG {m}", {"sparsity_gain": 1.0, "sparsity_measure": m})
+            for m in measures
+        ]
     return runs
 
 
 def _evaluate(tasks, cfg, progress) -> tuple[list[dict], dict, dict]:
     """Metric rows, the first two heatmaps and the mean faithfulness curves of every run."""
     rows, heatmaps, curves = [], {}, {}
-    runs = [(task, *run) for task in tasks for run in _settings_list(cfg["ps"])]
+    runs = [(task, *run) for task in tasks for run in _settings_list(cfg["ps"], cfg["sg_measures"])]
     for task, method, label, setting in tqdm(runs, desc="plrp", disable=None if progress else True):
         cls, kwargs = _composite_kwargs(task, method, setting)
         a = _relevance(task, cls, kwargs)
@@ -391,46 +380,72 @@ def _image_claims(name, rows, ps) -> list[dict]:
         hi, lo = _lookup(rows, name, method, pmax), _lookup(rows, name, method, small)
         rise = hi["gini"] - lrp["gini"]
         share = (lo["gini"] - lrp["gini"]) / rise if rise > 0 else float("nan")
-        out.append(_claim(
-            name, "image", "steep", f"ΔGini(p={small:g}) ≥ 50% of ΔGini(p={pmax:g}) ({method})",
-            f"{share:.0%}; Gini {lrp['gini']:.3f} → {lo['gini']:.3f} → {hi['gini']:.3f}",
-            hi["gini"] > lrp["gini"] and share >= 0.5,
-        ))  # fmt: skip
+        out.append(
+            _claim(
+                name,
+                "image",
+                "steep",
+                f"ΔGini(p={small:g}) ≥ 50% of ΔGini(p={pmax:g}) ({method})",
+                f"{share:.0%}; Gini {lrp['gini']:.3f} → {lo['gini']:.3f} → {hi['gini']:.3f}",
+                hi["gini"] > lrp["gini"] and share >= 0.5,
+            )
+        )
     for metric in ("gini", "rma"):
         if metric in lrp:
             wins = sum(a[metric] >= b[metric] for a, b in zip(lam, mm, strict=True))
-            out.append(_claim(
-                name, "image", "lambda_wins", f"{metric}(λ, p) ≥ {metric}(M, p) at every p",
-                f"λ ≥ M at {wins}/{len(pos)} p values", wins == len(pos),
-            ))  # fmt: skip
+            out.append(
+                _claim(
+                    name,
+                    "image",
+                    "lambda_wins",
+                    f"{metric}(λ, p) ≥ {metric}(M, p) at every p",
+                    f"λ ≥ M at {wins}/{len(pos)} p values",
+                    wins == len(pos),
+                )
+            )
     if "rma" in lrp:
         curve = [lrp["rma"]] + [r["rma"] for r in lam]
         best = int(np.argmax(curve))
-        out.append(_claim(
-            name, "image", "rma_falls", "RMA(λ) peaks above LRP, then lower at p_max",
-            f"RMA {curve[0]:.3f} → max {curve[best]:.3f} at p={([0.0] + pos)[best]:g} → "
-            f"{curve[-1]:.3f} at p={pmax:g}",
-            curve[best] > curve[0] and curve[-1] < curve[best],
-        ))  # fmt: skip
+        out.append(
+            _claim(
+                name,
+                "image",
+                "rma_falls",
+                "RMA(λ) peaks above LRP, then lower at p_max",
+                f"RMA {curve[0]:.3f} → max {curve[best]:.3f} at p={([0.0] + pos)[best]:g} → "
+                f"{curve[-1]:.3f} at p={pmax:g}",
+                curve[best] > curve[0] and curve[-1] < curve[best],
+            )
+        )
     for suffix, ties in (("", "raster order"), ("_rand", "random order, seed 0")):
         key = f"faith_auc{suffix}"
         if key in lrp:
             r = lam[-1]
             d_early = r[f"faith_auc_early{suffix}"] - lrp[f"faith_auc_early{suffix}"]
             d_late = r[f"faith_auc_late{suffix}"] - lrp[f"faith_auc_late{suffix}"]
-            out.append(_claim(
-                name, "image", "faith",
-                f"ties {ties}: LRP ≤ AUC(λ, p_max) ≤ 1.2·LRP and Δlate ≥ Δearly",
-                f"AUC {lrp[key]:.3f} → {r[key]:.3f} (p={pmax:g}); Δearly {d_early:+.3f}, "
-                f"Δlate {d_late:+.3f}",
-                lrp[key] <= r[key] <= 1.2 * lrp[key] and d_late >= d_early,
-            ))  # fmt: skip
+            out.append(
+                _claim(
+                    name,
+                    "image",
+                    "faith",
+                    f"ties {ties}: LRP ≤ AUC(λ, p_max) ≤ 1.2·LRP and Δlate ≥ Δearly",
+                    f"AUC {lrp[key]:.3f} → {r[key]:.3f} (p={pmax:g}); Δearly {d_early:+.3f}, "
+                    f"Δlate {d_late:+.3f}",
+                    lrp[key] <= r[key] <= 1.2 * lrp[key] and d_late >= d_early,
+                )
+            )
     if "lipschitz" in lrp:
         worst = max(r["lipschitz"] for r in lam)
-        out.append(_claim(
-            name, "image", "robust", "Lipschitz(λ, p) ≤ Lipschitz(LRP) at every p",
-            f"LRP {lrp['lipschitz']:.3f}, λ max {worst:.3f}", worst <= lrp["lipschitz"],
-        ))  # fmt: skip
+        out.append(
+            _claim(
+                name,
+                "image",
+                "robust",
+                "Lipschitz(λ, p) ≤ Lipschitz(LRP) at every p",
+                f"LRP {lrp['lipschitz']:.3f}, λ max {worst:.3f}",
+                worst <= lrp["lipschitz"],
+            )
+        )
     return out
 
 
@@ -445,29 +460,44 @@ def _genomics_claims(name, rows, ps, tolerance=0.02) -> list[dict]:
     for method, runs in curves.items():
         margins = [r["gini"] - lrp["gini"] for r in runs]
         low = int(np.argmin(margins))
-        out.append(_claim(
-            name, "genomics", "sparser", f"Gini({method}, p) > Gini(LRP) at every p > 0",
-            f"min ΔGini {margins[low]:+.3f} at p={pos[low]:g} (LRP {lrp['gini']:.3f})",
-            min(margins) > 0,
-        ))  # fmt: skip
+        out.append(
+            _claim(
+                name,
+                "genomics",
+                "sparser",
+                f"Gini({method}, p) > Gini(LRP) at every p > 0",
+                f"min ΔGini {margins[low]:+.3f} at p={pos[low]:g} (LRP {lrp['gini']:.3f})",
+                min(margins) > 0,
+            )
+        )
     for method, runs in curves.items():
         rma = [lrp["rma"]] + [r["rma"] for r in runs]
         rho = float(spearmanr([0.0] + pos, rma).statistic)
-        out.append(_claim(
-            name, "genomics", "rma_rises",
-            f"RMA({method}, p_max) > RMA(LRP) and Spearman(p, RMA) > 0",
-            f"RMA {rma[0]:.3f} → {rma[-1]:.3f} at p={pmax:g}; ρ = {rho:+.2f}; "
-            + ", ".join(f"{v:.3f}" for v in rma),
-            rma[-1] > rma[0] and rho > 0,
-        ))  # fmt: skip
+        out.append(
+            _claim(
+                name,
+                "genomics",
+                "rma_rises",
+                f"RMA({method}, p_max) > RMA(LRP) and Spearman(p, RMA) > 0",
+                f"RMA {rma[0]:.3f} → {rma[-1]:.3f} at p={pmax:g}; ρ = {rho:+.2f}; "
+                + ", ".join(f"{v:.3f}" for v in rma),
+                rma[-1] > rma[0] and rho > 0,
+            )
+        )
     d_gini = [abs(a["gini"] - b["gini"]) for a, b in zip(*curves.values(), strict=True)]
     d_rma = [abs(a["rma"] - b["rma"]) for a, b in zip(*curves.values(), strict=True)]
     g, r = int(np.argmax(d_gini)), int(np.argmax(d_rma))
-    out.append(_claim(
-        name, "genomics", "close", f"max_p |Gini(λ) − Gini(M)| ≤ {tolerance:g} (|ΔRMA| reported)",
-        f"max |ΔGini| {d_gini[g]:.3f} at p={pos[g]:g}; max |ΔRMA| {d_rma[r]:.3f} at p={pos[r]:g}",
-        d_gini[g] <= tolerance,
-    ))  # fmt: skip
+    out.append(
+        _claim(
+            name,
+            "genomics",
+            "close",
+            f"max_p |Gini(λ) − Gini(M)| ≤ {tolerance:g} (|ΔRMA| reported)",
+            f"max |ΔGini| {d_gini[g]:.3f} at p={pos[g]:g}; "
+            f"max |ΔRMA| {d_rma[r]:.3f} at p={pos[r]:g}",
+            d_gini[g] <= tolerance,
+        )
+    )
     return out
 
 
@@ -555,7 +585,8 @@ def run(
     report.results["settings"] = cfg
     report.add_text(
         f"Settings ({'quick' if quick else 'full'}{' with overrides' if settings else ''}: "
-        f"{settings or {}}): p ∈ {list(cfg['ps'])} and sparsity gain 1; "
+        f"{settings or {}}): p ∈ {list(cfg['ps'])} and sparsity gain 1 (measure s: Gini"
+        f"{''.join(', ' + m for m in cfg['sg_measures'])}); "
         f"base composite EpsilonGammaBox (γ=0.25, z^B first layer); cluttered CNN "
         f"({'quick' if cfg['cluttered_quick_model'] else 'full'}-trained) {cfg['n_img']} correctly "
         f"classified test images; EfficientNet-Lite0 Lipschitz: {cfg['efficientnet_lipschitz']}; "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from benchmarks.plrp import DIRECTION, METHODS, TIE_ORDERS, Task
+from benchmarks.plrp_common import DIRECTION, METHOD_NAMES, TIE_ORDERS, Task
 
 __all__ = ["curves_figure", "faithfulness_figure", "heatmap_figure"]
 
@@ -23,9 +23,11 @@ def curves_figure(rows: list[dict], tasks: Sequence[Task], title: str):
     mine_all = [r for r in rows if r["task"] in names]
     metrics = [m for m in DIRECTION if any(m in r for r in mine_all)]
     fig, axes = plt.subplots(
-        len(tasks), len(metrics), figsize=(3.2 * len(metrics), 2.6 * len(tasks) + 0.4),
+        len(tasks),
+        len(metrics),
+        figsize=(3.2 * len(metrics), 2.6 * len(tasks) + 0.4),
         squeeze=False,
-    )  # fmt: skip
+    )
     for i, task in enumerate(tasks):
         mine = [r for r in mine_all if r["task"] == task.name]
         lrp = next(r for r in mine if r["method"] == "LRP")
@@ -35,15 +37,21 @@ def curves_figure(rows: list[dict], tasks: Sequence[Task], title: str):
                 ax.axis("off")
                 continue
             ax.axhline(lrp[metric], color="k", ls="--", lw=1, label="LRP")
-            for method, color in zip(METHODS, _COLORS, strict=True):
+            for method, color in zip(METHOD_NAMES, _COLORS, strict=True):
                 pts = sorted(
                     (r["p"], r[metric]) for r in mine if r["method"] == method and r["p"] == r["p"]
                 )
                 xs, ys = zip(*([(0.0, lrp[metric])] + pts), strict=True)
                 ax.plot(xs, ys, "o-", color=color, ms=3, label=method)
                 sg = next(r for r in mine if r["method"] == method and r["p"] != r["p"])
-                ax.plot([max(xs) * 1.1 + 0.02], [sg[metric]], "*", color=color, ms=9,
-                        label=f"{method} SG")  # fmt: skip
+                ax.plot(
+                    [max(xs) * 1.1 + 0.02],
+                    [sg[metric]],
+                    "*",
+                    color=color,
+                    ms=9,
+                    label=f"{method} SG",
+                )
             ax.set_title(f"{task.name}: {metric} ({DIRECTION[metric]} better)", fontsize=8)
             ax.set_xlabel("p (★ = sparsity gain 1)", fontsize=7)
     axes[0, 0].legend(fontsize=6)
@@ -62,12 +70,14 @@ def faithfulness_figure(curves: dict, tasks: Sequence[Task], ps: Sequence[float]
 
     shown = [t for t in tasks if t.patch]
     pos = [p for p in ps if p > 0]
-    labels = ["LRP"] + [f"{m} p={p:g}" for m in METHODS for p in (min(pos), max(pos))]
+    labels = ["LRP"] + [f"{m} p={p:g}" for m in METHOD_NAMES for p in (min(pos), max(pos))]
     styles = ["k-"] + [f"{c}{ls}" for c in _COLORS for ls in (":", "-")]
     fig, axes = plt.subplots(
-        len(shown), len(TIE_ORDERS), figsize=(4.2 * len(TIE_ORDERS), 3.0 * len(shown)),
+        len(shown),
+        len(TIE_ORDERS),
+        figsize=(4.2 * len(TIE_ORDERS), 3.0 * len(shown)),
         squeeze=False,
-    )  # fmt: skip
+    )
     for i, task in enumerate(shown):
         for j, suffix in enumerate(TIE_ORDERS):
             ax = axes[i, j]
@@ -87,7 +97,7 @@ def heatmap_figure(heatmaps: dict, tasks: Sequence[Task], ps: Sequence[float]):
     import matplotlib.pyplot as plt
 
     image_tasks = [t for t in tasks if t.x.ndim == 4]
-    labels = ["LRP"] + [f"{m} p={p:g}" for m in METHODS for p in ps if p > 0]
+    labels = ["LRP"] + [f"{m} p={p:g}" for m in METHOD_NAMES for p in ps if p > 0]
     fig, axes = plt.subplots(
         2 * len(image_tasks),
         len(labels) + 1,

@@ -163,8 +163,11 @@ class Report:
         sections = list(self._sections)
         stages = self.results.get("stages_s")
         if stages:
-            sections.append("Wall time by stage: " + ", ".join(
-                f"{name} {seconds:.1f} s" for name, seconds in stages.items()) + ".")
+            sections.append(
+                "Wall time by stage: "
+                + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
+                + "."
+            )
         body = f"# {self.suite}\n\n" + "\n\n".join(sections) + "\n"
         path = self.out / "report.md"
         path.write_text(body)

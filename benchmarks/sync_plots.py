@@ -33,8 +33,9 @@ def activation_examples(test, picks: dict, top_rate: float) -> plt.Figure:
     white outline is the filter's region at ``top_rate`` (threshold over all images).
     """
     columns = max(len(p[2]) for p in picks.values())
-    fig, axes = plt.subplots(len(picks), columns, figsize=(2.3 * columns, 2.4 * len(picks)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(picks), columns, figsize=(2.3 * columns, 2.4 * len(picks)), squeeze=False
+    )
     labels = ("95th", "70th", "30th")
     size = test.x.shape[-1]
     for row, (variant, (maps, _iou, chosen)) in enumerate(picks.items()):
@@ -46,8 +47,9 @@ def activation_examples(test, picks: dict, top_rate: float) -> plt.Figure:
             ax.imshow(_image(test.x[image]))
             ax.imshow(up.numpy(), cmap="jet", alpha=0.45)
             ax.contour((up >= threshold).numpy(), levels=[0.5], colors="white", linewidths=1)
-            ax.set_title(f"{variant}: {labels[col] if col < 3 else ''} f{unit}, IoU {value:.2f}",
-                         fontsize=7)  # fmt: skip
+            ax.set_title(
+                f"{variant}: {labels[col] if col < 3 else ''} f{unit}, IoU {value:.2f}", fontsize=7
+            )
             ax.axis("off")
     fig.tight_layout()
     return fig
@@ -56,8 +58,9 @@ def activation_examples(test, picks: dict, top_rate: float) -> plt.Figure:
 def mean_maps(test, maps: dict[str, torch.Tensor], images: int = 5) -> plt.Figure:
     """Fig. 5: per variant, the mean over filters of the maps (each filter scaled by its max)."""
     size = test.x.shape[-1]
-    fig, axes = plt.subplots(len(maps), images, figsize=(1.9 * images, 2.0 * len(maps)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(maps), images, figsize=(1.9 * images, 2.0 * len(maps)), squeeze=False
+    )
     for row, (variant, layer_maps) in enumerate(maps.items()):
         peak = layer_maps.amax(dim=(0, 2, 3), keepdim=True).clamp_min(1e-12)
         mean = _upsample((layer_maps[:images] / peak).mean(dim=1), size)
@@ -78,8 +81,14 @@ def metric_pairs(curves: dict[str, dict[float, dict[str, float]]]) -> plt.Figure
     for ax, metric in zip(axes, ("stability", "purity", "diversity"), strict=True):
         for variant, by_phi in curves.items():
             phis = sorted(by_phi)
-            ax.plot([by_phi[p]["interp"] for p in phis], [by_phi[p][metric] for p in phis],
-                    "o-", ms=3, color=_COLOURS.get(variant), label=variant)  # fmt: skip
+            ax.plot(
+                [by_phi[p]["interp"] for p in phis],
+                [by_phi[p][metric] for p in phis],
+                "o-",
+                ms=3,
+                color=_COLOURS.get(variant),
+                label=variant,
+            )
         ax.set_xlabel("Interp", fontsize=8)
         ax.set_ylabel(metric.capitalize(), fontsize=8)
     axes[0].legend(fontsize=7)
@@ -97,8 +106,7 @@ def pruning(curves: dict[str, list[dict]]) -> plt.Figure:
         ax.plot(fraction, mean, "o-", ms=3, color=_COLOURS.get(variant), label=variant)
         if len(runs) > 1:
             sd = accuracy.std(0, ddof=1)
-            ax.fill_between(fraction, mean - sd, mean + sd, color=_COLOURS.get(variant),
-                            alpha=0.2)  # fmt: skip
+            ax.fill_between(fraction, mean - sd, mean + sd, color=_COLOURS.get(variant), alpha=0.2)
     ax.set_xlabel("fraction of filters pruned (lowest Taylor score first)", fontsize=8)
     ax.set_ylabel("test accuracy", fontsize=8)
     ax.legend(fontsize=7)
@@ -128,8 +136,10 @@ def sensitivity(sweeps: dict[str, dict[float, dict]]) -> plt.Figure:
     for ax, metric in zip(axes, metrics, strict=True):
         for name, results in sweeps.items():
             values = sorted(results)
-            y = [results[v][metric] if metric == "accuracy" else results[v]["main"][metric]
-                 for v in values]  # fmt: skip
+            y = [
+                results[v][metric] if metric == "accuracy" else results[v]["main"][metric]
+                for v in values
+            ]
             ax.plot(values, y, "o-", ms=3, label=name)
         ax.set_xscale("log")
         ax.set_title(metric, fontsize=8)
@@ -141,14 +151,18 @@ def sensitivity(sweeps: dict[str, dict[float, dict]]) -> plt.Figure:
 def sweep_maps(image: torch.Tensor, sweeps: dict[str, dict[float, dict]]) -> plt.Figure:
     """Fig. 8: the filter-mean map on one image for every swept setting."""
     columns = max(len(v) for v in sweeps.values())
-    fig, axes = plt.subplots(len(sweeps), columns, figsize=(1.7 * columns, 1.9 * len(sweeps)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(sweeps), columns, figsize=(1.7 * columns, 1.9 * len(sweeps)), squeeze=False
+    )
     for row, (name, results) in enumerate(sweeps.items()):
         for col, value in enumerate(sorted(results)):
             ax = axes[row, col]
             ax.imshow(_image(image))
-            ax.imshow(_upsample(results[value]["mean_map"], image.shape[-1]).numpy(),
-                      cmap="jet", alpha=0.5)  # fmt: skip
+            ax.imshow(
+                _upsample(results[value]["mean_map"], image.shape[-1]).numpy(),
+                cmap="jet",
+                alpha=0.5,
+            )
             ax.set_title(f"{name} = {value:g}", fontsize=7)
             ax.axis("off")
     fig.tight_layout()

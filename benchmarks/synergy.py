@@ -36,15 +36,23 @@ from benchmarks.models import evaluate, get_trained
 from benchmarks.report import Report
 from benchmarks.timing import compare
 from captum_ext import LayerSynergy, SynergyResult
-from captum_ext.pruning import DEFAULT_FRACTIONS, layer_unit_shape, masked_units, pruning_curve
+from captum_ext.synergy.pruning import (
+    DEFAULT_FRACTIONS,
+    layer_unit_shape,
+    masked_units,
+    pruning_curve,
+)
 
 # name: (loader, model, counted toward the accuracy claim)
 DATASETS = {
     "fish (21.6 % positives)": (
-        lambda: load_fish(positive_rate=SYNXAI_POSITIVE_RATE), "fish_mlp_rare", True),
+        lambda: load_fish(positive_rate=SYNXAI_POSITIVE_RATE),
+        "fish_mlp_rare",
+        True,
+    ),
     "fish (balanced)": (load_fish, "fish_mlp", True),
     "storms": (load_storms, "storms_mlp", False),
-}  # fmt: skip
+}
 LAYERS = ("relu1", "relu2")  # 128 and 64 units, after BN and ReLU as in the authors' code
 CLAIM_LAYER = "relu2"
 CLAIM_FRACTION = 0.85
@@ -89,8 +97,13 @@ def _baselines(splits, model, quick: bool) -> list[dict]:
         ("gradient boosting", GradientBoostingClassifier(n_estimators=trees, random_state=0)),
     ):
         p = clf.fit(x, y).predict_proba(xt)[:, 1]
-        rows.append({"model": name, "accuracy": accuracy_score(yt, p > 0.5),
-                     "roc_auc": roc_auc_score(yt, p)})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "accuracy": accuracy_score(yt, p > 0.5),
+                "roc_auc": roc_auc_score(yt, p),
+            }
+        )
     return [{k: r[k] for k in ("model", "accuracy", "roc_auc")} for r in rows]
 
 
@@ -106,26 +119,42 @@ def _explanations(report: Report, name: str, model, splits, quick: bool, progres
     shap = ShapleyValueSampling(forward).attribute(
         rows, baselines=0.0, n_samples=8 if quick else 40, perturbations_per_eval=16
     )
-    report.add_figure(plots.beeswarm(shap.numpy(), rows.numpy(), names), f"{slug}_shap_summary",
-                      f"{name}: Shapley value summary (ShapleyValueSampling, baseline = training "
-                      f"mean, {len(rows)} test rows)")  # fmt: skip
+    report.add_figure(
+        plots.beeswarm(shap.numpy(), rows.numpy(), names),
+        f"{slug}_shap_summary",
+        f"{name}: Shapley value summary (ShapleyValueSampling, baseline = training "
+        f"mean, {len(rows)} test rows)",
+    )
     with torch.no_grad():
         base = float(forward(torch.zeros(1, len(names))))
-    report.add_figure(plots.waterfall(shap[0].numpy(), names, base), f"{slug}_waterfall",
-                      f"{name}: waterfall of the first test row")  # fmt: skip
+    report.add_figure(
+        plots.waterfall(shap[0].numpy(), names, base),
+        f"{slug}_waterfall",
+        f"{name}: waterfall of the first test row",
+    )
     lime = Lime(forward)
     lime_rows = splits.test.x[: 20 if quick else 500]
-    coefficients = torch.stack([
-        lime.attribute(row[None], baselines=0.0, n_samples=50 if quick else 200)[0]
-        for row in tqdm(lime_rows, desc="LIME", disable=None if progress else True)
-    ]).numpy()  # fmt: skip
-    stats = [{"feature": f, "mean": float(coefficients[:, i].mean()),
-              "std": float(coefficients[:, i].std()),
-              "positive_share": float((coefficients[:, i] > 0).mean())}
-             for i, f in enumerate(names)]  # fmt: skip
+    coefficients = torch.stack(
+        [
+            lime.attribute(row[None], baselines=0.0, n_samples=50 if quick else 200)[0]
+            for row in tqdm(lime_rows, desc="LIME", disable=None if progress else True)
+        ]
+    ).numpy()
+    stats = [
+        {
+            "feature": f,
+            "mean": float(coefficients[:, i].mean()),
+            "std": float(coefficients[:, i].std()),
+            "positive_share": float((coefficients[:, i] > 0).mean()),
+        }
+        for i, f in enumerate(names)
+    ]
     stats.sort(key=lambda r: -abs(r["mean"]))
-    report.add_table(f"{name}: LIME coefficients over {len(lime_rows)} test rows (Table 2 style)",
-                     stats, key=f"{slug}_lime")  # fmt: skip
+    report.add_table(
+        f"{name}: LIME coefficients over {len(lime_rows)} test rows (Table 2 style)",
+        stats,
+        key=f"{slug}_lime",
+    )
     lat, lon = names.index("lat"), names.index("long" if "long" in names else "lon")
     grid = torch.linspace(-2.5, 2.5, 80)
     glat, glon = torch.meshgrid(grid, grid, indexing="ij")
@@ -135,11 +164,17 @@ def _explanations(report: Report, name: str, model, splits, quick: bool, progres
         p = forward(x).reshape(glat.shape)
     points = splits.test.x[:, [lat, lon]].numpy()
     report.add_figure(
-        plots.decision_boundary(glat, glon, p, points, splits.test.y.numpy(),
-                                [names[lat] + " (std.)", names[lon] + " (std.)"]),
+        plots.decision_boundary(
+            glat,
+            glon,
+            p,
+            points,
+            splits.test.y.numpy(),
+            [names[lat] + " (std.)", names[lon] + " (std.)"],
+        ),
         f"{slug}_decision_boundary",
         f"{name}: p over standardised lat/lon, other features at their training means",
-    )  # fmt: skip
+    )
 
 
 def _layer_study(model, layer_name: str, splits, fractions, seed: int, progress: bool) -> dict:
@@ -148,11 +183,19 @@ def _layer_study(model, layer_name: str, splits, fractions, seed: int, progress:
     synergy = LayerSynergy(model, layer, output_transform="sigmoid")
     result = synergy.compute(splits.test.x, show_progress=progress)
     curves = {
-        label: pruning_curve(model, layer, score, splits.test.x, splits.test.y,
-                             fractions=fractions, x_recalibrate=splits.train.x, seed=seed,
-                             progress=False)
+        label: pruning_curve(
+            model,
+            layer,
+            score,
+            splits.test.x,
+            splits.test.y,
+            fractions=fractions,
+            x_recalibrate=splits.train.x,
+            seed=seed,
+            progress=False,
+        )
         for label, score in _rankings(result).items()
-    }  # fmt: skip
+    }
     return {"result": result, "curves": curves}
 
 
@@ -162,9 +205,12 @@ def _analyse(report: Report, name: str, quick: bool, progress: bool) -> dict:
     splits = loader()
     model, _ = get_trained(model_name, quick=quick, progress=progress)
     slug = _slug(name)
-    report.add_table(f"{name}: test quality against scikit-learn baselines",
-                     _baselines(splits, model, quick), direction={"accuracy": "higher",
-                     "roc_auc": "higher"}, key=f"{slug}_baselines")  # fmt: skip
+    report.add_table(
+        f"{name}: test quality against scikit-learn baselines",
+        _baselines(splits, model, quick),
+        direction={"accuracy": "higher", "roc_auc": "higher"},
+        key=f"{slug}_baselines",
+    )
     fractions = (0.0, 0.4, 0.6, 0.8, CLAIM_FRACTION, 0.9) if quick else DEFAULT_FRACTIONS
     found = {}
     for layer_name in LAYERS:
@@ -172,19 +218,25 @@ def _analyse(report: Report, name: str, quick: bool, progress: bool) -> dict:
         units = len(study["result"].importance)
         key = f"{name} {layer_name} ({units} units)"
         found[layer_name] = {**study, "key": key}
-        report.add_figure(plots.pruning_curves(study["curves"], key),
-                          f"{slug}_{layer_name}_pruning",
-                          f"{key}: pruning curves (BN recalibrated on shuffled training rows "
-                          "before each evaluation)")  # fmt: skip
+        report.add_figure(
+            plots.pruning_curves(study["curves"], key),
+            f"{slug}_{layer_name}_pruning",
+            f"{key}: pruning curves (BN recalibrated on shuffled training rows "
+            "before each evaluation)",
+        )
         report.results[f"{slug}_{layer_name}_curves"] = study["curves"]
     report.add_figure(
         plots.importance_histograms({v["key"]: v["result"].importance for v in found.values()}),
-        f"{slug}_delta_hist", f"{name}: Δ_i per layer")  # fmt: skip
+        f"{slug}_delta_hist",
+        f"{name}: Δ_i per layer",
+    )
     report.add_figure(
-        plots.synergy_matrices({v["key"]: (v["result"].synergy, v["result"].ranking())
-                                for v in found.values()}),
-        f"{slug}_synergy", f"{name}: synergy matrices ordered by ascending R_i (SynXAI Fig. 3)",
-    )  # fmt: skip
+        plots.synergy_matrices(
+            {v["key"]: (v["result"].synergy, v["result"].ranking()) for v in found.values()}
+        ),
+        f"{slug}_synergy",
+        f"{name}: synergy matrices ordered by ascending R_i (SynXAI Fig. 3)",
+    )
     _explanations(report, name, model, splits, quick, progress)
     return found
 
@@ -210,13 +262,18 @@ def _protocol(report: Report, found: dict, quick: bool, progress: bool) -> list[
             curves = found[name][CLAIM_LAYER]["curves"]
         else:
             model, _ = get_trained(model_name, quick=quick, progress=progress, seed=seed)
-            curves = _layer_study(model, CLAIM_LAYER, splits, (0.0, CLAIM_FRACTION), seed,
-                                  False)["curves"]  # fmt: skip
+            curves = _layer_study(model, CLAIM_LAYER, splits, (0.0, CLAIM_FRACTION), seed, False)[
+                "curves"
+            ]
         positives = float(splits.test.y.mean())
-        row = {"data": name, "seed": seed, "test positives": positives,
-               "always-negative acc": 1.0 - positives,
-               "acc unpruned": _accuracy_at(curves["random"], 0.0),
-               "roc_auc unpruned": curves["random"]["roc_auc"][0]}  # fmt: skip
+        row = {
+            "data": name,
+            "seed": seed,
+            "test positives": positives,
+            "always-negative acc": 1.0 - positives,
+            "acc unpruned": _accuracy_at(curves["random"], 0.0),
+            "roc_auc unpruned": curves["random"]["roc_auc"][0],
+        }
         for label, curve in curves.items():
             row[f"acc 85 % {label}"] = _accuracy_at(curve, CLAIM_FRACTION)
             row[f"drop {label}"] = _drop(curve)
@@ -226,19 +283,24 @@ def _protocol(report: Report, found: dict, quick: bool, progress: bool) -> list[
         rows.append(row)
     report.add_table(
         f"Reproduction protocol: 64-unit layer at {CLAIM_FRACTION:.0%} pruned, per training seed",
-        rows, key="protocol_runs",
+        rows,
+        key="protocol_runs",
         note="Accuracy drop = 1 − accuracy at 85 % pruned / accuracy unpruned (both after BN "
         "recalibration on shuffled training rows). Random pruning: one seeded draw per level.",
-    )  # fmt: skip
-    report.add_figure(plots.protocol(rows, list(DATASETS), CLAIM_FRACTION), "protocol",
-                      "Accuracy at 85 % of the 64-unit layer pruned, one dot per training seed; "
-                      "dashed: always-negative accuracy of the test split")  # fmt: skip
+    )
+    report.add_figure(
+        plots.protocol(rows, list(DATASETS), CLAIM_FRACTION),
+        "protocol",
+        "Accuracy at 85 % of the 64-unit layer pruned, one dot per training seed; "
+        "dashed: always-negative accuracy of the test split",
+    )
     return rows
 
 
 def _mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.1%} ± {np.std(values):.1%}" if len(values) > 1 else (
-        f"{values[0]:.1%}")  # fmt: skip
+    return (
+        f"{np.mean(values):.1%} ± {np.std(values):.1%}" if len(values) > 1 else (f"{values[0]:.1%}")
+    )
 
 
 def _claims(found: dict, runs: list[dict]) -> list[dict]:
@@ -259,27 +321,49 @@ def _claims(found: dict, runs: list[dict]) -> list[dict]:
             return f"{'yes' if ok == n else 'no'} ({ok}/{n} seeds)"
 
         claims += [
-            {"data": name, "claim": "synergy α=20: accuracy within 10 % at 85 % pruned "
-             "(64-unit layer)", "paper": f"< {PAPER['synergy α=20']:.0%} drop",
-             "ours": f"drop {_mean_sd(synergy)}; acc − always-negative "
-             f"{np.mean(above):+.3f} (floor {floor:.3f})",
-             "holds": verdict(sum(d <= 0.10 for d in synergy))},
-            {"data": name, "claim": "importance pruning loses > 45 % accuracy at 85 %",
-             "paper": f"{PAPER['importance (Δ)']:.0%} drop", "ours": f"drop {_mean_sd(importance)}",
-             "holds": verdict(sum(d > 0.45 for d in importance))},
-            {"data": name, "claim": "synergy α=20 beats importance pruning at 85 %",
-             "paper": "yes (Fig. 4)", "ours": f"higher accuracy in {wins}/{len(mine)} seeds",
-             "holds": verdict(wins)},
-            {"data": name, "claim": "(ours) synergy α=20 beats random pruning at 85 %",
-             "paper": "–", "ours": f"higher accuracy in {beats_random}/{len(mine)} seeds",
-             "holds": verdict(beats_random)},
-        ]  # fmt: skip
-        strength = [float(found[name][layer]["result"].synergy.clamp(min=0).mean())
-                    for layer in LAYERS]  # fmt: skip
-        claims.append({"data": name, "claim": "synergy much stronger in the deeper layer",
-                       "paper": "yes (Fig. 3)", "ours": f"mean S⁺ {strength[0]:.2e} (128 units) "
-                       f"vs {strength[1]:.2e} (64 units), seed 0",
-                       "holds": "yes" if strength[1] > 2 * strength[0] else "no"})  # fmt: skip
+            {
+                "data": name,
+                "claim": "synergy α=20: accuracy within 10 % at 85 % pruned (64-unit layer)",
+                "paper": f"< {PAPER['synergy α=20']:.0%} drop",
+                "ours": f"drop {_mean_sd(synergy)}; acc − always-negative "
+                f"{np.mean(above):+.3f} (floor {floor:.3f})",
+                "holds": verdict(sum(d <= 0.10 for d in synergy)),
+            },
+            {
+                "data": name,
+                "claim": "importance pruning loses > 45 % accuracy at 85 %",
+                "paper": f"{PAPER['importance (Δ)']:.0%} drop",
+                "ours": f"drop {_mean_sd(importance)}",
+                "holds": verdict(sum(d > 0.45 for d in importance)),
+            },
+            {
+                "data": name,
+                "claim": "synergy α=20 beats importance pruning at 85 %",
+                "paper": "yes (Fig. 4)",
+                "ours": f"higher accuracy in {wins}/{len(mine)} seeds",
+                "holds": verdict(wins),
+            },
+            {
+                "data": name,
+                "claim": "(ours) synergy α=20 beats random pruning at 85 %",
+                "paper": "–",
+                "ours": f"higher accuracy in {beats_random}/{len(mine)} seeds",
+                "holds": verdict(beats_random),
+            },
+        ]
+        strength = [
+            float(found[name][layer]["result"].synergy.clamp(min=0).mean()) for layer in LAYERS
+        ]
+        claims.append(
+            {
+                "data": name,
+                "claim": "synergy much stronger in the deeper layer",
+                "paper": "yes (Fig. 3)",
+                "ours": f"mean S⁺ {strength[0]:.2e} (128 units) "
+                f"vs {strength[1]:.2e} (64 units), seed 0",
+                "holds": "yes" if strength[1] > 2 * strength[0] else "no",
+            }
+        )
     return claims
 
 
@@ -299,8 +383,9 @@ def _channels(report: Report, quick: bool, progress: bool) -> dict:
     results: list[SynergyResult] = []
 
     def ours() -> None:
-        results.append(synergy.compute(data.x, target=data.y, layer_mask=layer_mask,
-                                       show_progress=progress))  # fmt: skip
+        results.append(
+            synergy.compute(data.x, target=data.y, layer_mask=layer_mask, show_progress=progress)
+        )
 
     pairs = channels * (channels - 1) // 2
     generator = torch.Generator().manual_seed(0)
@@ -315,31 +400,56 @@ def _channels(report: Report, quick: bool, progress: bool) -> dict:
 
     timing = compare(ours, loop, warmup=0, repeats=1, anchor_scale=pairs / len(sample))
     result = results[0]
-    title = f"channel synergy, cluttered CNN {CHANNEL_LAYER} ({channels} channels), " \
-            f"{n_images} images"  # fmt: skip
-    report.add_speed(title, timing, ours="LayerSynergy.compute (channel groups)",
-                     anchor=f"one masked forward per channel pair ({len(sample)} pairs timed, "
-                     f"× {pairs / len(sample):.0f})")  # fmt: skip
-    key = f"cluttered CNN {CHANNEL_LAYER}, {channels} channels, test accuracy " \
-          f"{info['accuracy']:.3f}"  # fmt: skip
-    report.add_figure(plots.synergy_matrices({key: (result.synergy, result.ranking())}),
-                      "cluttered_channel_synergy",
-                      f"{key}: channel synergy S_ij (score: softmax of the true class, "
-                      f"{n_images} test images), ordered by ascending R_i")  # fmt: skip
+    title = (
+        f"channel synergy, cluttered CNN {CHANNEL_LAYER} ({channels} channels), {n_images} images"
+    )
+    report.add_speed(
+        title,
+        timing,
+        ours="LayerSynergy.compute (channel groups)",
+        anchor=f"one masked forward per channel pair ({len(sample)} pairs timed, "
+        f"× {pairs / len(sample):.0f})",
+    )
+    key = (
+        f"cluttered CNN {CHANNEL_LAYER}, {channels} channels, test accuracy {info['accuracy']:.3f}"
+    )
+    report.add_figure(
+        plots.synergy_matrices({key: (result.synergy, result.ranking())}),
+        "cluttered_channel_synergy",
+        f"{key}: channel synergy S_ij (score: softmax of the true class, "
+        f"{n_images} test images), ordered by ascending R_i",
+    )
     fractions = (0.0, 0.25, 0.5, 0.75, 0.9) if quick else DEFAULT_FRACTIONS
     curves = {
-        label: pruning_curve(model, layer, score, held_out.x, held_out.y, fractions=fractions,
-                             layer_mask=layer_mask, batch_size=500, progress=False)
+        label: pruning_curve(
+            model,
+            layer,
+            score,
+            held_out.x,
+            held_out.y,
+            fractions=fractions,
+            layer_mask=layer_mask,
+            batch_size=500,
+            progress=False,
+        )
         for label, score in _rankings(result).items()
-    }  # fmt: skip
-    report.add_figure(plots.pruning_curves(curves, key), "cluttered_channel_pruning",
-                      f"{key}: channel pruning (ranking from {n_images} images, accuracy on "
-                      f"{n_images} held-out images; no BatchNorm in this CNN)")  # fmt: skip
-    table = [{"pruned": f"{f:.0%}", **{label: curve["accuracy"][k] for label, curve in
-              curves.items()}} for k, f in enumerate(curves["random"]["fraction"])]  # fmt: skip
-    report.add_table(f"Channel pruning: accuracy of the cluttered CNN as {CHANNEL_LAYER}'s "
-                     "channels are zeroed", table, key="channel_pruning",
-                     direction={label: "higher" for label in curves})  # fmt: skip
+    }
+    report.add_figure(
+        plots.pruning_curves(curves, key),
+        "cluttered_channel_pruning",
+        f"{key}: channel pruning (ranking from {n_images} images, accuracy on "
+        f"{n_images} held-out images; no BatchNorm in this CNN)",
+    )
+    table = [
+        {"pruned": f"{f:.0%}", **{label: curve["accuracy"][k] for label, curve in curves.items()}}
+        for k, f in enumerate(curves["random"]["fraction"])
+    ]
+    report.add_table(
+        f"Channel pruning: accuracy of the cluttered CNN as {CHANNEL_LAYER}'s channels are zeroed",
+        table,
+        key="channel_pruning",
+        direction={label: "higher" for label in curves},
+    )
     report.results["channel_curves"] = curves
     report.add_table("Most synergistic channel pairs", _pair_rows(result), key="channel_pairs")
     return {"timing": timing, "curves": curves}
@@ -347,9 +457,17 @@ def _channels(report: Report, quick: bool, progress: bool) -> dict:
 
 def _pair_rows(result: SynergyResult, k: int = 5) -> list[dict]:
     pairs, values = result.top_pairs(k)
-    return [{"i": i, "j": j, "S_ij": float(value), "Δ_i": float(result.importance[i]),
-             "Δ_j": float(result.importance[j]), "Δ_ij": float(result.pair_importance[i, j])}
-            for (i, j), value in zip(pairs.tolist(), values, strict=True)]  # fmt: skip
+    return [
+        {
+            "i": i,
+            "j": j,
+            "S_ij": float(value),
+            "Δ_i": float(result.importance[i]),
+            "Δ_j": float(result.importance[j]),
+            "Δ_ij": float(result.pair_importance[i, j]),
+        }
+        for (i, j), value in zip(pairs.tolist(), values, strict=True)
+    ]
 
 
 def _dense_speed(report: Report, quick: bool) -> dict:
@@ -413,8 +531,13 @@ def _rows_measurement(rows: int, quick: bool) -> dict:
     synergy.compute(x)
     seconds = time.perf_counter() - start
     peak_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
-    return {"rows": rows, "seconds": seconds, "µs per row": 1e6 * seconds / rows,
-            "peak growth MB": peak_mb, "input MB": x.numel() * x.element_size() / 2**20}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "µs per row": 1e6 * seconds / rows,
+        "peak growth MB": peak_mb,
+        "input MB": x.numel() * x.element_size() / 2**20,
+    }
 
 
 # the issue's measurements of the unstreamed implementation (128-unit layer, same machine)
@@ -431,15 +554,21 @@ def _rows_at_scale(report: Report, quick: bool, progress: bool) -> list[dict]:
         before = _BEFORE.get(size)
         found["before: s, peak MB"] = f"{before[0]:g} s, +{before[1]:g} MB" if before else "–"
         rows.append(found)
-    report.add_table("Rows at scale: one LayerSynergy.compute on the 128-unit layer", rows,
-                     key="rows_at_scale", direction={"µs per row": "lower",
-                     "peak growth MB": "lower"},
-                     note="Each size in a fresh process; peak growth = ru_maxrss after minus "
-                     "before the compute (inputs already allocated). 'before' = the issue's "
-                     "figures for the unstreamed implementation.")  # fmt: skip
+    report.add_table(
+        "Rows at scale: one LayerSynergy.compute on the 128-unit layer",
+        rows,
+        key="rows_at_scale",
+        direction={"µs per row": "lower", "peak growth MB": "lower"},
+        note="Each size in a fresh process; peak growth = ru_maxrss after minus "
+        "before the compute (inputs already allocated). 'before' = the issue's "
+        "figures for the unstreamed implementation.",
+    )
     if len(rows) > 1:
-        report.add_figure(plots.rows_at_scale(rows), "rows_at_scale",
-                          "Time per row and peak memory growth against the row count")
+        report.add_figure(
+            plots.rows_at_scale(rows),
+            "rows_at_scale",
+            "Time per row and peak memory growth against the row count",
+        )
     return rows
 
 
@@ -464,8 +593,10 @@ def run(report: Report, quick: bool, progress: bool) -> None:
             found[name] = _analyse(report, name, quick, progress)
     with report.stage("protocol"):
         runs = _protocol(report, found, quick, progress)
-    note = ("Judged over training seeds; storms sits at its always-negative accuracy, so it is "
-            "shown but not counted toward the accuracy claim.")
+    note = (
+        "Judged over training seeds; storms sits at its always-negative accuracy, so it is "
+        "shown but not counted toward the accuracy claim."
+    )
     report.add_table("Paper claims on our data", _claims(found, runs), key="claims", note=note)
     with report.stage("channels"):
         _channels(report, quick, progress)

@@ -70,9 +70,16 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         if name == "mnist_mlp" and quick:
             continue  # the 60k-row MNIST load is the slowest part; the NRM suite trains it
         _model, info = get_trained(name, quick=quick, progress=progress)
-        rows.append({"model": name, "accuracy": info["accuracy"],
-                     "roc_auc": info.get("roc_auc", float("nan")), "n_train": info["n_train"],
-                     "epochs": info["epochs"], "train_s": info["train_time_s"]})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "accuracy": info["accuracy"],
+                "roc_auc": info.get("roc_auc", float("nan")),
+                "n_train": info["n_train"],
+                "epochs": info["epochs"],
+                "train_s": info["train_time_s"],
+            }
+        )
     report.add_table(
         "Reference models (test split)",
         rows,
@@ -93,6 +100,6 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         [
             {"photo": n, "top-1": classes[i], "p": p.item()}
             for n, i, p in zip(names, top.indices, top.values, strict=True)
-        ],  # fmt: skip
+        ],
         key="efficientnet",
     )

@@ -66,7 +66,7 @@ nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 myst_enable_extensions = ["dollarmath", "amsmath"]
 
-# the public modules: both packages and every module of theirs without a leading underscore;
+# the public modules: both packages and every (sub)module of theirs without a leading underscore;
 # names re-exported from another public module link to their home page instead of being
 # documented twice
 PACKAGES = ("zennit_ext", "captum_ext")
@@ -79,18 +79,24 @@ def _modules() -> tuple[str, ...]:
         modules.append(package)
         path = importlib.import_module(package).__path__
         modules += sorted(
-            f"{package}.{info.name}" for info in pkgutil.iter_modules(path)
-            if not info.name.startswith("_")
-        )  # fmt: skip
+            info.name
+            for info in pkgutil.walk_packages(path, prefix=f"{package}.")
+            if not any(part.startswith("_") for part in info.name.split("."))
+        )
     return tuple(modules)
 
 
 def _home(module: str, name: str) -> str:
-    """The public module that defines ``module.name`` (its own page documents it)."""
-    home = getattr(getattr(importlib.import_module(module), name), "__module__", None)
-    if home != module and home in _modules() and name in importlib.import_module(home).__all__:
-        return home
-    return module
+    """The public module whose page documents ``module.name``: the deepest public module that
+    exports the same object (its defining module; data such as dicts have no ``__module__``)."""
+    value = getattr(importlib.import_module(module), name)
+    homes = [
+        other
+        for other in _modules()
+        if name in getattr(importlib.import_module(other), "__all__", ())
+        and getattr(importlib.import_module(other), name) is value
+    ]
+    return max(homes, key=lambda other: other.count("."), default=module)
 
 
 def _page(module: str) -> str:
@@ -105,8 +111,9 @@ def _page(module: str) -> str:
         lines += [f"   {name}" for name in own] + [""]
     if elsewhere:
         lines += ["Also exported here:", ""]
-        lines += [f"- :py:obj:`{module}.{name} <{_home(module, name)}.{name}>`"
-                  for name in elsewhere]
+        lines += [
+            f"- :py:obj:`{module}.{name} <{_home(module, name)}.{name}>`" for name in elsewhere
+        ]
         lines += [""]
     return "\n".join(lines)
 
@@ -122,15 +129,33 @@ def write_api_pages() -> None:
         if not path.exists() or path.read_text() != text:  # unchanged pages stay cached
             path.write_text(text)
     index = [
-        "API reference", "=============", "",
+        "API reference",
+        "=============",
+        "",
         "Every name in a public module's ``__all__``, from its docstring (numpydoc sections,",
-        "tensor shapes, equation numbers of the papers).", "",
-        ".. toctree::", "   :maxdepth: 1", "",
-        *[f"   {module}" for module in modules], "",
-    ]  # fmt: skip
+        "tensor shapes, equation numbers of the papers).",
+        "",
+        ".. toctree::",
+        "   :maxdepth: 1",
+        "",
+        *[f"   {module}" for module in modules],
+        "",
+    ]
     text = "\n".join(index)
     if not (api / "index.rst").exists() or (api / "index.rst").read_text() != text:
         (api / "index.rst").write_text(text)
+    # pages of modules or names that no longer exist (a move or a rename) would be orphans
+    pages = {*modules, "index"}
+    names = {
+        f"{module}.{name}"
+        for module in modules
+        for name in importlib.import_module(module).__all__
+        if _home(module, name) == module
+    }
+    for stale in [p for p in api.glob("*.rst") if p.stem not in pages] + [
+        p for p in api.glob("generated/*.rst") if p.stem not in names
+    ]:
+        stale.unlink()
 
 
 write_api_pages()

@@ -33,10 +33,19 @@ def tiny_mlp() -> nn.Sequential:
 def tiny_cnn() -> nn.Sequential:
     """Conv → ReLU → MaxPool → Conv → ReLU → Flatten → Linear on (N, 3, 8, 8), float64, eval."""
     torch.manual_seed(2)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 4 * 4, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from captum_ext import (
     NeuronSynergy,
     SynchronizationLoss,
     metrics,
-    pruning,
 )
-from captum_ext.scores import synergistic_importance
+from captum_ext.synergy import pruning
+from captum_ext.synergy.formulas import synergistic_importance
 from zennit_ext import NRM, PLRPM, PLRPLambda
-from zennit_ext.paths import NeuronPaths, select_units
+from zennit_ext.paths.api import NeuronPaths, select_units
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NAN, INF = float("nan"), float("inf")
@@ -86,10 +86,18 @@ class Summed(nn.Module):
 
 def cnn() -> nn.Module:
     torch.manual_seed(4)
-    return nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 3, 3),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 4, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 def with_nan(x: torch.Tensor, value: float = NAN) -> torch.Tensor:
@@ -122,8 +130,13 @@ class World:
         return self.paths.graph(self.x, 0).top_paths(k)
 
     def pruning_curve(self, **kwargs: Any) -> Any:
-        arguments = {"scores": torch.rand(4, dtype=torch.float64), "x_test": self.x,
-                     "y_test": self.y, "progress": False, **kwargs}  # fmt: skip
+        arguments = {
+            "scores": torch.rand(4, dtype=torch.float64),
+            "x_test": self.x,
+            "y_test": self.y,
+            "progress": False,
+            **kwargs,
+        }
         return pruning.pruning_curve(self.model, self.model[3], **arguments)
 
 
@@ -135,231 +148,529 @@ def _masked_forward(w: World, units: torch.Tensor) -> Any:
 # (id, call on a World, error type, message fragment)
 BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
     # NRM: constructor, explanation, one-shot methods
-    ("NRM unknown layer", lambda w: NRM(w.model, layers=["9"]), ValueError,
-     "layers ['9'] are not modules of the model"),
-    ("NRM.explain nan x", lambda w: w.nrm.explain(with_nan(w.x), 0), ValueError,
-     "x must be finite"),
-    ("NRM.explain inf x", lambda w: w.nrm.explain(with_nan(w.x, INF), 0), ValueError,
-     "x must be finite"),
-    ("NRM.explain inf output", lambda w: NRM(mlp(scale=INF), ["1"]).explain(w.x, 0), ValueError,
-     "the model output (for a finite x) must be finite"),
-    ("NRM.explain empty batch", lambda w: w.nrm.explain(w.x[:0], 0), ValueError,
-     "x must hold at least one sample"),
-    ("NRM.explain list x", lambda w: w.nrm.explain(w.x.tolist(), 0), TypeError,
-     "x must be a torch.Tensor, got list"),
-    ("NRM.explain 1-D x", lambda w: w.nrm.explain(w.x[0], 0), ValueError,
-     "x must have the shape (batch, ...), got (6,)"),
-    ("NRM.explain 3-D output", lambda w: NRM(nn.Sequential(w.model, nn.Unflatten(1, (3, 1))),
-                                             ["0.1"]).explain(w.x, 0), ValueError,
-     "NRM needs a (batch, n_outputs) model output, got (2, 3, 1)"),
+    (
+        "NRM unknown layer",
+        lambda w: NRM(w.model, layers=["9"]),
+        ValueError,
+        "layers ['9'] are not modules of the model",
+    ),
+    (
+        "NRM.explain nan x",
+        lambda w: w.nrm.explain(with_nan(w.x), 0),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NRM.explain inf x",
+        lambda w: w.nrm.explain(with_nan(w.x, INF), 0),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NRM.explain inf output",
+        lambda w: NRM(mlp(scale=INF), ["1"]).explain(w.x, 0),
+        ValueError,
+        "the model output (for a finite x) must be finite",
+    ),
+    (
+        "NRM.explain empty batch",
+        lambda w: w.nrm.explain(w.x[:0], 0),
+        ValueError,
+        "x must hold at least one sample",
+    ),
+    (
+        "NRM.explain list x",
+        lambda w: w.nrm.explain(w.x.tolist(), 0),
+        TypeError,
+        "x must be a torch.Tensor, got list",
+    ),
+    (
+        "NRM.explain 1-D x",
+        lambda w: w.nrm.explain(w.x[0], 0),
+        ValueError,
+        "x must have the shape (batch, ...), got (6,)",
+    ),
+    (
+        "NRM.explain 3-D output",
+        lambda w: NRM(nn.Sequential(w.model, nn.Unflatten(1, (3, 1))), ["0.1"]).explain(w.x, 0),
+        ValueError,
+        "NRM needs a (batch, n_outputs) model output, got (2, 3, 1)",
+    ),
     ("NRM.explain target 3", lambda w: w.nrm.explain(w.x, 3), ValueError, "in [0, 3), got 3"),
-    ("NRM.explain 3 targets for 2 samples", lambda w: w.nrm.explain(w.x, [0, 1, 2]), ValueError,
-     "target must be one class or one per sample in [0, 3), got [0, 1, 2]"),
-    ("NRM.explain target relevance summing to 0",
-     lambda w: w.nrm.explain(w.x, torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, 0.0]])), ValueError,
-     "target relevance must have a positive sum per sample (eq. 16)"),
+    (
+        "NRM.explain 3 targets for 2 samples",
+        lambda w: w.nrm.explain(w.x, [0, 1, 2]),
+        ValueError,
+        "target must be one class or one per sample in [0, 3), got [0, 1, 2]",
+    ),
+    (
+        "NRM.explain target relevance summing to 0",
+        lambda w: w.nrm.explain(w.x, torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, 0.0]])),
+        ValueError,
+        "target relevance must have a positive sum per sample (eq. 16)",
+    ),
     ("NRM.explain target -1", lambda w: w.nrm.explain(w.x, -1), ValueError, "in [0, 3), got -1"),
-    ("NRM.explain nan target relevance",
-     lambda w: w.nrm.explain(w.x, torch.full((2, 3), NAN, dtype=torch.float64)), ValueError,
-     "target relevance must be finite"),
-    ("NRM.joint nan x", lambda w: w.nrm.joint(with_nan(w.x), 0, {"1": [0]}), ValueError,
-     "x must be finite"),
-    ("NRM.pairwise inf output",
-     lambda w: NRM(mlp(scale=INF), ["1", "3"]).pairwise(w.x, 0, "1", "3"), ValueError,
-     "the model output (for a finite x) must be finite"),
+    (
+        "NRM.explain nan target relevance",
+        lambda w: w.nrm.explain(w.x, torch.full((2, 3), NAN, dtype=torch.float64)),
+        ValueError,
+        "target relevance must be finite",
+    ),
+    (
+        "NRM.joint nan x",
+        lambda w: w.nrm.joint(with_nan(w.x), 0, {"1": [0]}),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NRM.pairwise inf output",
+        lambda w: NRM(mlp(scale=INF), ["1", "3"]).pairwise(w.x, 0, "1", "3"),
+        ValueError,
+        "the model output (for a finite x) must be finite",
+    ),
     # NRMExplanation queries
-    ("joint unknown layer", lambda w: w.query("joint", {"9": [0]}), ValueError,
-     "sets: layers ['9'] are not in NRM's layers ['1', '3']"),
-    ("joint index out of range", lambda w: w.query("joint", {"1": [5]}), ValueError,
-     "set for layer '1' has neuron indices [5] outside [0, 5) (layer output (2, 5))"),
-    ("joint negative index", lambda w: w.query("joint", {"1": [-1]}), ValueError,
-     "set for layer '1' has neuron indices [-1] outside [0, 5) (layer output (2, 5))"),
-    ("joint empty set", lambda w: w.query("joint", {"1": []}), ValueError,
-     "set for layer '1' is empty; expected at least one neuron index (or a boolean mask)"),
-    ("conditional empty given", lambda w: w.query("conditional", {"1": [0]}, given={"3": []}),
-     ValueError,
-     "set for layer '3' is empty; expected at least one neuron index (or a boolean mask)"),
-    ("marginal unknown layer", lambda w: w.query("marginal", "9", [0]), ValueError,
-     "sets: layers ['9'] are not in NRM's layers ['1', '3']"),
-    ("pairwise unknown layer", lambda w: w.query("pairwise", "1", "9"), ValueError,
-     "layers: layers ['9'] are not in NRM's layers ['1', '3']"),
-    ("heatmap channel out of range", lambda w: w.query("heatmap", {"3": [4]}), ValueError,
-     "set for layer '3' has neuron indices [4] outside [0, 4) (layer output (2, 4))"),
-    ("top_interactions k=0", lambda w: w.query("top_interactions", ["1", "3"], k=0), ValueError,
-     "k must be an int in [1, 20]"),
-    ("joint unknown level", lambda w: w.query("joint", {"1": [0]}, level="bogus"), ValueError,
-     "level must be one of"),
-    # zennit_ext.paths
-    ("NeuronPaths unknown layer", lambda w: NeuronPaths(w.model, ["9"]), ValueError,
-     "layers ['9'] are not modules of the model"),
-    ("NeuronPaths.graph nan x", lambda w: w.paths.graph(with_nan(w.x), 0), ValueError,
-     "x must be finite"),
-    ("NeuronPaths.graph empty batch", lambda w: w.paths.graph(w.x[:0], 0), ValueError,
-     "x must hold at least one sample"),
-    ("NeuronPaths.graph target 7", lambda w: w.paths.graph(w.x, 7), ValueError,
-     "in [0, 3), got 7"),
-    ("NeuronPaths.graph c=nan", lambda w: w.paths.graph(w.x, 0, c=NAN), ValueError,
-     "c must be a finite real number"),
-    ("NeuronPaths.heatmap nan x", lambda w: w.paths.heatmap(with_nan(w.x), 0, w.top()),
-     ValueError, "x must be finite"),
-    ("NeuronPaths.heatmap other batch", lambda w: w.paths.heatmap(w.x[:1], 0, w.top()),
-     ValueError, "expected layers ['1', '3'] and batch 1"),
-    ("NeuronPaths.path_relevance nan x",
-     lambda w: w.paths.path_relevance(with_nan(w.x), 0, w.top()), ValueError, "x must be finite"),
-    ("NeuronPaths.restricted_heatmap nan x",
-     lambda w: w.paths.restricted_heatmap(with_nan(w.x), 0), ValueError, "x must be finite"),
-    ("NeuronPaths.tune_threshold nan x", lambda w: w.paths.tune_threshold(with_nan(w.x), 0),
-     ValueError, "x must be finite"),
-    ("NeuronPaths.deconvolution nan x",
-     lambda w: w.paths.deconvolution(with_nan(w.x), w.top()), ValueError, "x must be finite"),
-    ("select_units nan scores", lambda w: select_units(torch.tensor([[1.0, NAN]]), c=0.0),
-     ValueError, "scores must be finite"),
+    (
+        "joint unknown layer",
+        lambda w: w.query("joint", {"9": [0]}),
+        ValueError,
+        "sets: layers ['9'] are not in NRM's layers ['1', '3']",
+    ),
+    (
+        "joint index out of range",
+        lambda w: w.query("joint", {"1": [5]}),
+        ValueError,
+        "set for layer '1' has neuron indices [5] outside [0, 5) (layer output (2, 5))",
+    ),
+    (
+        "joint negative index",
+        lambda w: w.query("joint", {"1": [-1]}),
+        ValueError,
+        "set for layer '1' has neuron indices [-1] outside [0, 5) (layer output (2, 5))",
+    ),
+    (
+        "joint empty set",
+        lambda w: w.query("joint", {"1": []}),
+        ValueError,
+        "set for layer '1' is empty; expected at least one neuron index (or a boolean mask)",
+    ),
+    (
+        "conditional empty given",
+        lambda w: w.query("conditional", {"1": [0]}, given={"3": []}),
+        ValueError,
+        "set for layer '3' is empty; expected at least one neuron index (or a boolean mask)",
+    ),
+    (
+        "marginal unknown layer",
+        lambda w: w.query("marginal", "9", [0]),
+        ValueError,
+        "sets: layers ['9'] are not in NRM's layers ['1', '3']",
+    ),
+    (
+        "pairwise unknown layer",
+        lambda w: w.query("pairwise", "1", "9"),
+        ValueError,
+        "layers: layers ['9'] are not in NRM's layers ['1', '3']",
+    ),
+    (
+        "heatmap channel out of range",
+        lambda w: w.query("heatmap", {"3": [4]}),
+        ValueError,
+        "set for layer '3' has neuron indices [4] outside [0, 4) (layer output (2, 4))",
+    ),
+    (
+        "top_interactions k=0",
+        lambda w: w.query("top_interactions", ["1", "3"], k=0),
+        ValueError,
+        "k must be an int in [1, 20]",
+    ),
+    (
+        "joint unknown level",
+        lambda w: w.query("joint", {"1": [0]}, level="bogus"),
+        ValueError,
+        "level must be one of",
+    ),
+    # zennit_ext.paths.api
+    (
+        "NeuronPaths unknown layer",
+        lambda w: NeuronPaths(w.model, ["9"]),
+        ValueError,
+        "layers ['9'] are not modules of the model",
+    ),
+    (
+        "NeuronPaths.graph nan x",
+        lambda w: w.paths.graph(with_nan(w.x), 0),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NeuronPaths.graph empty batch",
+        lambda w: w.paths.graph(w.x[:0], 0),
+        ValueError,
+        "x must hold at least one sample",
+    ),
+    ("NeuronPaths.graph target 7", lambda w: w.paths.graph(w.x, 7), ValueError, "in [0, 3), got 7"),
+    (
+        "NeuronPaths.graph c=nan",
+        lambda w: w.paths.graph(w.x, 0, c=NAN),
+        ValueError,
+        "c must be a finite real number",
+    ),
+    (
+        "NeuronPaths.heatmap nan x",
+        lambda w: w.paths.heatmap(with_nan(w.x), 0, w.top()),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NeuronPaths.heatmap other batch",
+        lambda w: w.paths.heatmap(w.x[:1], 0, w.top()),
+        ValueError,
+        "expected layers ['1', '3'] and batch 1",
+    ),
+    (
+        "NeuronPaths.path_relevance nan x",
+        lambda w: w.paths.path_relevance(with_nan(w.x), 0, w.top()),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NeuronPaths.restricted_heatmap nan x",
+        lambda w: w.paths.restricted_heatmap(with_nan(w.x), 0),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NeuronPaths.tune_threshold nan x",
+        lambda w: w.paths.tune_threshold(with_nan(w.x), 0),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "NeuronPaths.deconvolution nan x",
+        lambda w: w.paths.deconvolution(with_nan(w.x), w.top()),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "select_units nan scores",
+        lambda w: select_units(torch.tensor([[1.0, NAN]]), c=0.0),
+        ValueError,
+        "scores must be finite",
+    ),
     ("top_paths k=0", lambda w: w.top(0), ValueError, "k must be a positive int"),
     # synergy
-    ("LayerSynergy.compute nan inputs",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(with_nan(w.x), target=0), ValueError,
-     "inputs must be finite"),
-    ("LayerSynergy.attribute inf inputs",
-     lambda w: LayerSynergy(w.model, w.model[3]).attribute(with_nan(w.x, INF), target=0),
-     ValueError, "inputs must be finite"),
-    ("LayerSynergy.attribute nan second of two inputs",
-     lambda w: LayerSynergy(m := Summed(), m.body[3]).attribute((w.x, with_nan(w.x)), target=0),
-     ValueError, "inputs[1] must be finite"),
-    ("LayerSynergy.compute inf output",
-     lambda w: LayerSynergy(m := mlp(scale=INF), m[3]).compute(w.x, target=0), ValueError,
-     "the explained output (model output or neuron, finite inputs) must be finite"),
-    ("LayerSynergy.compute empty batch",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x[:0], target=0), ValueError,
-     "inputs must hold at least one row"),
-    ("LayerSynergy.compute target 3",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x, target=3), ValueError,
-     "target 3 out of range"),
-    ("LayerSynergy.compute baselines shape",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(
-         w.x, target=0, layer_baselines=torch.zeros(7, dtype=torch.float64)), ValueError,
-     "layer_baselines of shape (1, 7) does not broadcast to the layer output (1, 4)"),
-    ("LayerSynergy.compute nan baselines",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(
-         w.x, target=0, layer_baselines=torch.full((1, 4), NAN, dtype=torch.float64)),
-     ValueError, "layer_baselines must be finite"),
-    ("LayerSynergy.compute layer_mask shape",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(
-         w.x, target=0, layer_mask=torch.zeros(1, 7, dtype=torch.long)), ValueError,
-     "layer_mask of shape (1, 7) does not broadcast"),
-    ("LayerSynergy.compute inf with one unit masked",
-     lambda w: LayerSynergy(m := reciprocal(1), m[1]).compute(w.x, target=0), ValueError,
-     "the explained output with one unit masked must be finite"),
-    ("LayerSynergy.compute inf with two units masked",
-     lambda w: LayerSynergy(m := reciprocal(2), m[1]).compute(w.x, target=0), ValueError,
-     "the explained output with two units masked must be finite"),
-    ("LayerSynergy.attribute alpha=inf",
-     lambda w: LayerSynergy(w.model, w.model[3]).attribute(w.x, target=0, alpha=INF),
-     ValueError, "alpha must be a finite real number"),
-    ("NeuronSynergy.attribute nan inputs",
-     lambda w: NeuronSynergy(w.model, w.model[3]).attribute(with_nan(w.x), neuron_selector=0),
-     ValueError, "inputs must be finite"),
-    ("NeuronSynergy.attribute inf neuron",
-     lambda w: NeuronSynergy(m := mlp(scale=INF), m[5]).attribute(w.x, neuron_selector=0),
-     ValueError, "the explained output (model output or neuron, finite inputs) must be finite"),
-    ("NeuronSynergy.attribute empty batch",
-     lambda w: NeuronSynergy(w.model, w.model[3]).attribute(w.x[:0], neuron_selector=0),
-     ValueError, "inputs must hold at least one row"),
-    ("NeuronSynergy.attribute selector 9",
-     lambda w: NeuronSynergy(w.model, w.model[3]).attribute(w.x, neuron_selector=9), ValueError,
-     "neuron_selector 9 is not valid"),
-    ("NeuronSynergy.attribute baselines shape",
-     lambda w: NeuronSynergy(w.model, w.model[3]).attribute(
-         w.x, neuron_selector=0, baselines=torch.zeros(7, dtype=torch.float64)), ValueError,
-     "baselines of shape (1, 7) does not broadcast to the input (2, 6)"),
-    ("NeuronSynergy.attribute feature_mask shape",
-     lambda w: NeuronSynergy(w.model, w.model[3]).attribute(
-         w.x, neuron_selector=0, feature_mask=torch.zeros(1, 7, dtype=torch.long)), ValueError,
-     "feature_mask of shape (1, 7) does not broadcast"),
-    ("synergistic_importance via result alpha=nan",
-     lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x, target=0).synergistic_importance(
-         NAN), ValueError, "alpha must be a finite real number"),
-    # captum_ext.pruning
-    ("pruning_curve nan scores",
-     lambda w: w.pruning_curve(scores=torch.tensor([1.0, NAN, 0.0, 1.0])), ValueError,
-     "scores must be finite"),
-    ("pruning_curve scores shape", lambda w: w.pruning_curve(scores=torch.rand(5)), ValueError,
-     "scores must have shape (4,)"),
-    ("pruning_curve nan x_test", lambda w: w.pruning_curve(x_test=with_nan(w.x)), ValueError,
-     "x_test must be finite"),
-    ("pruning_curve empty x_test",
-     lambda w: w.pruning_curve(x_test=w.x[:0], y_test=w.y[:0]), ValueError,
-     "x_test must be a (N, ...) tensor with at least one row, got (0, 6)"),
-    ("pruning_curve 0-d x_test", lambda w: w.pruning_curve(x_test=torch.tensor(1.0)),
-     ValueError, "x_test must be a (N, ...) tensor with at least one row, got ()"),
-    ("pruning_curve list x_test", lambda w: w.pruning_curve(x_test=w.x.tolist()), ValueError,
-     "x_test must be a (N, ...) tensor with at least one row, got list"),
-    ("pruning_curve empty x_recalibrate", lambda w: w.pruning_curve(x_recalibrate=w.x[:0]),
-     ValueError, "x_recalibrate must be a (N, ...) tensor with at least one row, got (0, 6)"),
-    ("pruning_curve nan x_recalibrate",
-     lambda w: w.pruning_curve(x_recalibrate=with_nan(w.x)), ValueError,
-     "x_recalibrate must be finite"),
-    ("pruning_curve y_test length", lambda w: w.pruning_curve(y_test=torch.tensor([0, 1, 1])),
-     ValueError, "y_test must have one label per row"),
-    ("pruning_curve fraction 1.5", lambda w: w.pruning_curve(fractions=[1.5]), ValueError,
-     "fractions must lie in [0, 1)"),
-    ("pruning_curve inf output",
-     lambda w: pruning.pruning_curve(m := mlp(scale=INF), m[3], torch.rand(4), w.x, w.y,
-                                     progress=False), ValueError,
-     "the model output at 0% pruned must be finite"),
-    ("taylor_scores nan x",
-     lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], with_nan(w.images), w.y), ValueError,
-     "x must be finite"),
-    ("taylor_scores y out of range",
-     lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([0, 5])),
-     ValueError, "y must hold class indices in [0, 3)"),
-    ("taylor_scores y = number of classes",
-     lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([3, 0])),
-     ValueError, "y must hold class indices in [0, 3)"),
-    ("taylor_scores inf output",
-     lambda w: pruning.taylor_scores(nn.Sequential(w.cnn, Scale(INF)), w.cnn[0], w.images, w.y),
-     ValueError, "the model output (for a finite x) must be finite"),
-    ("masked_units out of range", lambda w: _masked_forward(w, torch.tensor([4])), ValueError,
-     "units must be flat indices in [0, 4)"),
-    ("recalibrate_batchnorm nan x",
-     lambda w: pruning.recalibrate_batchnorm(w.model, with_nan(w.x)), ValueError,
-     "x must be finite"),
+    (
+        "LayerSynergy.compute nan inputs",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(with_nan(w.x), target=0),
+        ValueError,
+        "inputs must be finite",
+    ),
+    (
+        "LayerSynergy.attribute inf inputs",
+        lambda w: LayerSynergy(w.model, w.model[3]).attribute(with_nan(w.x, INF), target=0),
+        ValueError,
+        "inputs must be finite",
+    ),
+    (
+        "LayerSynergy.attribute nan second of two inputs",
+        lambda w: LayerSynergy(m := Summed(), m.body[3]).attribute((w.x, with_nan(w.x)), target=0),
+        ValueError,
+        "inputs[1] must be finite",
+    ),
+    (
+        "LayerSynergy.compute inf output",
+        lambda w: LayerSynergy(m := mlp(scale=INF), m[3]).compute(w.x, target=0),
+        ValueError,
+        "the explained output (model output or neuron, finite inputs) must be finite",
+    ),
+    (
+        "LayerSynergy.compute empty batch",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x[:0], target=0),
+        ValueError,
+        "inputs must hold at least one row",
+    ),
+    (
+        "LayerSynergy.compute target 3",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(w.x, target=3),
+        ValueError,
+        "target 3 out of range",
+    ),
+    (
+        "LayerSynergy.compute baselines shape",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(
+            w.x, target=0, layer_baselines=torch.zeros(7, dtype=torch.float64)
+        ),
+        ValueError,
+        "layer_baselines of shape (1, 7) does not broadcast to the layer output (1, 4)",
+    ),
+    (
+        "LayerSynergy.compute nan baselines",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(
+            w.x, target=0, layer_baselines=torch.full((1, 4), NAN, dtype=torch.float64)
+        ),
+        ValueError,
+        "layer_baselines must be finite",
+    ),
+    (
+        "LayerSynergy.compute layer_mask shape",
+        lambda w: LayerSynergy(w.model, w.model[3]).compute(
+            w.x, target=0, layer_mask=torch.zeros(1, 7, dtype=torch.long)
+        ),
+        ValueError,
+        "layer_mask of shape (1, 7) does not broadcast",
+    ),
+    (
+        "LayerSynergy.compute inf with one unit masked",
+        lambda w: LayerSynergy(m := reciprocal(1), m[1]).compute(w.x, target=0),
+        ValueError,
+        "the explained output with one unit masked must be finite",
+    ),
+    (
+        "LayerSynergy.compute inf with two units masked",
+        lambda w: LayerSynergy(m := reciprocal(2), m[1]).compute(w.x, target=0),
+        ValueError,
+        "the explained output with two units masked must be finite",
+    ),
+    (
+        "LayerSynergy.attribute alpha=inf",
+        lambda w: LayerSynergy(w.model, w.model[3]).attribute(w.x, target=0, alpha=INF),
+        ValueError,
+        "alpha must be a finite real number",
+    ),
+    (
+        "NeuronSynergy.attribute nan inputs",
+        lambda w: NeuronSynergy(w.model, w.model[3]).attribute(with_nan(w.x), neuron_selector=0),
+        ValueError,
+        "inputs must be finite",
+    ),
+    (
+        "NeuronSynergy.attribute inf neuron",
+        lambda w: NeuronSynergy(m := mlp(scale=INF), m[5]).attribute(w.x, neuron_selector=0),
+        ValueError,
+        "the explained output (model output or neuron, finite inputs) must be finite",
+    ),
+    (
+        "NeuronSynergy.attribute empty batch",
+        lambda w: NeuronSynergy(w.model, w.model[3]).attribute(w.x[:0], neuron_selector=0),
+        ValueError,
+        "inputs must hold at least one row",
+    ),
+    (
+        "NeuronSynergy.attribute selector 9",
+        lambda w: NeuronSynergy(w.model, w.model[3]).attribute(w.x, neuron_selector=9),
+        ValueError,
+        "neuron_selector 9 is not valid",
+    ),
+    (
+        "NeuronSynergy.attribute baselines shape",
+        lambda w: NeuronSynergy(w.model, w.model[3]).attribute(
+            w.x, neuron_selector=0, baselines=torch.zeros(7, dtype=torch.float64)
+        ),
+        ValueError,
+        "baselines of shape (1, 7) does not broadcast to the input (2, 6)",
+    ),
+    (
+        "NeuronSynergy.attribute feature_mask shape",
+        lambda w: NeuronSynergy(w.model, w.model[3]).attribute(
+            w.x, neuron_selector=0, feature_mask=torch.zeros(1, 7, dtype=torch.long)
+        ),
+        ValueError,
+        "feature_mask of shape (1, 7) does not broadcast",
+    ),
+    (
+        "synergistic_importance via result alpha=nan",
+        lambda w: (
+            LayerSynergy(w.model, w.model[3]).compute(w.x, target=0).synergistic_importance(NAN)
+        ),
+        ValueError,
+        "alpha must be a finite real number",
+    ),
+    # captum_ext.synergy.pruning
+    (
+        "pruning_curve nan scores",
+        lambda w: w.pruning_curve(scores=torch.tensor([1.0, NAN, 0.0, 1.0])),
+        ValueError,
+        "scores must be finite",
+    ),
+    (
+        "pruning_curve scores shape",
+        lambda w: w.pruning_curve(scores=torch.rand(5)),
+        ValueError,
+        "scores must have shape (4,)",
+    ),
+    (
+        "pruning_curve nan x_test",
+        lambda w: w.pruning_curve(x_test=with_nan(w.x)),
+        ValueError,
+        "x_test must be finite",
+    ),
+    (
+        "pruning_curve empty x_test",
+        lambda w: w.pruning_curve(x_test=w.x[:0], y_test=w.y[:0]),
+        ValueError,
+        "x_test must be a (N, ...) tensor with at least one row, got (0, 6)",
+    ),
+    (
+        "pruning_curve 0-d x_test",
+        lambda w: w.pruning_curve(x_test=torch.tensor(1.0)),
+        ValueError,
+        "x_test must be a (N, ...) tensor with at least one row, got ()",
+    ),
+    (
+        "pruning_curve list x_test",
+        lambda w: w.pruning_curve(x_test=w.x.tolist()),
+        ValueError,
+        "x_test must be a (N, ...) tensor with at least one row, got list",
+    ),
+    (
+        "pruning_curve empty x_recalibrate",
+        lambda w: w.pruning_curve(x_recalibrate=w.x[:0]),
+        ValueError,
+        "x_recalibrate must be a (N, ...) tensor with at least one row, got (0, 6)",
+    ),
+    (
+        "pruning_curve nan x_recalibrate",
+        lambda w: w.pruning_curve(x_recalibrate=with_nan(w.x)),
+        ValueError,
+        "x_recalibrate must be finite",
+    ),
+    (
+        "pruning_curve y_test length",
+        lambda w: w.pruning_curve(y_test=torch.tensor([0, 1, 1])),
+        ValueError,
+        "y_test must have one label per row",
+    ),
+    (
+        "pruning_curve fraction 1.5",
+        lambda w: w.pruning_curve(fractions=[1.5]),
+        ValueError,
+        "fractions must lie in [0, 1)",
+    ),
+    (
+        "pruning_curve inf output",
+        lambda w: pruning.pruning_curve(
+            m := mlp(scale=INF), m[3], torch.rand(4), w.x, w.y, progress=False
+        ),
+        ValueError,
+        "the model output at 0% pruned must be finite",
+    ),
+    (
+        "taylor_scores nan x",
+        lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], with_nan(w.images), w.y),
+        ValueError,
+        "x must be finite",
+    ),
+    (
+        "taylor_scores y out of range",
+        lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([0, 5])),
+        ValueError,
+        "y must hold class indices in [0, 3)",
+    ),
+    (
+        "taylor_scores y = number of classes",
+        lambda w: pruning.taylor_scores(w.cnn, w.cnn[0], w.images, torch.tensor([3, 0])),
+        ValueError,
+        "y must hold class indices in [0, 3)",
+    ),
+    (
+        "taylor_scores inf output",
+        lambda w: pruning.taylor_scores(nn.Sequential(w.cnn, Scale(INF)), w.cnn[0], w.images, w.y),
+        ValueError,
+        "the model output (for a finite x) must be finite",
+    ),
+    (
+        "masked_units out of range",
+        lambda w: _masked_forward(w, torch.tensor([4])),
+        ValueError,
+        "units must be flat indices in [0, 4)",
+    ),
+    (
+        "recalibrate_batchnorm nan x",
+        lambda w: pruning.recalibrate_batchnorm(w.model, with_nan(w.x)),
+        ValueError,
+        "x must be finite",
+    ),
     # regularizers and metrics
-    ("SynchronizationLoss nan maps", lambda w: SynchronizationLoss()(with_nan(w.maps)),
-     ValueError, "maps must be finite"),
-    ("LocalActivationConsistencyLoss inf maps",
-     lambda w: LocalActivationConsistencyLoss()(with_nan(w.maps, INF)), ValueError,
-     "maps must be finite"),
-    ("SynchronizationLoss epsilon=inf", lambda w: SynchronizationLoss(epsilon=INF), ValueError,
-     "epsilon must be a finite float"),
-    ("part_iou nan maps", lambda w: metrics.part_iou(with_nan(w.maps), w.masks), ValueError,
-     "maps must be finite"),
-    ("filter_metrics nan maps", lambda w: metrics.filter_metrics(with_nan(w.maps), w.masks),
-     ValueError, "maps must be finite"),
-    ("module_consistency inf maps",
-     lambda w: metrics.module_consistency(with_nan(w.maps, INF), 2), ValueError,
-     "maps must be finite"),
-    ("interp phi=nan", lambda w: metrics.interp(torch.rand(2, 3, 2), phi=NAN), ValueError,
-     "phi must be a finite real number"),
-    ("interp inf iou", lambda w: metrics.interp(torch.full((2, 3, 2), INF)), ValueError,
-     "got ±inf"),
+    (
+        "SynchronizationLoss nan maps",
+        lambda w: SynchronizationLoss()(with_nan(w.maps)),
+        ValueError,
+        "maps must be finite",
+    ),
+    (
+        "LocalActivationConsistencyLoss inf maps",
+        lambda w: LocalActivationConsistencyLoss()(with_nan(w.maps, INF)),
+        ValueError,
+        "maps must be finite",
+    ),
+    (
+        "SynchronizationLoss epsilon=inf",
+        lambda w: SynchronizationLoss(epsilon=INF),
+        ValueError,
+        "epsilon must be a finite float",
+    ),
+    (
+        "part_iou nan maps",
+        lambda w: metrics.part_iou(with_nan(w.maps), w.masks),
+        ValueError,
+        "maps must be finite",
+    ),
+    (
+        "filter_metrics nan maps",
+        lambda w: metrics.filter_metrics(with_nan(w.maps), w.masks),
+        ValueError,
+        "maps must be finite",
+    ),
+    (
+        "module_consistency inf maps",
+        lambda w: metrics.module_consistency(with_nan(w.maps, INF), 2),
+        ValueError,
+        "maps must be finite",
+    ),
+    (
+        "interp phi=nan",
+        lambda w: metrics.interp(torch.rand(2, 3, 2), phi=NAN),
+        ValueError,
+        "phi must be a finite real number",
+    ),
+    (
+        "interp inf iou",
+        lambda w: metrics.interp(torch.full((2, 3, 2), INF)),
+        ValueError,
+        "got ±inf",
+    ),
     # PLRP settings
-    ("PLRPM sparsity_gain=inf", lambda w: PLRPM(sparsity_gain=INF), ValueError,
-     "sparsity_gain must be >= 0 and finite"),
+    (
+        "PLRPM sparsity_gain=inf",
+        lambda w: PLRPM(sparsity_gain=INF),
+        ValueError,
+        "sparsity_gain must be >= 0 and finite",
+    ),
     ("PLRPM p=nan", lambda w: PLRPM(p=NAN), ValueError, "p must be in [0, 1)"),
     ("PLRPLambda p=1.5", lambda w: PLRPLambda(p=1.5), ValueError, "p must be in [0, 1)"),
-    ("PLRPM layer_p inf", lambda w: PLRPM(layer_p={"2": INF}), ValueError,
-     "layer_p['2'] must be in [0, 1)"),
-    ("PLRPLambda p_neg=-0.1", lambda w: PLRPLambda(p=0.1, p_neg=-0.1), ValueError,
-     "p_neg must be in [0, 1)"),
-]  # fmt: skip
+    (
+        "PLRPM layer_p inf",
+        lambda w: PLRPM(layer_p={"2": INF}),
+        ValueError,
+        "layer_p['2'] must be in [0, 1)",
+    ),
+    (
+        "PLRPLambda p_neg=-0.1",
+        lambda w: PLRPLambda(p=0.1, p_neg=-0.1),
+        ValueError,
+        "p_neg must be in [0, 1)",
+    ),
+]
 
 
 def _hooks(model: nn.Module) -> int:
     return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
         + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(

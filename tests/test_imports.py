@@ -1,42 +1,98 @@
-"""Importing the plugins stays cheap: no Quantus, matplotlib or scikit-learn at import time."""
+"""Importing the plugins stays cheap and acyclic: each module loads only what it needs.
+
+Every module of both packages is imported alone in a fresh interpreter, and ``sys.modules``
+is checked afterwards:
+
+- nothing loads Quantus, matplotlib or scikit-learn beyond what its anchor (``captum.attr``
+  for the Captum attributions) loads itself;
+- nothing in ``captum_ext`` loads a ``zennit_ext`` engine (PLRP, NRM, paths) or registers a
+  Zennit composite;
+- nothing in ``zennit_ext`` loads Captum (the deconvolution view imports it when called).
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
 HEAVY = ("quantus", "matplotlib", "sklearn")
+ENGINES = ("zennit_ext.plrp", "zennit_ext.nrm", "zennit_ext.paths")
+
+_PROBE = """
+import json, sys
+{statement}
+composites = sys.modules.get("zennit.composites")
+print(json.dumps({{
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] in {roots!r}),
+    "registered": sorted(
+        k for k in getattr(composites, "COMPOSITES", {{}}) if k.startswith("plrp")
+    ),
+}}))
+"""
 
 
-def _heavy_after(statement: str) -> set[str]:
-    code = f"import sys\n{statement}\nprint(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+def _loaded(statement: str) -> dict[str, list[str]]:
+    """Top-level packages of interest and PLRP registry names after ``statement``."""
+    roots = {"zennit_ext", "captum_ext", "captum", "zennit", *HEAVY}
+    code = _PROBE.format(statement=statement, roots=roots)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    return set(filter(None, result.stdout.strip().split(",")))
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _heavy(modules: list[str]) -> set[str]:
+    return {m for m in modules if m in HEAVY}
+
+
+def _all_modules() -> list[str]:
+    names = []
+    for package in ("zennit_ext", "captum_ext"):
+        path = importlib.import_module(package).__path__
+        names.append(package)
+        names += sorted(info.name for info in pkgutil.walk_packages(path, prefix=f"{package}."))
+    return names
+
+
+@pytest.fixture(scope="module")
+def anchor_heavy() -> set[str]:
+    return _heavy(_loaded("import captum.attr")["modules"])
+
+
+@pytest.mark.parametrize("module", _all_modules())
+def test_each_module_imports_only_what_it_needs(module, anchor_heavy):
+    found = _loaded(f"import {module}")
+    modules = found["modules"]
+    allowed = anchor_heavy if "captum.attr" in modules else set()
+    assert _heavy(modules) <= allowed, module
+    if module.startswith("captum_ext"):
+        assert not [m for m in modules if m.startswith(ENGINES)], module
+        assert found["registered"] == [], module
+    else:
+        assert "captum" not in modules, module
 
 
 @pytest.mark.parametrize("package", ["zennit_ext", "captum_ext"])
-def test_import_does_not_pull_heavy_modules(package):
-    assert _heavy_after(f"import {package}") == set()
+def test_import_of_a_package_loads_no_engine_and_no_library(package):
+    modules = _loaded(f"import {package}")["modules"]
+    assert modules == sorted({"zennit_ext", "zennit_ext._lazy", package})
 
 
-@pytest.mark.parametrize(
-    ("statement", "anchor"),
-    [
-        ("from zennit_ext import PLRPLambda, PLRPM", "import zennit.composites"),
-        ("from captum_ext import NeuronSynergy", "import captum.attr"),
-    ],
-)
-def test_public_names_cost_no_more_than_their_anchor(statement, anchor):
-    assert _heavy_after(statement) <= _heavy_after(anchor)
+def test_plrp_registers_its_composites():
+    assert _loaded("import zennit_ext.plrp")["registered"] == ["plrp_lambda", "plrp_m"]
+    assert _loaded("from zennit_ext import PLRPM")["registered"] == ["plrp_lambda", "plrp_m"]
 
 
 def test_lazy_names_resolve_and_unknown_names_fail():
     import captum_ext
+    import zennit_ext
 
-    assert set(captum_ext.__all__) <= set(dir(captum_ext))
-    assert all(callable(getattr(captum_ext, name)) for name in captum_ext.__all__)
-    with pytest.raises(AttributeError, match="no_such_name"):
-        captum_ext.no_such_name  # noqa: B018
+    for package in (captum_ext, zennit_ext):
+        assert set(package.__all__) <= set(dir(package))
+        assert all(callable(getattr(package, name)) for name in package.__all__)
+        with pytest.raises(AttributeError, match="no_such_name"):
+            package.no_such_name  # noqa: B018

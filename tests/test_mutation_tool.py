@@ -23,36 +23,44 @@ def _functions(module: str) -> set[str]:
         if isinstance(node, ast.FunctionDef):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef):
-            names |= {f"x.{node.name}.{item.name}" for item in node.body
-                      if isinstance(item, ast.FunctionDef)}  # fmt: skip
+            names |= {
+                f"x.{node.name}.{item.name}"
+                for item in node.body
+                if isinstance(item, ast.FunctionDef)
+            }
     return names
 
 
 def test_mutmut_names_map_to_functions_and_modules():
-    method = "zennit_ext.nrm_engine.xǁSessionǁ_checked_pass__mutmut_17"
+    method = "zennit_ext.nrm.engine.xǁSessionǁ_checked_pass__mutmut_17"
     assert mutation.function_of(method) == "x.Session._checked_pass"
-    assert mutation.module_path(method) == "zennit_ext/nrm_engine.py"
-    function = "captum_ext._masking.x_format_inputs__mutmut_22"
+    assert mutation.module_path(method) == "zennit_ext/nrm/engine.py"
+    function = "captum_ext.synergy._masking.x_format_inputs__mutmut_22"
     assert mutation.function_of(function) == "format_inputs"
-    assert mutation.module_path(function) == "captum_ext/_masking.py"
+    assert mutation.module_path(function) == "captum_ext/synergy/_masking.py"
 
 
 def test_equivalents_match_by_changed_lines_whitespace_normalised():
     diff = (
-        "--- a/zennit_ext/nrm_engine.py\n+++ b/zennit_ext/nrm_engine.py\n@@ -1,3 +1,3 @@\n"
+        "--- a/zennit_ext/nrm/engine.py\n+++ b/zennit_ext/nrm/engine.py\n@@ -1,3 +1,3 @@\n"
         "     def f():\n-        x = g(a,  b)\n+        x = g(a, None)\n"
     )
     assert mutation.changed_lines(diff) == ["-x = g(a, b)", "+x = g(a, None)"]
-    entry = {"module": "zennit_ext/nrm_engine.py", "function": "f",
-             "lines": ["-x = g(a, b)", "+x = g(a, None)"]}  # fmt: skip
-    name = "zennit_ext.nrm_engine.x_f__mutmut_1"
-    assert mutation.equivalent("zennit_ext/nrm_engine.py", name, diff, [entry])
-    assert not mutation.equivalent("zennit_ext/nrm_engine.py", name, diff.replace("None", "1"),
-                                   [entry])  # fmt: skip
-    assert not mutation.equivalent("zennit_ext/nrm_engine.py",
-                                   "zennit_ext.nrm_engine.x_h__mutmut_1", diff, [entry])
+    entry = {
+        "module": "zennit_ext/nrm/engine.py",
+        "function": "f",
+        "lines": ["-x = g(a, b)", "+x = g(a, None)"],
+    }
+    name = "zennit_ext.nrm.engine.x_f__mutmut_1"
+    assert mutation.equivalent("zennit_ext/nrm/engine.py", name, diff, [entry])
+    assert not mutation.equivalent(
+        "zennit_ext/nrm/engine.py", name, diff.replace("None", "1"), [entry]
+    )
+    assert not mutation.equivalent(
+        "zennit_ext/nrm/engine.py", "zennit_ext.nrm.engine.x_h__mutmut_1", diff, [entry]
+    )
     everything = {**entry, "lines": None}  # diff "*": every mutant of the function
-    assert mutation.equivalent("zennit_ext/nrm_engine.py", name, "", [everything])
+    assert mutation.equivalent("zennit_ext/nrm/engine.py", name, "", [everything])
 
 
 @pytest.mark.parametrize(

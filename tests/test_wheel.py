@@ -24,9 +24,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = (
-    "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "zennit_ext", "captum_ext",
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    "MANIFEST.in",
+    "zennit_ext",
+    "captum_ext",
     "benchmarks",
-)  # fmt: skip
+)
 
 # PLRP through zennit's Gradient, NRM's one-shot joint relevance, synergy's public face;
 # prints where everything came from as JSON on the last line
@@ -36,9 +41,12 @@ import torch
 from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlusFlat
 import captum_ext, zennit_ext
-from captum_ext import LayerSynergy, NeuronSynergy, SynchronizationLoss
-from zennit_ext import NRM, PLRPLambda
-from zennit_ext.paths import select_units
+from captum_ext import LayerSynergy
+from captum_ext import NeuronSynergy
+from captum_ext import SynchronizationLoss
+from zennit_ext import NRM
+from zennit_ext import PLRPLambda
+from zennit_ext.paths.api import select_units
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(
@@ -86,16 +94,30 @@ def wheel(tmp_path_factory) -> Path:
     for name in SOURCES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, tmp / "src" / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
+            shutil.copytree(
+                source, tmp / "src" / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             (tmp / "src").mkdir(exist_ok=True)
             shutil.copy2(source, tmp / "src" / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-         "--no-build-isolation", "-w", str(tmp / "dist"), str(tmp / "src")],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-w",
+            str(tmp / "dist"),
+            str(tmp / "src"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (built,) = (tmp / "dist").glob("neuron_xai-*.whl")
     return built
 
@@ -103,8 +125,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_the_two_libraries_only(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == {
-        "zennit_ext", "captum_ext"
-    }  # fmt: skip
+        "zennit_ext",
+        "captum_ext",
+    }
     assert {"zennit_ext/py.typed", "captum_ext/py.typed"} <= set(names)
 
 
@@ -119,10 +142,20 @@ def test_wheel_and_sdist_ship_the_license(wheel):
     # the sdist, built from the same copy of the sources
     src = wheel.parent.parent / "src"
     subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir",
-         str(wheel.parent.parent / "sdist"), str(src)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--sdist",
+            "--no-isolation",
+            "--outdir",
+            str(wheel.parent.parent / "sdist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     (sdist,) = (wheel.parent.parent / "sdist").glob("neuron_xai-*.tar.gz")
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
@@ -135,18 +168,35 @@ def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):
     env = tmp_path / "env"
     venv.EnvBuilder(with_pip=False, symlinks=True).create(env)
     python = env / "bin" / "python"
-    site = Path(subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip())  # fmt: skip
+    site = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # the dependencies (torch, zennit, captum) from the running environment, appended after
     # the new environment's own site-packages
     (site / "_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-         "--no-index", "--ignore-installed", str(wheel)],  # never uninstalls elsewhere
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            str(wheel),
+        ],  # never uninstalls elsewhere
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     work = tmp_path / "elsewhere"
     work.mkdir()
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -162,7 +212,7 @@ def test_installed_wheel_runs_without_the_repository(wheel, tmp_path):
     assert report["benchmarks"] is False
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert report["versions"] == [version, version]
-    assert report["synergy"] == ["captum_ext.neuron_synergy", "captum_ext.layer_synergy"]
+    assert report["synergy"] == ["captum_ext.synergy.neuron", "captum_ext.synergy.layer"]
     assert report["synergy_shape"] == [4, 4] and report["synergy_symmetric"]
     assert report["sync_finite"]
     assert report["nrm_reached_plus_stopped"] == pytest.approx([1.0, 1.0], abs=1e-9)

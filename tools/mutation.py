@@ -12,7 +12,7 @@ survived, timeout, and the survivors listed as equivalent in ``tools/mutation_eq
 Usage::
 
     python tools/mutation.py                           # every core module
-    python tools/mutation.py zennit_ext/plrp.py        # a subset
+    python tools/mutation.py zennit_ext/plrp/composites.py        # a subset
     python tools/mutation.py --max-children 1 ...
 """
 
@@ -35,18 +35,18 @@ REPORTS = ROOT / "reports" / "mutation"
 EQUIVALENTS = ROOT / "tools" / "mutation_equivalent.toml"
 
 CORE_MODULES = (
-    "zennit_ext/pruning.py",
-    "zennit_ext/plrp.py",
-    "zennit_ext/normalize.py",
-    "zennit_ext/neuron_sets.py",
-    "zennit_ext/nrm_engine.py",
-    "zennit_ext/nrm_segments.py",
-    "captum_ext/_masking.py",
-    "captum_ext/scores.py",
-    "captum_ext/pruning.py",
-    "captum_ext/_engine.py",
-    "captum_ext/_evaluators.py",
-    "captum_ext/_fastpaths.py",
+    "zennit_ext/plrp/masks.py",
+    "zennit_ext/plrp/composites.py",
+    "zennit_ext/nrm/rules.py",
+    "zennit_ext/nrm/sets.py",
+    "zennit_ext/nrm/engine.py",
+    "zennit_ext/nrm/fastpaths.py",
+    "captum_ext/synergy/_masking.py",
+    "captum_ext/synergy/formulas.py",
+    "captum_ext/synergy/pruning.py",
+    "captum_ext/synergy/_engine.py",
+    "captum_ext/synergy/_evaluators.py",
+    "captum_ext/synergy/_fastpaths.py",
 )
 
 # The tests each package's mutants run against: its own and the bad-input table of both.
@@ -67,9 +67,21 @@ TEST_SELECTION = {
 }
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-W", "ignore"]
 COPIED = ("zennit_ext", "captum_ext", "benchmarks", "tests")
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout",
-          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -9: "segfault",
-          -11: "segfault", None: "not checked"}  # fmt: skip
+STATUS = {
+    1: "killed",
+    3: "killed",
+    0: "survived",
+    5: "no tests",
+    33: "no tests",
+    36: "timeout",
+    24: "timeout",
+    -24: "timeout",
+    152: "timeout",
+    255: "timeout",
+    -9: "segfault",
+    -11: "segfault",
+    None: "not checked",
+}
 
 
 @dataclass
@@ -153,8 +165,13 @@ def unsettled(work: Path, module: str) -> list[str]:
 
 
 def run_mutmut(
-    work: Path, modules: list[str], max_children: int, survivors: bool, sample: int,
-    equivalents: list[dict], together: bool = False,
+    work: Path,
+    modules: list[str],
+    max_children: int,
+    survivors: bool,
+    sample: int,
+    equivalents: list[dict],
+    together: bool = False,
 ) -> dict[str, float]:
     """Run mutmut over ``modules`` one at a time; returns the wall time of each in seconds.
 
@@ -163,8 +180,13 @@ def run_mutmut(
     ``sample`` in (2, 5, 10) runs only the mutants whose number ends in every ``sample``-th
     digit (an estimate of the kill rate when the full run does not fit the time).
     """
-    env = dict(os.environ, NEURON_XAI_CACHE=str((ROOT / ".cache").resolve()), OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")  # fmt: skip
+    env = dict(
+        os.environ,
+        NEURON_XAI_CACHE=str((ROOT / ".cache").resolve()),
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     mutmut = Path(sys.executable).with_name("mutmut")
     seconds = {}
     selected = {}
@@ -175,8 +197,9 @@ def run_mutmut(
             codes = mutants_of(work, module)
             alive = [n for n in unsettled(work, module) if codes[n] is not None or n[-1] in digits]
             known = [n for n in alive if mutants_of(work, module)[n] is not None]
-            skip = {n for n, d in diffs(work, known).items()
-                    if equivalent(module, n, d, equivalents)}  # fmt: skip
+            skip = {
+                n for n, d in diffs(work, known).items() if equivalent(module, n, d, equivalents)
+            }
             names = [n for n in alive if n not in skip]
             if not names:  # every survivor is a listed equivalent: nothing to rerun
                 print(f"== {module}: no survivor to rerun", flush=True)
@@ -235,8 +258,14 @@ def diffs(work: Path, names: list[str]) -> dict[str, str]:
         "print(json.dumps({n: get_diff_for_mutant(n, path=p) for n, p in names}))\n"
     )
     pairs = [(name, module_path(name)) for name in names]
-    proc = subprocess.run([sys.executable, "-c", code], cwd=work, input=json.dumps(pairs),
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=work,
+        input=json.dumps(pairs),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout)
 
 
@@ -249,8 +278,12 @@ def module_path(mutant: str) -> str:
 def equivalent(module: str, mutant: str, diff: str, equivalents: list[dict]) -> bool:
     """Whether the mutant with this diff is listed as equivalent."""
     lines, function = changed_lines(diff), function_of(mutant)
-    return any(e["module"] == module and e["function"] == function
-               and (e["lines"] is None or e["lines"] == lines) for e in equivalents)  # fmt: skip
+    return any(
+        e["module"] == module
+        and e["function"] == function
+        and (e["lines"] is None or e["lines"] == lines)
+        for e in equivalents
+    )
 
 
 def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) -> ModuleResult:
@@ -280,8 +313,9 @@ def collect(work: Path, module: str, seconds: float, equivalents: list[dict]) ->
             result.survived += 1
         else:
             result.other += 1
-        result.survivors.append({"mutant": name, "function": function, "status": status,
-                                 "diff": diff})  # fmt: skip
+        result.survivors.append(
+            {"mutant": name, "function": function, "status": status, "diff": diff}
+        )
     return result
 
 
@@ -300,19 +334,27 @@ def write_summary(results: list[ModuleResult]) -> None:
     REPORTS.mkdir(parents=True, exist_ok=True)
     rows = [dict(asdict(r), kill_rate=round(r.kill_rate, 1)) for r in results]
     (REPORTS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    head = ("| module | mutants | killed | equivalent | survived | timeout | other "
-            "| kill rate | wall time | not run | run |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
+    head = (
+        "| module | mutants | killed | equivalent | survived | timeout | other "
+        "| kill rate | wall time | not run | run |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )
     table = [head] + [
         f"| {r.module} | {r.mutants} | {r.killed} | {r.equivalent} | {r.survived} | {r.timeout} "
         f"| {r.other} | {r.kill_rate:.1f} % | {r.seconds / 60:.1f} min | {r.unchecked} "
         f"| {r.run} |"
         for r in results
     ]
-    text = ["# Mutation testing (mutmut)", "", *table, "",
-            "Kill rate: (killed + timeout) / (mutants - equivalent). "
-            "`other`: no tests reach the mutant, or it crashed the worker. `not run`: left out "
-            "by `--sample` (the counts are of the sample).", ""]  # fmt: skip
+    text = [
+        "# Mutation testing (mutmut)",
+        "",
+        *table,
+        "",
+        "Kill rate: (killed + timeout) / (mutants - equivalent). "
+        "`other`: no tests reach the mutant, or it crashed the worker. `not run`: left out "
+        "by `--sample` (the counts are of the sample).",
+        "",
+    ]
     for r in results:
         for s in r.survivors:
             text += [f"## {s['mutant']} ({s['status']})", ""]
@@ -333,15 +375,20 @@ def main(argv: list[str] | None = None) -> int:
         "--retrace", action="store_true", help="with --reuse: trace every test again"
     )
     parser.add_argument(
-        "--sample", type=int, default=1, choices=(1, 2, 5, 10),
+        "--sample",
+        type=int,
+        default=1,
+        choices=(1, 2, 5, 10),
         help="run about 1/N of the mutants (by the last digit of their number)",
     )
     parser.add_argument(
-        "--together", action="store_true",
+        "--together",
+        action="store_true",
         help="one mutmut run for all modules of a package (their wall time is the joint one)",
     )
     parser.add_argument(
-        "--report", action="store_true",
+        "--report",
+        action="store_true",
         help="only rewrite the summary from the last run (e.g. after adding equivalents)",
     )
     parser.add_argument(
@@ -372,7 +419,12 @@ def main(argv: list[str] | None = None) -> int:
             work = prepare(package, selected, args.reuse, args.reuse and args.retrace)
             survivors = args.reuse and args.survivors
             seconds = run_mutmut(
-                work, selected, args.max_children, survivors, args.sample, equivalents,
+                work,
+                selected,
+                args.max_children,
+                survivors,
+                args.sample,
+                equivalents,
                 args.together,
             )
         for module in selected:

@@ -1,13 +1,32 @@
-"""Zennit plugins: pruned LRP (PLRP), normalized relevance of neuron sets (NRM)."""
+"""Zennit plugins: pruned LRP (PLRP), normalized relevance of neuron sets (NRM), neuron paths.
 
-from importlib.metadata import PackageNotFoundError, version
+The public names load on first access (PEP 562): ``import zennit_ext`` loads no engine and
+registers nothing, so ``captum_ext`` can use ``zennit_ext._checks`` at no cost. Importing
+:mod:`zennit_ext.plrp` (``from zennit_ext import PLRPLambda`` does) registers ``'plrp_lambda'``
+and ``'plrp_m'`` in ``zennit.composites.COMPOSITES``.
+"""
 
-from zennit_ext.nrm import NRM, NRMExplanation
-from zennit_ext.plrp import PLRPM, PLRPLambda  # registers 'plrp_lambda', 'plrp_m'
+from __future__ import annotations
 
-try:  # the one version number is the distribution's (pyproject.toml)
-    __version__ = version("neuron-xai")
-except PackageNotFoundError:  # imported from a checkout that was never installed
-    __version__ = "0+unknown"
+from typing import TYPE_CHECKING
 
-__all__ = ["NRM", "NRMExplanation", "PLRPLambda", "PLRPM"]
+from zennit_ext._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from zennit_ext.nrm.api import NRM, NRMExplanation
+    from zennit_ext.paths.api import NeuronPaths
+    from zennit_ext.plrp.composites import PLRPM, PLRPLambda
+
+__all__ = ["NRM", "NRMExplanation", "NeuronPaths", "PLRPLambda", "PLRPM"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "NRM": "zennit_ext.nrm.api",
+        "NRMExplanation": "zennit_ext.nrm.api",
+        "NeuronPaths": "zennit_ext.paths.api",
+        "PLRPLambda": "zennit_ext.plrp.composites",
+        "PLRPM": "zennit_ext.plrp.composites",
+    },
+    versioned=True,
+)

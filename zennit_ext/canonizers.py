@@ -17,7 +17,7 @@ from torch import nn
 from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, MergeBatchNorm
 from zennit.layer import Sum
 
-from zennit_ext.hooks import ModuleState
+from zennit_ext._rules import ModuleState
 
 __all__ = ["AttributeMergeBatchNorm", "MBConvSkipCanonizer", "EfficientNetLiteCanonizer"]
 
@@ -81,8 +81,11 @@ class AttributeMergeBatchNorm(MergeBatchNorm):
 
 def _has_identity_skip(block: nn.Module) -> bool:
     args: Any = block._block_args  # efficientnet_lite_pytorch's BlockArgs (untyped)
-    return bool(args.id_skip and args.stride in (1, [1], (1, 1)) and
-                args.input_filters == args.output_filters)  # fmt: skip
+    return bool(
+        args.id_skip
+        and args.stride in (1, [1], (1, 1))
+        and args.input_filters == args.output_filters
+    )
 
 
 class MBConvSkipCanonizer(AttributeCanonizer):

@@ -16,9 +16,17 @@ __all__ = ["load_mnist", "load_idx", "load_items", "MNIST_CLASSES", "FASHION_CLA
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 FASHION_CLASSES = (
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-)  # fmt: skip
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 _SOURCES = {"mnist": "mnist", "fashion": "fashion-mnist"}
 _SPLITS = {"train": "train", "test": "t10k"}
 

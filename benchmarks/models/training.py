@@ -139,8 +139,11 @@ def fit(
     if patience is not None and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    log = {"epochs": len(history) or epochs, "train_time_s": time.perf_counter() - start,
-           "history": history}  # fmt: skip
+    log = {
+        "epochs": len(history) or epochs,
+        "train_time_s": time.perf_counter() - start,
+        "history": history,
+    }
     return log | ({"regularizer_history": penalties} if regularizer is not None else {})
 
 
@@ -210,29 +213,46 @@ _SYNXAI = {"epochs": 50, "lr": 5e-4, "batch_size": 256, "patience": 5}
 _DNA_QUICK = {"epochs": 20, "lr": 3e-3, "batch_size": 64, "patience": 3}
 _DNA_FULL = {"epochs": 40, "lr": 3e-3, "batch_size": 64, "patience": 5}
 _RECIPES = {
-    "shapes_cnn": _Recipe(lambda: VGGSmall(num_classes=4, batch_norm=True),
-                          _images(_shapes, 2048, 8192),
-                          {"epochs": 6, "lr": 2e-3, "batch_size": 64, "patience": 6},
-                          {"epochs": 12, "lr": 2e-3, "batch_size": 64, "patience": 4}),
-    "cluttered_cnn": _Recipe(lambda: VGGSmall(num_classes=10), _images(_cluttered, 3000, 20000),
-                             {"epochs": 6}, {"epochs": 15}),
-    "parts_cnn": _Recipe(lambda: VGGSmall(num_classes=3), _images(_parts, 512, 3000),
-                         {"epochs": 2, "batch_size": 64}, {"epochs": 8, "batch_size": 64}),
+    "shapes_cnn": _Recipe(
+        lambda: VGGSmall(num_classes=4, batch_norm=True),
+        _images(_shapes, 2048, 8192),
+        {"epochs": 6, "lr": 2e-3, "batch_size": 64, "patience": 6},
+        {"epochs": 12, "lr": 2e-3, "batch_size": 64, "patience": 4},
+    ),
+    "cluttered_cnn": _Recipe(
+        lambda: VGGSmall(num_classes=10),
+        _images(_cluttered, 3000, 20000),
+        {"epochs": 6},
+        {"epochs": 15},
+    ),
+    "parts_cnn": _Recipe(
+        lambda: VGGSmall(num_classes=3),
+        _images(_parts, 512, 3000),
+        {"epochs": 2, "batch_size": 64},
+        {"epochs": 8, "batch_size": 64},
+    ),
     "dna_cnn4": _Recipe(lambda: DNACNN(4), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "dna_cnn32": _Recipe(lambda: DNACNN(32), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
-    "dna_cnn32_local": _Recipe(lambda: DNACNN(32, pool=29), _images(_dna, 4000, 10000),
-                               _DNA_QUICK, _DNA_FULL),
+    "dna_cnn32_local": _Recipe(
+        lambda: DNACNN(32, pool=29), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL
+    ),
     "mnist_mlp": _Recipe(MNISTMLP, _mnist, {"epochs": 3}, {"epochs": 12}),
-    "mnist_mlp_nobias": _Recipe(lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3},
-                                {"epochs": 12}),
+    "mnist_mlp_nobias": _Recipe(
+        lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3}, {"epochs": 12}
+    ),
     "mnist_mlp2_nobias": _Recipe(NRMTable2MLP, _mnist, {"epochs": 3}, {"epochs": 12}),
     "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), {**_SYNXAI, "epochs": 15}, _SYNXAI),
     # the fish table at SynXAI's share of positives (21.6 %) instead of about half
-    "fish_mlp_rare": _Recipe(SynergyMLP, _table("load_fish", positive_rate=SYNXAI_POSITIVE_RATE),
-                             {**_SYNXAI, "epochs": 15}, _SYNXAI),
-    "storms_mlp": _Recipe(lambda: SynergyMLP(in_features=8), _table("load_storms"),
-                          {**_SYNXAI, "epochs": 15}, _SYNXAI),
-}  # fmt: skip
+    "fish_mlp_rare": _Recipe(
+        SynergyMLP,
+        _table("load_fish", positive_rate=SYNXAI_POSITIVE_RATE),
+        {**_SYNXAI, "epochs": 15},
+        _SYNXAI,
+    ),
+    "storms_mlp": _Recipe(
+        lambda: SynergyMLP(in_features=8), _table("load_storms"), {**_SYNXAI, "epochs": 15}, _SYNXAI
+    ),
+}
 MODEL_NAMES = tuple(_RECIPES)
 
 

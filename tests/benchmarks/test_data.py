@@ -57,8 +57,9 @@ def test_shapes_masks_are_exactly_the_drawn_object():
 
 @pytest.mark.parametrize("kind", range(4))
 def test_shape_masks_are_centred_and_scaled(kind):
-    mask = shape_masks(np.array([kind]), np.array([16.0]), np.array([16.0]), np.array([8.0]),
-                       np.array([0.0]), 32)[0]  # fmt: skip
+    mask = shape_masks(
+        np.array([kind]), np.array([16.0]), np.array([16.0]), np.array([8.0]), np.array([0.0]), 32
+    )[0]
     rows, cols = np.nonzero(mask)
     assert abs(cols.mean() - 15.5) < 1.0 and cols.max() - cols.min() <= 17
     assert mask[16, 16] or kind == 2  # the triangle's centroid is not its circumcentre
@@ -233,8 +234,9 @@ def test_hard_parts_hide_the_colour_shortcut_and_keep_exact_masks():
     # colour no longer names the part: every part's mean colour is the shared mean (0.5),
     # where the easy variant dims one channel per part
     for dataset, shared in ((data, True), (easy, False)):
-        means = torch.stack([dataset.x.permute(0, 2, 3, 1)[dataset.mask[:, k]].mean(0)
-                             for k in range(4)])  # fmt: skip
+        means = torch.stack(
+            [dataset.x.permute(0, 2, 3, 1)[dataset.mask[:, k]].mean(0) for k in range(4)]
+        )
         assert bool(((means - 0.5).abs() < 0.1).all()) is shared
     # textured background: neighbouring background pixels correlate (noise would not)
     for dataset, hidden, textured in ((data, occluder, True), (easy, 0 * occluder, False)):

@@ -38,8 +38,14 @@ def test_forward_shape_and_one_training_step(build, shape, outputs):
     assert model(x).shape == (shape[0], outputs)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss_before = evaluate(model, x, y)["loss"]
-    fit(model, (x, y.float() if outputs == 1 else y), epochs=10, lr=1e-3, batch_size=4,
-        progress=False)  # fmt: skip
+    fit(
+        model,
+        (x, y.float() if outputs == 1 else y),
+        epochs=10,
+        lr=1e-3,
+        batch_size=4,
+        progress=False,
+    )
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "no parameter changed"
     assert not model.training
@@ -62,10 +68,15 @@ def test_synergy_mlp_names_its_relus():
     assert model.fc2.in_features == 128 and model.out.in_features == 64
 
 
-@pytest.mark.parametrize(("build", "word"), [(lambda: SynergyMLP(logits=3), "logits"),
-                                             (lambda: DNACNN(0), "filters"),
-                                             (lambda: DNACNN(4, pool=233), "pool"),
-                                             (lambda: DNACNN(4, pool=0), "pool")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("build", "word"),
+    [
+        (lambda: SynergyMLP(logits=3), "logits"),
+        (lambda: DNACNN(0), "filters"),
+        (lambda: DNACNN(4, pool=233), "pool"),
+        (lambda: DNACNN(4, pool=0), "pool"),
+    ],
+)
 def test_architectures_reject_bad_arguments(build, word):
     with pytest.raises(ValueError, match=word):
         build()
@@ -142,12 +153,21 @@ def test_fit_adds_the_regularizer_to_every_step(dtype):
         calls.append(1)
         return penalty(captured["out"])
 
-    log = fit(ours, (x, y), epochs=3, lr=1e-2, batch_size=8, seed=4, progress=False,
-              regularizer=regularizer)  # fmt: skip
+    log = fit(
+        ours,
+        (x, y),
+        epochs=3,
+        lr=1e-2,
+        batch_size=8,
+        seed=4,
+        progress=False,
+        regularizer=regularizer,
+    )
     expected = _reference_fit(reference, x, y, 3, 8, 4, penalty)
     assert len(calls) == 3 * 3, "one call per training step"
-    for (name, value), ref in zip(ours.state_dict().items(), reference.state_dict().values(),
-                                  strict=True):  # fmt: skip
+    for (name, value), ref in zip(
+        ours.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(value, ref, msg=name)
     assert log["regularizer_history"] == pytest.approx(expected, rel=1e-6)
     plain = torch.nn.Sequential(torch.nn.Linear(5, 3)).to(dtype)
@@ -157,11 +177,19 @@ def test_fit_adds_the_regularizer_to_every_step(dtype):
 
 @pytest.mark.parametrize(
     ("regularizer", "error", "word"),
-    [(0.5, TypeError, "callable"), (lambda: torch.ones(2), ValueError, "0-d"),
-     (lambda: 1.0, ValueError, "0-d")],
-)  # fmt: skip
+    [
+        (0.5, TypeError, "callable"),
+        (lambda: torch.ones(2), ValueError, "0-d"),
+        (lambda: 1.0, ValueError, "0-d"),
+    ],
+)
 def test_fit_rejects_bad_regularizers(regularizer, error, word):
     model = torch.nn.Linear(4, 2)
     with pytest.raises(error, match=word):
-        fit(model, (torch.randn(6, 4), torch.randint(0, 2, (6,))), epochs=1, progress=False,
-            regularizer=regularizer)  # fmt: skip
+        fit(
+            model,
+            (torch.randn(6, 4), torch.randint(0, 2, (6,))),
+            epochs=1,
+            progress=False,
+            regularizer=regularizer,
+        )

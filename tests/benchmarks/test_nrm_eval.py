@@ -26,9 +26,12 @@ def _positive_mlp() -> nn.Sequential:
     """Bias-free, positive weights: with positive inputs no ReLU ever switches off."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 4, bias=False), nn.ReLU(),
+        nn.Linear(6, 5, bias=False),
+        nn.ReLU(),
+        nn.Linear(5, 4, bias=False),
+        nn.ReLU(),
         nn.Linear(4, 3, bias=False),
-    ).double()  # fmt: skip
+    ).double()
     for linear in model[::2]:
         linear.weight.data.uniform_(0.1, 1.0)
     return model.eval()
@@ -83,5 +86,6 @@ def test_pearson_and_sum_of_contributions():
     a = np.array([1.0, 2.0, 3.0, 4.0])
     assert pearson(a, 2 * a + 1) == pytest.approx(1.0)
     assert np.isnan(pearson(a, np.ones(4)))
-    np.testing.assert_allclose(sum_of_contributions(a, np.array([10, 20, 30, 40.0]), 3),
-                               [40, 70, 90])  # fmt: skip
+    np.testing.assert_allclose(
+        sum_of_contributions(a, np.array([10, 20, 30, 40.0]), 3), [40, 70, 90]
+    )

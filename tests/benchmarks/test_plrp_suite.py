@@ -148,13 +148,23 @@ def test_genomics_rma_claim_holds_for_a_rise_and_partial_fall():
 
 
 def _faith(auc, early):
-    return {"faith_auc": auc, "faith_auc_early": early, "faith_auc_late": auc - early,
-            "faith_auc_rand": auc, "faith_auc_early_rand": early,
-            "faith_auc_late_rand": auc - early}  # fmt: skip
+    return {
+        "faith_auc": auc,
+        "faith_auc_early": early,
+        "faith_auc_late": auc - early,
+        "faith_auc_rand": auc,
+        "faith_auc_early_rand": early,
+        "faith_auc_late_rand": auc - early,
+    }
 
 
-def _image(lam_gini=(0.90, 0.95, 0.96), lam_rma=(0.85, 0.90, 0.88), faith=(0.22, 0.105),
-           lip=(0.10, 0.09, 0.10), m_gini=(0.80, 0.85, 0.90)):  # fmt: skip
+def _image(
+    lam_gini=(0.90, 0.95, 0.96),
+    lam_rma=(0.85, 0.90, 0.88),
+    faith=(0.22, 0.105),
+    lip=(0.10, 0.09, 0.10),
+    m_gini=(0.80, 0.85, 0.90),
+):
     lrp = {"gini": 0.60, "rma": 0.80, "lipschitz": 0.10}
     lam = {"gini": list(lam_gini), "rma": list(lam_rma), "lipschitz": list(lip)}
     mm = {"gini": list(m_gini), "rma": [0.82, 0.84, 0.85], "lipschitz": [0.2] * 3}
@@ -202,29 +212,47 @@ def test_figures_draw_every_task_metric_and_tie_order():
     from benchmarks.plrp import Task
     from benchmarks.plrp_plots import curves_figure, faithfulness_figure, heatmap_figure
 
-    image = Task("img", "image", None, torch.rand(2, 3, 8, 8), torch.zeros(2), None, {}, 0.0, 4,
-                 True)  # fmt: skip
-    dna = Task("dna", "genomics", None, torch.rand(2, 4, 30), torch.zeros(2), None, {}, 0.0, 0,
-               False)  # fmt: skip
-    rows = _rows("img", {"gini": 0.6, "rma": 0.8, "lipschitz": 0.1, **_faith(0.2, 0.1)},
-                 *({"gini": [0.7] * 3, "rma": [0.8] * 3, "lipschitz": [0.1] * 3,
-                    **{k: [v] * 3 for k, v in _faith(0.2, 0.1).items()}},) * 2)  # fmt: skip
+    image = Task(
+        "img", "image", None, torch.rand(2, 3, 8, 8), torch.zeros(2), None, {}, 0.0, 4, True
+    )
+    dna = Task(
+        "dna", "genomics", None, torch.rand(2, 4, 30), torch.zeros(2), None, {}, 0.0, 0, False
+    )
+    rows = _rows(
+        "img",
+        {"gini": 0.6, "rma": 0.8, "lipschitz": 0.1, **_faith(0.2, 0.1)},
+        *(
+            {
+                "gini": [0.7] * 3,
+                "rma": [0.8] * 3,
+                "lipschitz": [0.1] * 3,
+                **{k: [v] * 3 for k, v in _faith(0.2, 0.1).items()},
+            },
+        )
+        * 2,
+    )
     rows += _rows("dna", *GENOMICS.values())
     labels = ["LRP"] + [f"{m} p={p:g}" for m in ("PLRP-λ", "PLRP-M") for p in PS[1:]]
-    curves = {("img", label): {"": np.linspace(1, 0, 5), "_rand": np.linspace(1, 0.2, 5)}
-              for label in labels}  # fmt: skip
-    heatmaps = {("img", label): np.random.default_rng(0).normal(size=(2, 1, 8, 8))
-                for label in labels}  # fmt: skip
+    curves = {
+        ("img", label): {"": np.linspace(1, 0, 5), "_rand": np.linspace(1, 0.2, 5)}
+        for label in labels
+    }
+    heatmaps = {
+        ("img", label): np.random.default_rng(0).normal(size=(2, 1, 8, 8)) for label in labels
+    }
     fig = curves_figure(rows, [image], "as the paper's Figure 2 (images)")
     titles = [ax.get_title() for ax in fig.axes]
     assert {"img: faith_auc (lower better)", "img: faith_auc_rand (lower better)"} <= set(titles)
     assert fig._suptitle.get_text() == "as the paper's Figure 2 (images)"
     fig = curves_figure(rows, [dna], "as the paper's Figure 8 (genomics)")
-    assert [ax.get_title() for ax in fig.axes] == [f"dna: {m} ({d} better)" for m, d in
-                                                   (("gini", "higher"), ("rma", "higher"))]
+    assert [ax.get_title() for ax in fig.axes] == [
+        f"dna: {m} ({d} better)" for m, d in (("gini", "higher"), ("rma", "higher"))
+    ]
     fig = faithfulness_figure(curves, [image, dna], PS)
     assert [ax.get_title() for ax in fig.axes] == [
-        "img: ties in raster order", "img: ties in random order (seed 0)"]
+        "img: ties in raster order",
+        "img: ties in random order (seed 0)",
+    ]
     assert len(fig.axes[0].lines) == 5  # LRP and both variants at the smallest and largest p
     fig = heatmap_figure(heatmaps, [image, dna], PS)
     assert len(fig.axes) == 2 * (len(labels) + 1)

@@ -26,11 +26,14 @@ def _config(**changes) -> sync.Config:
 def test_variants_share_the_initialisation_and_are_cached():
     data = sync._parts("easy", 16, 0)
     train_set = (data.x, data.y)
-    untrained = [sync.train(_config(epochs=0, lam1=lam1, lam2=lam2), train_set, False)[0]
-                 for lam1, lam2 in sync.VARIANTS.values()]  # fmt: skip
+    untrained = [
+        sync.train(_config(epochs=0, lam1=lam1, lam2=lam2), train_set, False)[0]
+        for lam1, lam2 in sync.VARIANTS.values()
+    ]
     for model in untrained[1:]:
-        for a, b in zip(model.state_dict().values(), untrained[0].state_dict().values(),
-                        strict=True):  # fmt: skip
+        for a, b in zip(
+            model.state_dict().values(), untrained[0].state_dict().values(), strict=True
+        ):
             assert torch.equal(a, b)
     baseline, log = sync.train(_config(), train_set, False)
     both, both_log = sync.train(_config(lam1=0.2, lam2=0.1), train_set, False)
@@ -88,10 +91,19 @@ def test_activation_examples_pick_the_iou_quantiles_of_live_filters():
 @pytest.mark.slow  # trains 6 tiny models, draws 7 figures and times the losses: ~1 min
 def test_run_fills_tables_claims_and_figures(tmp_path):
     pytest.importorskip("sklearn")
-    settings = sync.Settings(n_train=32, n_test=24, epochs=1, seeds=(0, 1), data=("easy",),
-                             sweep_epochs=1, sweep_data="easy", sweep_values=(0.3,),
-                             landscape_images=8, landscape_grid=3,
-                             prune_fractions=(0.0, 0.5))  # fmt: skip
+    settings = sync.Settings(
+        n_train=32,
+        n_test=24,
+        epochs=1,
+        seeds=(0, 1),
+        data=("easy",),
+        sweep_epochs=1,
+        sweep_data="easy",
+        sweep_values=(0.3,),
+        landscape_images=8,
+        landscape_grid=3,
+        prune_fractions=(0.0, 0.5),
+    )
     report = Report("sync", tmp_path / "out")
     sync.run(report, quick=True, progress=False, settings=settings)
     path = report.write()
@@ -104,8 +116,15 @@ def test_run_fills_tables_claims_and_figures(tmp_path):
     assert [row["variant"] for row in table] == list(sync.VARIANTS)
     assert table[0]["interp (paper)"] == sync.PAPER["interp"][0]
     assert "±" in table[0]["interp"], "two seeds give a standard deviation"
-    for name in ("fig4_maps", "fig5_mean_maps", "fig6_metric_pairs", "fig9_pruning",
-                 "fig10_landscape", "fig7_sensitivity", "fig8_sweep_maps"):  # fmt: skip
+    for name in (
+        "fig4_maps",
+        "fig5_mean_maps",
+        "fig6_metric_pairs",
+        "fig9_pruning",
+        "fig10_landscape",
+        "fig7_sensitivity",
+        "fig8_sweep_maps",
+    ):
         assert (tmp_path / "out" / f"easy_{name}.png").exists(), name
     assert set(results["sweeps"]) == {"λ1", "λ2", "ε"}
     assert results["speed"][0]["ratio"] > 0 and "Not reproduced" in text

@@ -42,9 +42,12 @@ def _setup():
 def test_neuron_importance_with_additional_arguments_equals_captum(per_eval, chunk):
     model, x, args = _setup()
     ours = NeuronSynergy(model, model.act).compute(
-        x, 2, additional_forward_args=args, perturbations_per_eval=per_eval,
+        x,
+        2,
+        additional_forward_args=args,
+        perturbations_per_eval=per_eval,
         rows_per_chunk=chunk,
-    )  # fmt: skip
+    )
     theirs = NeuronFeatureAblation(model, model.act).attribute(x, 2, additional_forward_args=args)
     assert theirs.abs().min() > 0
     assert torch.allclose(ours.importance, theirs.abs().mean(0), rtol=1e-10, atol=0)
@@ -54,9 +57,12 @@ def test_neuron_importance_with_additional_arguments_equals_captum(per_eval, chu
 def test_layer_importance_with_additional_arguments_equals_captum(per_eval, chunk):
     model, x, args = _setup()
     ours = LayerSynergy(model, model.act).compute(
-        x, target=1, additional_forward_args=args, perturbations_per_eval=per_eval,
+        x,
+        target=1,
+        additional_forward_args=args,
+        perturbations_per_eval=per_eval,
         rows_per_chunk=chunk,
-    )  # fmt: skip
+    )
     theirs = LayerFeatureAblation(model, model.act).attribute(
         x, target=1, additional_forward_args=args
     )

@@ -8,8 +8,8 @@ from synergy_reference import brute_force, evaluator_of, randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy
-from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
-from captum_ext._fastpaths import split_after
+from captum_ext.synergy._evaluators import ContributionEvaluator, LayerHookEvaluator
+from captum_ext.synergy._fastpaths import split_after
 
 TOL = 1e-5
 
@@ -18,12 +18,16 @@ def _cnn(dtype=torch.float64) -> nn.Sequential:
     torch.manual_seed(11)
     model = nn.Sequential(
         nn.Sequential(
-            nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-            nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+            nn.Conv2d(2, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 5, 3, stride=2, padding=1),
+            nn.BatchNorm2d(5),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         ),
         nn.Sequential(nn.Flatten(), nn.Linear(5 * 2 * 2, 7), nn.ReLU(), nn.Linear(7, 3)),
-    ).to(dtype)  # fmt: skip
+    ).to(dtype)
     randomize_norms(model)
     return model.eval()
 
@@ -61,14 +65,14 @@ def test_channel_groups_match_brute_force(mode, fast, rows):
     baseline = 0.1 * torch.randn(1, 6, 8, 8, dtype=torch.float64)
     ls = LayerSynergy(forward, layer, output_transform="softmax", mode=mode)
     target = torch.arange(rows) % 3
-    res = ls.compute(x, target=target, layer_mask=mask, layer_baselines=baseline,
-                     rows_per_chunk=4)  # fmt: skip
+    res = ls.compute(x, target=target, layer_mask=mask, layer_baselines=baseline, rows_per_chunk=4)
 
     def score(out):
         return out.softmax(-1)[torch.arange(rows), target]
 
-    delta, synergy, d, s_rows = brute_force(model, layer, x, _channel_units(groups, 8), score,
-                                            mode, baseline[0])  # fmt: skip
+    delta, synergy, d, s_rows = brute_force(
+        model, layer, x, _channel_units(groups, 8), score, mode, baseline[0]
+    )
     assert torch.allclose(res.importance, delta, atol=TOL)
     assert torch.allclose(res.synergy, synergy, atol=TOL)
     attr = ls.attribute(x, target=target, layer_mask=mask, layer_baselines=baseline, alpha=5.0)

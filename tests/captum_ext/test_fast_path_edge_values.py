@@ -1,6 +1,6 @@
 """The fast path at exact values: a layer output equal to its baseline (no contribution) or
 exactly one above it, contributions of exactly one, and channel units of 1×1 feature maps
-(captum_ext._fastpaths). The reference is the hook path, checked against brute force in
+(captum_ext.synergy._fastpaths). The reference is the hook path, checked against brute force in
 test_layer_synergy.py."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from captum.attr import NeuronFeatureAblation
 from torch import nn
 
 from captum_ext import LayerSynergy, NeuronSynergy
-from captum_ext._fastpaths import channel_groups
-from captum_ext._masking import Units
+from captum_ext.synergy._fastpaths import channel_groups
+from captum_ext.synergy._masking import Units
 
 NAMES = ("layer_mask", "layer_baselines")
 
@@ -35,8 +35,7 @@ def test_inputs_of_exactly_zero_and_one_match_the_hook_path(mask):
     x[1::4, 0] = 0.0  # no contribution
     x[3, 1:] = 0.0
     fast = LayerSynergy(model, model[0]).attribute(x, layer_mask=mask, alpha=5.0)
-    slow = LayerSynergy(lambda inp: model(inp), model[0]).attribute(x, layer_mask=mask,
-                                                                      alpha=5.0)  # fmt: skip
+    slow = LayerSynergy(lambda inp: model(inp), model[0]).attribute(x, layer_mask=mask, alpha=5.0)
     assert slow[::2, 0].abs().min() > 0
     assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-14)
 
@@ -61,12 +60,19 @@ def test_a_single_unit_has_importance_and_no_synergy():
 
 def test_channel_groups_of_whole_channels_only():
     one_by_one = torch.zeros(2, 3, 1, 1)
-    units = Units((one_by_one,), torch.tensor([2, 0, 2]).reshape(1, 3, 1, 1), None, NAMES,
-                  "layer output", 2)  # fmt: skip
+    units = Units(
+        (one_by_one,), torch.tensor([2, 0, 2]).reshape(1, 3, 1, 1), None, NAMES, "layer output", 2
+    )
     assert torch.equal(channel_groups(units), torch.tensor([1, 0, 1]))
     maps = torch.zeros(2, 3, 2, 2)
-    per_row = Units((maps,), torch.arange(3).reshape(1, 3, 1, 1).repeat(2, 1, 1, 1), None,
-                    NAMES, "layer output", 2)  # fmt: skip
+    per_row = Units(
+        (maps,),
+        torch.arange(3).reshape(1, 3, 1, 1).repeat(2, 1, 1, 1),
+        None,
+        NAMES,
+        "layer output",
+        2,
+    )
     assert channel_groups(per_row) is None
     dense = Units((torch.zeros(2, 3),), None, None, NAMES, "layer output", 2)
     assert channel_groups(dense) is None

@@ -1,4 +1,4 @@
-"""Where the exact fast path applies (captum_ext._fastpaths.split_after) and that its folded map
+"""Where the exact fast path applies (``_fastpaths.split_after``) and that its folded map
 equals the modules it replaces: bias-free maps, BatchNorms without affine parameters, pass-through
 modules, nested Sequentials; and the cases it must refuse.
 
@@ -13,7 +13,7 @@ from synergy_reference import randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy
-from captum_ext._fastpaths import split_after
+from captum_ext.synergy._fastpaths import split_after
 
 
 def _stats(norm: nn.modules.batchnorm._BatchNorm, seed: int) -> None:
@@ -30,9 +30,13 @@ def _dense(bias: bool, affine: bool, between=()) -> nn.Sequential:
     torch.manual_seed(3)
     norm = nn.BatchNorm1d(4, affine=affine)
     model = nn.Sequential(
-        nn.Sequential(nn.Linear(3, 5), nn.ReLU()), *between, nn.Linear(5, 4, bias=bias), norm,
-        nn.Tanh(), nn.Linear(4, 2),
-    ).double()  # fmt: skip
+        nn.Sequential(nn.Linear(3, 5), nn.ReLU()),
+        *between,
+        nn.Linear(5, 4, bias=bias),
+        norm,
+        nn.Tanh(),
+        nn.Linear(4, 2),
+    ).double()
     _stats(norm, 4)
     return model.eval()
 
@@ -70,8 +74,15 @@ def test_folded_dense_map_equals_linear_then_batchnorm(bias, affine, between):
 def _conv(bias: bool, affine: bool) -> nn.Sequential:
     torch.manual_seed(5)
     norm = nn.BatchNorm2d(3, affine=affine)
-    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 2, stride=2, bias=bias),
-                          norm, nn.ReLU(), nn.Flatten(), nn.Linear(3 * 2 * 2, 2)).double()
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 2, stride=2, bias=bias),
+        norm,
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 2),
+    ).double()
     _stats(norm, 6)
     return model.eval()
 
@@ -87,8 +98,7 @@ def test_folded_conv_map_equals_conv_then_batchnorm(bias, affine):
         assert torch.allclose(split.z(a), model[3](model[2](a)), rtol=1e-12, atol=1e-12)
     channels = torch.tensor([0, 1, 1, 2]).reshape(1, 4, 1, 1)
     fast = LayerSynergy(model, model[1]).compute(x, target=0, layer_mask=channels)
-    slow = LayerSynergy(lambda inp: model(inp), model[1]).compute(x, target=0,
-                                                                 layer_mask=channels)
+    slow = LayerSynergy(lambda inp: model(inp), model[1]).compute(x, target=0, layer_mask=channels)
     assert torch.allclose(fast.importance, slow.importance, rtol=1e-9, atol=1e-12)
     assert torch.allclose(fast.synergy, slow.synergy, rtol=1e-9, atol=1e-12)
 
@@ -107,8 +117,10 @@ def test_no_split_where_the_fast_path_does_not_apply():
     assert split_after(last, last[1]) is None  # nothing after it
     pool = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.MaxPool2d(2))
     assert split_after(pool, pool[1]) is None
-    for conv in (nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
-                 nn.Conv2d(4, 4, 3, groups=2)):  # fmt: skip
+    for conv in (
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(4, 4, 3, groups=2),
+    ):
         model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.ReLU(), conv)
         assert split_after(model, model[1]) is None
     custom = _Custom(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
@@ -118,8 +130,7 @@ def test_no_split_where_the_fast_path_does_not_apply():
     assert split_after(outer, inner[0]) is None
     split = split_after(outer, inner)
     assert split is not None and split.linear is outer[2]
-    plain = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), nn.Identity()),
-                          nn.Linear(3, 1))  # fmt: skip
+    plain = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.ReLU(), nn.Identity()), nn.Linear(3, 1))
     split = split_after(plain, plain[1])  # a plain Sequential as the layer stays one leaf
     assert split is not None and split.linear is plain[2] and split.prefix[-1] is plain[1]
 
@@ -130,8 +141,11 @@ def test_a_training_mode_batchnorm_is_not_folded():
     split = split_after(model, model[0][1])
     assert split is not None and split.suffix[0] is model[2]
     assert torch.equal(split.weight, model[1].weight) and torch.equal(split.bias, model[1].bias)
-    conv_after_dense = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4),
-                                     nn.BatchNorm2d(4)).double().eval()  # fmt: skip
+    conv_after_dense = (
+        nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.BatchNorm2d(4))
+        .double()
+        .eval()
+    )
     split = split_after(conv_after_dense, conv_after_dense[1])  # BatchNorm2d after a Linear
     assert split.suffix[0] is conv_after_dense[3]
 

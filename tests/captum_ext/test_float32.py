@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from captum_ext import LayerSynergy, NeuronSynergy, SynergyResult
-from captum_ext.metrics import (
+from captum_ext.metrics.filters import (
     diversity,
     filter_metrics,
     interp,
@@ -53,12 +53,12 @@ from captum_ext.metrics import (
     purity,
     stability,
 )
-from captum_ext.pruning import pruning_curve, taylor_scores
-from captum_ext.regularizers import (
+from captum_ext.module.sync import (
     LocalActivationConsistencyLoss,
     SynchronizationLoss,
     expected_positions,
 )
+from captum_ext.synergy.pruning import pruning_curve, taylor_scores
 
 _ULP = 2.0**-23  # float32's unit in the last place, relative
 
@@ -85,9 +85,11 @@ def _assert_close(r32: Tensor, r64: Tensor, ref: Tensor | None = None, what: str
     e_ref = 0.0 if ref is None else float((ref - r64).abs().max())
     tol = _tolerance(r64, e_ref)
     err = float((r32.double() - r64).abs().max())
-    assert err <= tol, (f"{what}: float32 is off by {err:.3g} (scale {float(r64.abs().max()):.3g}"
-                        f"), allowed {tol:.3g}; the float64 formula on float32 outputs is off "
-                        f"by {e_ref:.3g}")  # fmt: skip
+    assert err <= tol, (
+        f"{what}: float32 is off by {err:.3g} (scale {float(r64.abs().max()):.3g}"
+        f"), allowed {tol:.3g}; the float64 formula on float32 outputs is off "
+        f"by {e_ref:.3g}"
+    )
     return tol
 
 
@@ -106,8 +108,9 @@ def _all_masks(n: int) -> Tensor:
     return torch.cat([torch.zeros(1, n, dtype=torch.bool), eye, eye[i] | eye[j]])
 
 
-def _masked_runs(run: Callable[[], Tensor], module: nn.Module, elements: Tensor,
-                 masks: Tensor) -> Tensor:  # fmt: skip
+def _masked_runs(
+    run: Callable[[], Tensor], module: nn.Module, elements: Tensor, masks: Tensor
+) -> Tensor:
     """(N, K, ...) values of ``run()`` with ``module``'s output elements of each mask's units at
     0 (``elements``: (n, *row shape) bool, the elements of each unit)."""
     out = []
@@ -161,7 +164,7 @@ def _mlp(seed: int, inputs: int = 32) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(
         nn.Linear(inputs, 64), nn.ReLU(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 1)
-    ).eval()  # fmt: skip
+    ).eval()
 
 
 def _confident_mlp() -> nn.Sequential:
@@ -185,9 +188,14 @@ def _conv_net() -> nn.Sequential:
     """64 channels (the layer) → 16 → 10 classes; class 3 at a softmax of ≈ 0.9995."""
     torch.manual_seed(13)
     model = nn.Sequential(
-        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 16, 1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
-    ).eval()  # fmt: skip
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 16, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    ).eval()
     with torch.no_grad():
         model[6].weight.mul_(0.25)
         model[6].bias.zero_()
@@ -245,8 +253,11 @@ def test_layer_synergy_attribute_in_float32_is_the_float64_formula():
     z64 = LayerSynergy(model64, model64[1], output_transform="sigmoid").attribute(
         x.double(), layer_mask=mask
     )
-    out = _masked_runs(lambda: model(x), model[1], torch.arange(16)[:, None] == mask,
-                       _all_masks(16)).double().sigmoid()  # fmt: skip
+    out = (
+        _masked_runs(lambda: model(x), model[1], torch.arange(16)[:, None] == mask, _all_masks(16))
+        .double()
+        .sigmoid()
+    )
     z_ref = _formula(out[..., 0], 16, "abs_mean")[3]
     assert z32.shape == (2000, 64) and z32.dtype == torch.float32
     # hidden unit k belongs to unit k % 16: the first 16 columns are the 16 units
@@ -320,10 +331,18 @@ def test_pruning_curve_in_float32_follows_float64():
     x_train, scores = torch.randn(1000, 32), torch.rand(256, dtype=torch.float64)
     fractions = (0.0, 0.5, 0.9)
     curves = [
-        pruning_curve(m, m[2], scores.to(dtype), x.to(dtype), y, fractions=fractions,
-                      x_recalibrate=x_train.to(dtype), progress=False)  # fmt: skip
+        pruning_curve(
+            m,
+            m[2],
+            scores.to(dtype),
+            x.to(dtype),
+            y,
+            fractions=fractions,
+            x_recalibrate=x_train.to(dtype),
+            progress=False,
+        )
         for m, dtype in ((model, torch.float32), (model64, torch.float64))
-    ]  # fmt: skip
+    ]
     assert curves[0]["pruned"] == curves[1]["pruned"]
     for auc32, auc64 in zip(curves[0]["roc_auc"], curves[1]["roc_auc"], strict=True):
         assert abs(auc32 - auc64) <= 1e-6
@@ -390,8 +409,11 @@ def _check_reductions(iou64: Tensor, phi: float) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), phi=st.sampled_from(_PHIS),
-       shape=st.tuples(st.integers(1, 40), st.integers(1, 16), st.integers(1, 8)))  # fmt: skip
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    phi=st.sampled_from(_PHIS),
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 16), st.integers(1, 8)),
+)
 def test_iou_reductions_decide_ties_at_phi_alike(seed, phi, shape):
     _check_reductions(_ratios(torch.Generator().manual_seed(seed), shape, phi), phi)
 

@@ -11,7 +11,7 @@ from synergy_reference import brute_force, evaluator_of, randomize_norms
 from torch import nn
 
 from captum_ext import LayerSynergy, SynergyResult, synergistic_importance, synergy_ranking
-from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator
+from captum_ext.synergy._evaluators import ContributionEvaluator, LayerHookEvaluator
 
 TOL = 1e-5
 DTYPES = [torch.float32, torch.float64]
@@ -21,9 +21,15 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def _mlp(activation: type[nn.Module] = nn.ReLU, outputs: int = 1, dtype=torch.float64):
     torch.manual_seed(7)
     model = nn.Sequential(
-        nn.Linear(5, 6), nn.BatchNorm1d(6), activation(), nn.Dropout(0.3),
-        nn.Linear(6, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, outputs),
-    ).to(dtype)  # fmt: skip
+        nn.Linear(5, 6),
+        nn.BatchNorm1d(6),
+        activation(),
+        nn.Dropout(0.3),
+        nn.Linear(6, 4),
+        nn.BatchNorm1d(4),
+        nn.ReLU(),
+        nn.Linear(4, outputs),
+    ).to(dtype)
     randomize_norms(model)
     return model.eval()
 
@@ -58,12 +64,16 @@ def test_fast_path_is_taken_only_where_it_applies():
     model = _mlp()
     x = torch.randn(8, 5, dtype=torch.float64)
     fast = evaluator_of(LayerSynergy(model, model[2]), x)
-    grouped = evaluator_of(LayerSynergy(model, model[2]), x, layer_mask=torch.tensor([[0, 0, 1,
-                                                                                   1, 2, 2]]))
+    grouped = evaluator_of(
+        LayerSynergy(model, model[2]), x, layer_mask=torch.tensor([[0, 0, 1, 1, 2, 2]])
+    )
     slow = evaluator_of(LayerSynergy(lambda z: model(z), model[2]), x)
     last = evaluator_of(LayerSynergy(model, model[7]), x)
-    per_row = evaluator_of(LayerSynergy(model, model[2]), x,
-                           layer_mask=torch.arange(6).repeat(8, 1) % (torch.arange(8)[:, None] + 1))
+    per_row = evaluator_of(
+        LayerSynergy(model, model[2]),
+        x,
+        layer_mask=torch.arange(6).repeat(8, 1) % (torch.arange(8)[:, None] + 1),
+    )
     assert isinstance(fast, ContributionEvaluator) and isinstance(grouped, ContributionEvaluator)
     for evaluator in (slow, last, per_row):
         assert isinstance(evaluator, LayerHookEvaluator)
@@ -81,8 +91,9 @@ def test_groups_baselines_and_chunks_match_brute_force(fast, chunk):
     baseline = torch.linspace(-0.2, 0.3, 6, dtype=torch.float64)
     ls = LayerSynergy(forward, layer, output_transform="sigmoid")
     res = ls.compute(x, layer_mask=mask, layer_baselines=baseline, rows_per_chunk=chunk)
-    delta, synergy, d, s_rows = brute_force(model, layer, x, groups, _sigmoid0, "abs_mean",
-                                            baseline)  # fmt: skip
+    delta, synergy, d, s_rows = brute_force(
+        model, layer, x, groups, _sigmoid0, "abs_mean", baseline
+    )
     assert torch.equal(res.group_ids, torch.tensor([1, 2, 4, 9]))
     assert torch.allclose(res.importance, delta, atol=TOL)
     assert torch.allclose(res.synergy, synergy, atol=TOL)
@@ -102,14 +113,21 @@ def test_importance_equals_captum_layer_feature_ablation(fast):
     ablation = LayerFeatureAblation(model, layer)
     mask = torch.tensor([[0, 1, 1, 0]])
     baselines = 0.3 * torch.randn(25, 4, dtype=torch.float64)
-    targets = (1, torch.tensor([2]), [0, 2, 1, 1, 0] * 5, torch.arange(25) % 3, (2,),
-               [(t,) for t in range(3)] * 8 + [(0,)])  # fmt: skip
+    targets = (
+        1,
+        torch.tensor([2]),
+        [0, 2, 1, 1, 0] * 5,
+        torch.arange(25) % 3,
+        (2,),
+        [(t,) for t in range(3)] * 8 + [(0,)],
+    )
     for target in targets:
         for kwargs in ({}, {"layer_mask": mask}, {"layer_baselines": baselines}):
             res = LayerSynergy(forward, layer).compute(x, target=target, **kwargs)
             per_row = ablation.attribute(x, target=target, **kwargs)
-            position = torch.searchsorted(res.group_ids, kwargs.get("layer_mask",
-                                          torch.arange(4)[None])[0])  # fmt: skip
+            position = torch.searchsorted(
+                res.group_ids, kwargs.get("layer_mask", torch.arange(4)[None])[0]
+            )
             assert torch.allclose(res.importance[position], per_row.abs().mean(0), atol=1e-10)
 
 

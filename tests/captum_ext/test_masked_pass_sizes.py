@@ -1,6 +1,6 @@
 """Masked forward passes honour ``perturbations_per_eval`` and the cap of 65,536 rows per pass,
 and a layer with a tuple output is masked element by element as Captum's layer ablation does
-(captum_ext._evaluators)."""
+(captum_ext.synergy._evaluators)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captum_ext.metrics import (
+from captum_ext.metrics.filters import (
     DIRECTION,
     diversity,
     filter_metrics,
@@ -59,8 +59,9 @@ def _ref_iou(maps, masks, top_rate):
         threshold = values[-max(1, int(top_rate * values.size))]
         strict = threshold == values[0]  # the minimum: the region is the support
         for i in range(n):
-            up = F.interpolate(maps[i, f][None, None], size=masks.shape[-2:], mode="bilinear",
-                               align_corners=False)[0, 0].numpy()  # fmt: skip
+            up = F.interpolate(
+                maps[i, f][None, None], size=masks.shape[-2:], mode="bilinear", align_corners=False
+            )[0, 0].numpy()
             region = up > threshold if strict else up >= threshold
             for k in range(k_parts):
                 mask = masks[i, k].numpy()
@@ -71,7 +72,7 @@ def _ref_iou(maps, masks, top_rate):
 
 @pytest.mark.parametrize("top_rate", [0.05, 0.3, 1.0])
 def test_part_iou_equals_a_loop_over_images_filters_and_parts(top_rate, monkeypatch):
-    import captum_ext.metrics as metrics
+    import captum_ext.metrics.filters as metrics
 
     monkeypatch.setattr(metrics, "_CHUNK", 3 * 4 * 12 * 12)  # three images per chunk
     g = torch.Generator().manual_seed(0)
@@ -179,8 +180,9 @@ def test_consistency_of_two_crossed_partitions_is_one_third():
 
 
 def test_dead_filters_are_dropped_and_counted():
-    maps = torch.cat([_grouped([[0, 0, 1, 1]] * 3), torch.zeros(3, 2, S, S, dtype=torch.float64)],
-                     dim=1)  # fmt: skip
+    maps = torch.cat(
+        [_grouped([[0, 0, 1, 1]] * 3), torch.zeros(3, 2, S, S, dtype=torch.float64)], dim=1
+    )
     assert module_consistency(maps, 2, progress=False) == 0.0
     with pytest.raises(ValueError, match="n_modules"):
         module_consistency(maps, 5, progress=False)  # only 4 live filters

@@ -83,12 +83,18 @@ def test_feature_groups_match_brute_force(mode, selector, neuron):
     inputs = _inputs()
     # ids global across the two inputs, as in Captum's FeatureAblation
     mask = (torch.tensor([[0, 1, 1, 2]]), torch.tensor([[[3, 3, 2], [4, 0, 4]]]))
-    units = [[(0, 0), (1, 4)], [(0, 1), (0, 2)], [(0, 3), (1, 2)], [(1, 0), (1, 1)],
-             [(1, 3), (1, 5)]]  # fmt: skip
+    units = [
+        [(0, 0), (1, 4)],
+        [(0, 1), (0, 2)],
+        [(0, 3), (1, 2)],
+        [(1, 0), (1, 1)],
+        [(1, 3), (1, 5)],
+    ]
     baselines = (0.5, 0.2 * torch.randn(1, 2, 3, dtype=torch.float64))
     ns = NeuronSynergy(model, model.act, mode=mode)
-    res = ns.compute(inputs, selector, baselines=baselines, feature_mask=mask,
-                     perturbations_per_eval=3)  # fmt: skip
+    res = ns.compute(
+        inputs, selector, baselines=baselines, feature_mask=mask, perturbations_per_eval=3
+    )
     full_baselines = (torch.full((1, 4), 0.5, dtype=torch.float64), baselines[1])
     delta, synergy, d, s_rows = _brute_force(model, inputs, units, neuron, full_baselines, mode)
     assert torch.allclose(res.importance, delta, atol=TOL)
@@ -111,9 +117,10 @@ def test_importance_equals_captum_neuron_feature_ablation(selector):
         ours = NeuronSynergy(model, model.act).compute(inputs, selector, **kwargs)
         theirs = ablation.attribute(inputs, selector, **kwargs)
         for k, t in enumerate(theirs):
-            groups = kwargs.get("feature_mask", (torch.arange(4)[None],
-                                                 torch.arange(4, 10).reshape(1, 2, 3)))[k]
-            position = torch.searchsorted(ours.group_ids, groups[0])  # fmt: skip
+            groups = kwargs.get(
+                "feature_mask", (torch.arange(4)[None], torch.arange(4, 10).reshape(1, 2, 3))
+            )[k]
+            position = torch.searchsorted(ours.group_ids, groups[0])
             assert torch.allclose(ours.importance[position], t.abs().mean(0), atol=1e-10)
 
 

@@ -3,7 +3,7 @@ recalibrated over a seeded random row order, quality comes from any metric, and 
 restored, also when an error is raised.
 
 References are hand-written forward passes that zero units by multiplying with a 0/1 mask;
-they share no code with ``captum_ext.pruning``.
+they share no code with ``captum_ext.synergy.pruning``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from captum_ext.pruning import (
+from captum_ext.synergy.pruning import (
     classification_metrics,
     masked_units,
     pruning_curve,
@@ -73,8 +73,7 @@ def test_pruning_matches_hand_masked_forward(dtype, device):
     model = _mlp(dtype, device)
     x, y = _data(dtype, device)
     scores = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.3, 0.7, 0.0, 0.2], dtype=dtype, device=device)
-    curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.0, 0.25, 0.5),
-                          progress=False)  # fmt: skip
+    curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.0, 0.25, 0.5), progress=False)
     assert curve["pruned"] == [0, 2, 4]
     assert set(curve) == {"fraction", "pruned", "roc_auc", "accuracy"}
     # lowest scores: unit 6 (0.0), 1 (0.1), then 7 (0.2), 3 (0.3, first of the tie)
@@ -94,8 +93,9 @@ def test_recalibration_matches_hand_statistics_of_the_pruned_model():
     x, y = _data(torch.float64)
     x_train = _data(torch.float64, n=256)[0] * 1.5 + 0.3
     scores = torch.arange(8.0, dtype=torch.float64)  # units 0 and 1 are pruned at 0.25
-    curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.25,),
-                          x_recalibrate=x_train, progress=False)  # fmt: skip
+    curve = pruning_curve(
+        model, model[2], scores, x, y, fractions=(0.25,), x_recalibrate=x_train, progress=False
+    )
     # one batch of 256 rows: the new statistics are that batch's mean and unbiased variance
     z = x_train @ model[0].weight.T + model[0].bias
     keep = torch.ones(8, dtype=torch.float64)
@@ -111,10 +111,16 @@ def test_recalibration_matches_hand_statistics_of_the_pruned_model():
 def _cnn(dtype=torch.float64) -> nn.Sequential:
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.Conv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
-    )  # fmt: skip
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
     _randomise_norms(model, torch.Generator().manual_seed(5))
     return model.to(dtype).eval()
 
@@ -156,8 +162,18 @@ def test_channel_pruning_with_recalibration_matches_hand_forward():
     def metric(output, labels):  # the default's accuracy and a fingerprint of every logit
         return {**classification_metrics(output, labels), "logits": float((output * weights).sum())}
 
-    curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.0, 0.5), metric=metric,
-                          layer_mask=channels, x_recalibrate=x_train, progress=False)  # fmt: skip
+    curve = pruning_curve(
+        model,
+        model[2],
+        scores,
+        x,
+        y,
+        fractions=(0.0, 0.5),
+        metric=metric,
+        layer_mask=channels,
+        x_recalibrate=x_train,
+        progress=False,
+    )
     assert set(curve) == {"fraction", "pruned", "accuracy", "logits"}
     assert curve["pruned"] == [0, 3]
     for where, pruned in ((0, []), (1, [1, 3, 5])):
@@ -199,10 +215,28 @@ def test_random_pruning_is_seeded_and_metric_is_any_callable():
     def margin(output, labels):
         return {"mean_logit": output.mean().item(), "rows": len(labels)}
 
-    first = pruning_curve(model, model[2], "random", x, y, fractions=(0.0, 0.5, 0.75),
-                          metric=margin, seed=7, progress=False)  # fmt: skip
-    again = pruning_curve(model, model[2], "random", x, y, fractions=(0.0, 0.5, 0.75),
-                          metric=margin, seed=7, progress=False)  # fmt: skip
+    first = pruning_curve(
+        model,
+        model[2],
+        "random",
+        x,
+        y,
+        fractions=(0.0, 0.5, 0.75),
+        metric=margin,
+        seed=7,
+        progress=False,
+    )
+    again = pruning_curve(
+        model,
+        model[2],
+        "random",
+        x,
+        y,
+        fractions=(0.0, 0.5, 0.75),
+        metric=margin,
+        seed=7,
+        progress=False,
+    )
     assert first == again and set(first) == {"fraction", "pruned", "mean_logit", "rows"}
     assert first["pruned"] == [0, 4, 6] and first["rows"] == [200.0] * 3
     with torch.no_grad():
@@ -236,8 +270,9 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
     model = _mlp().train(training)
     x, y = _data()
     before = _state(model)
-    pruning_curve(model, model[2], "random", x, y, fractions=(0.0, 0.5), x_recalibrate=x,
-                  progress=False)  # fmt: skip
+    pruning_curve(
+        model, model[2], "random", x, y, fractions=(0.0, 0.5), x_recalibrate=x, progress=False
+    )
     _assert_restored(model, before, training)
 
     calls = []
@@ -249,16 +284,41 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
         return {"n": 1.0}
 
     with pytest.raises(RuntimeError, match="metric failed"):
-        pruning_curve(model, model[2], torch.arange(8.0), x, y, fractions=(0.0, 0.5),
-                      x_recalibrate=x, metric=failing, progress=False)  # fmt: skip
+        pruning_curve(
+            model,
+            model[2],
+            torch.arange(8.0),
+            x,
+            y,
+            fractions=(0.0, 0.5),
+            x_recalibrate=x,
+            metric=failing,
+            progress=False,
+        )
     _assert_restored(model, before, training)
     with pytest.raises(RuntimeError):  # the recalibration's forward fails: 3 features, not 4
-        pruning_curve(model, model[2], torch.arange(8.0), x, y, fractions=(0.5,),
-                      x_recalibrate=x[:, :3], progress=False)  # fmt: skip
+        pruning_curve(
+            model,
+            model[2],
+            torch.arange(8.0),
+            x,
+            y,
+            fractions=(0.5,),
+            x_recalibrate=x[:, :3],
+            progress=False,
+        )
     _assert_restored(model, before, training)
     with pytest.raises(TypeError, match="metric must return a mapping"):
-        pruning_curve(model, model[2], torch.arange(8.0), x, y, fractions=(0.5,),
-                      metric=lambda out, lab: 0.5, progress=False)  # fmt: skip
+        pruning_curve(
+            model,
+            model[2],
+            torch.arange(8.0),
+            x,
+            y,
+            fractions=(0.5,),
+            metric=lambda out, lab: 0.5,
+            progress=False,
+        )
     _assert_restored(model, before, training)
 
 
@@ -279,11 +339,13 @@ def test_pruning_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"one per groups of layer_mask, got \(8,\)"):
         pruning_curve(model, model[2], torch.ones(8), x, y, layer_mask=groups, progress=False)
     with pytest.raises(ValueError, match="layer_mask must hold integer"):
-        pruning_curve(model, model[2], torch.ones(4), x, y, layer_mask=groups.float(),
-                      progress=False)  # fmt: skip
+        pruning_curve(
+            model, model[2], torch.ones(4), x, y, layer_mask=groups.float(), progress=False
+        )
     with pytest.raises(ValueError, match=r"layer_mask must broadcast to the layer output"):
-        pruning_curve(model, model[2], torch.ones(4), x, y, layer_mask=groups[:, :5],
-                      progress=False)  # fmt: skip
+        pruning_curve(
+            model, model[2], torch.ones(4), x, y, layer_mask=groups[:, :5], progress=False
+        )
     with pytest.raises(ValueError, match=r"every group id 0 … G-1, got ids \[0, 1, 3\]"):
         gap = torch.tensor([[0, 0, 1, 1, 3, 3, 3, 3]])
         pruning_curve(model, model[2], torch.ones(4), x, y, layer_mask=gap, progress=False)

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from captum_ext.regularizers import (
+from captum_ext.module.sync import (
     LocalActivationConsistencyLoss,
     SynchronizationLoss,
     capture_output,
@@ -26,8 +26,9 @@ def _step(coords, h, w):
 
 
 def _positions(h, w, step, like):
-    return torch.tensor([[i * step, j * step] for i in range(h) for j in range(w)],
-                        dtype=like.dtype)  # fmt: skip
+    return torch.tensor(
+        [[i * step, j * step] for i in range(h) for j in range(w)], dtype=like.dtype
+    )
 
 
 def _center(a, pos):
@@ -182,9 +183,16 @@ def _off_the_boundary(maps, epsilon, coords="unit") -> bool:
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=_EDGE, b=st.integers(1, 2), c=st.integers(1, 4), h=st.integers(1, 4),
-       w=st.integers(1, 4), seed=st.integers(0, 2**16), detach=st.booleans(),
-       epsilon=st.sampled_from([0.0, 0.03, 0.5, 2.0]))  # fmt: skip
+@given(
+    kind=_EDGE,
+    b=st.integers(1, 2),
+    c=st.integers(1, 4),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+    detach=st.booleans(),
+    epsilon=st.sampled_from([0.0, 0.03, 0.5, 2.0]),
+)
 def test_edge_cases_give_finite_losses_and_the_reference_gradients(
     kind, b, c, h, w, seed, detach, epsilon
 ):
@@ -192,8 +200,10 @@ def test_edge_cases_give_finite_losses_and_the_reference_gradients(
     assume(_off_the_boundary(maps, epsilon))
     lac = LocalActivationConsistencyLoss(detach_center=detach)
     sync = SynchronizationLoss(epsilon=epsilon)
-    for ours, ref in ((lac(maps), ref_lac(maps, "cell", detach)),
-                      (sync(maps), ref_sync(maps, epsilon))):  # fmt: skip
+    for ours, ref in (
+        (lac(maps), ref_lac(maps, "cell", detach)),
+        (sync(maps), ref_sync(maps, epsilon)),
+    ):
         grad = _grad(ours, maps)
         assert torch.isfinite(ours) and torch.isfinite(grad).all()
         ref_value = float(torch.as_tensor(ref).detach())
@@ -236,8 +246,11 @@ def test_sync_gradients_on_degenerate_maps_are_finite_and_nonzero_where_defined(
     assert _nonzero_grad(sync(row), row)
     col = _maps((2, 4, 6, 1), scale=0.5)  # W = 1
     assert _nonzero_grad(sync(col), col)
-    for maps in (_maps((2, 1, 4, 4)), _peaks([(0, 0), (7, 7)]),  # C = 1; no neighbours
-                 torch.zeros(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)):  # fmt: skip
+    for maps in (
+        _maps((2, 1, 4, 4)),
+        _peaks([(0, 0), (7, 7)]),  # C = 1; no neighbours
+        torch.zeros(2, 3, 4, 4, dtype=torch.float64, requires_grad=True),
+    ):
         loss = SynchronizationLoss(epsilon=0.0 if maps.shape[1] == 2 else 0.5)(maps)
         grad = _grad(loss, maps)
         assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -300,8 +313,9 @@ def test_bad_arguments_are_rejected_early():
 # ---------------------------------------------------------------- capture_output
 def _net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(3 * 5 * 5, 2)).double()  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 2)
+    ).double()
 
 
 def test_capture_output_keeps_the_latest_output_with_its_graph():

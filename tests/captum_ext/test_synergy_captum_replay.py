@@ -24,8 +24,17 @@ from captum_ext import LayerSynergy, NeuronSynergy
 
 NEURON = [c for c in config if NeuronFeatureAblation in c["algorithms"]]
 LAYER = [c for c in config if LayerFeatureAblation in c["algorithms"]]
-ARGS = ("inputs", "additional_forward_args", "baselines", "feature_mask", "target",
-        "neuron_selector", "perturbations_per_eval", "layer_baselines", "layer_mask")  # fmt: skip
+ARGS = (
+    "inputs",
+    "additional_forward_args",
+    "baselines",
+    "feature_mask",
+    "target",
+    "neuron_selector",
+    "perturbations_per_eval",
+    "layer_baselines",
+    "layer_mask",
+)
 
 
 # entries whose single-element features give thousands of pairs, one mask per forward pass:
@@ -87,8 +96,9 @@ def _hooks(model):
 
 def _check_structure(ours, theirs):
     assert isinstance(ours, tuple) == isinstance(theirs, tuple)
-    for a, b in zip(_format_tensor_into_tuples(ours), _format_tensor_into_tuples(theirs),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        _format_tensor_into_tuples(ours), _format_tensor_into_tuples(theirs), strict=True
+    ):
         assert a.shape == b.shape and bool(torch.isfinite(a).all())
 
 
@@ -105,8 +115,9 @@ def _replay(entry, make, ablation, bad):
     # batch independence: the first rows alone give the same values
     rows = len(_format_tensor_into_tuples(args["inputs"])[0])
     part = make(model, layer).attribute(**_rows(args, 0, rows // 2))
-    for whole, alone in zip(_format_tensor_into_tuples(ours), _format_tensor_into_tuples(part),
-                            strict=True):  # fmt: skip
+    for whole, alone in zip(
+        _format_tensor_into_tuples(ours), _format_tensor_into_tuples(part), strict=True
+    ):
         assert torch.allclose(whole[: rows // 2], alone, rtol=1e-4, atol=1e-5)
     assert _hooks(model) == 0
     after = _outputs(model, args)

@@ -53,8 +53,9 @@ def _free_port() -> int:
 
 def test_two_processes_all_reduce_to_the_single_process_result(tmp_path):
     # fork: the workers start with torch and captum already imported
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")  # fmt: skip
+    mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     model, x = _setup()
     single = _results(model, x)
     for rank in (0, 1):

@@ -1,4 +1,4 @@
-"""SynXAI's formulas on precomputed scores (captum_ext.scores) against element-wise loops.
+"""SynXAI's formulas on precomputed scores (captum_ext.synergy.formulas) against element-wise loops.
 
 Values are drawn with ties, zeros and entries in (0, 1), so that a clamp at another bound, a
 sum over the other axis or a dropped sign changes the result.
@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from captum_ext import scores
+from captum_ext.synergy import formulas as scores
 
 # ties, zeros, small positives, negatives
 VALUES = st.sampled_from([0.0, 0.0, 0.25, 0.5, 0.5, 1.5, -0.25, -2.0])
@@ -22,8 +22,11 @@ def _matrix(n, values):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 5), values=st.lists(VALUES, min_size=25, max_size=25),
-       alpha=st.sampled_from([0.0, 5.0, 20.0]))  # fmt: skip
+@given(
+    n=st.integers(2, 5),
+    values=st.lists(VALUES, min_size=25, max_size=25),
+    alpha=st.sampled_from([0.0, 5.0, 20.0]),
+)
 def test_ranking_and_synergistic_importance_match_loops(n, values, alpha):
     s = _matrix(n, values)
     importance = torch.tensor(values[-n:], dtype=torch.float64)
@@ -37,13 +40,13 @@ def test_ranking_and_synergistic_importance_match_loops(n, values, alpha):
 
 def test_ranking_sums_each_row_of_positive_synergy():
     s = torch.tensor([[0.0, 0.5, -1.0], [0.25, 0.0, 0.75], [0.0, 0.0, 0.0]], dtype=torch.float64)
-    assert torch.equal(scores.synergy_ranking(s), torch.tensor([0.5, 1.0, 0.0],
-                                                                 dtype=torch.float64))  # fmt: skip
+    assert torch.equal(
+        scores.synergy_ranking(s), torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64)
+    )
 
 
 @settings(max_examples=30, deadline=None)
-@given(p=st.lists(VALUES, min_size=3, max_size=3), masked=st.lists(VALUES, min_size=6,
-       max_size=6))  # fmt: skip
+@given(p=st.lists(VALUES, min_size=3, max_size=3), masked=st.lists(VALUES, min_size=6, max_size=6))
 def test_differences_and_pair_synergy_match_loops(p, masked):
     p_t = torch.tensor(p, dtype=torch.float64)[:, None]
     masked_t = torch.tensor(masked, dtype=torch.float64).reshape(3, 2)

@@ -1,4 +1,4 @@
-"""The synergy engine's progress bar counts every pair of every chunk once (captum_ext._engine)."""
+"""The synergy engine's progress bar counts every pair of every chunk once (synergy._engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from synergy_reference import randomize_norms
 from torch import nn
 
-from captum_ext import LayerSynergy, _engine
+from captum_ext import LayerSynergy
+from captum_ext.synergy import _engine as _engine
 
 
 class _Bar:
@@ -45,8 +46,12 @@ def test_bar_total_is_pairs_times_chunks_and_updates_reach_it(monkeypatch, fast)
     pairs_per_chunk = 6 * 5 // 2
     first, second = _Bar.made
     for bar, disable in ((first, True), (second, None)):
-        assert bar.kwargs == {"total": 3 * pairs_per_chunk, "desc": "synergy pairs",
-                              "unit": "pair", "disable": disable}  # fmt: skip
+        assert bar.kwargs == {
+            "total": 3 * pairs_per_chunk,
+            "desc": "synergy pairs",
+            "unit": "pair",
+            "disable": disable,
+        }
         assert type(bar.kwargs["total"]) is int  # a count of pairs, not 45.0
         assert all(isinstance(n, int) and n > 0 for n in bar.updates)
         assert sum(bar.updates) == 3 * pairs_per_chunk

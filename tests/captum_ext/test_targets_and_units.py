@@ -1,4 +1,4 @@
-"""Captum's target, feature-mask units and row chunks, against hand indexing (captum_ext._masking).
+"""Captum's target, feature-mask units and row chunks, against hand indexing (synergy._masking).
 
 Every reference is a plain Python loop over rows and elements; the error tests assert the
 messages a user reads (argument name, value received, what was expected).
@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from captum_ext._masking import RowSlice, Target, Transform, Units, format_inputs
+from captum_ext.synergy._masking import RowSlice, Target, Transform, Units, format_inputs
 
 DTYPES = [torch.float32, torch.float64]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -62,8 +62,12 @@ def test_no_target_takes_the_one_value_of_each_row():
     torch.manual_seed(3)
     for output in (torch.randn(5) + 3.0, torch.randn(5, 1) + 3.0, torch.randn(5, 1, 1) + 3.0):
         assert torch.equal(Target(None, 5).select(output), output.reshape(5))
-    with pytest.raises(ValueError, match=_message(
-            "target must be given for a forward output of shape (5, 2) (more than one value")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "target must be given for a forward output of shape (5, 2) (more than one value"
+        ),
+    ):
         Target(None, 5).select(torch.ones(5, 2))
 
 
@@ -74,8 +78,9 @@ def test_stacked_copies_repeat_the_per_row_target():
     selected = Target(per_row, 3).select(output, copies=2)
     assert torch.equal(selected, _hand_select(output, [(t,) for t in per_row * 2]))
     index = torch.tensor([3, 1, 0])
-    assert torch.equal(Target(index, 3).select(output, copies=2),
-                       _hand_select(output, [(3,), (1,), (0,)] * 2))  # fmt: skip
+    assert torch.equal(
+        Target(index, 3).select(output, copies=2), _hand_select(output, [(3,), (1,), (0,)] * 2)
+    )
 
 
 def test_rows_of_a_target_by_slice_and_by_index():
@@ -98,42 +103,74 @@ def test_an_empty_output_selects_nothing_in_its_dtype():
 
 def test_target_errors_name_the_target_and_the_shapes():
     output = torch.ones(4, 3)
-    with pytest.raises(ValueError, match=_message(
-            "target (1, 2) indexes 2 dimensions of a forward output of shape (4, 3)")):
+    with pytest.raises(
+        ValueError,
+        match=_message("target (1, 2) indexes 2 dimensions of a forward output of shape (4, 3)"),
+    ):
         Target((1, 2), 4).select(output)
-    with pytest.raises(ValueError, match=_message(
-            "target 3 out of range for a forward output of shape (4, 3)")):
+    with pytest.raises(
+        ValueError, match=_message("target 3 out of range for a forward output of shape (4, 3)")
+    ):
         Target(3, 4).select(output)
-    with pytest.raises(ValueError, match=_message(
-            "target -4 out of range for a forward output of shape (4, 3)")):
+    with pytest.raises(
+        ValueError, match=_message("target -4 out of range for a forward output of shape (4, 3)")
+    ):
         Target(-4, 4).select(output)
-    with pytest.raises(ValueError, match=_message(
-            "target (0, 3) out of range for a forward output of shape (4, 5, 3)")):
+    with pytest.raises(
+        ValueError,
+        match=_message("target (0, 3) out of range for a forward output of shape (4, 5, 3)"),
+    ):
         Target((0, 3), 4).select(torch.ones(4, 5, 3))  # the second index is checked against 3
-    with pytest.raises(ValueError, match=_message(
+    with pytest.raises(
+        ValueError,
+        match=_message(
             "target 1 selects 2 values per row of a forward output of shape (4, 3, 2); one is "
-            "needed")):
+            "needed"
+        ),
+    ):
         Target(1, 4).select(torch.ones(4, 3, 2))
-    with pytest.raises(ValueError, match=_message(
-            "target 2 selects 3 values per row of a forward output of shape (1, 4, 3)")):
+    with pytest.raises(
+        ValueError,
+        match=_message("target 2 selects 3 values per row of a forward output of shape (1, 4, 3)"),
+    ):
         Target(2, 1).select(torch.ones(1, 4, 3))  # a single row
-    with pytest.raises(ValueError, match=_message(
-            "target tensor must hold one element or one per input row (4), got shape (2,)")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "target tensor must hold one element or one per input row (4), got shape (2,)"
+        ),
+    ):
         Target(torch.tensor([1, 2]), 4)
-    with pytest.raises(ValueError, match=_message(
-            "target tensor must hold one element or one per input row (4), got shape (4, 1)")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "target tensor must hold one element or one per input row (4), got shape (4, 1)"
+        ),
+    ):
         Target(torch.zeros(4, 1, dtype=torch.long), 4)
-    with pytest.raises(ValueError, match=_message(
-            "target list must hold ints or equal-length tuples of ints, got [(0, 1), 2]")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "target list must hold ints or equal-length tuples of ints, got [(0, 1), 2]"
+        ),
+    ):
         Target([(0, 1), 2], 2)
     for bad in ([1.5, 2], [True, 0], [(0, 1.0), (1, 1)], [(True,), (1,)]):  # never truncated
-        with pytest.raises(ValueError, match=_message(
-                f"target list must hold ints or equal-length tuples of ints, got {bad!r}")):
+        with pytest.raises(
+            ValueError,
+            match=_message(
+                f"target list must hold ints or equal-length tuples of ints, got {bad!r}"
+            ),
+        ):
             Target(bad, 2)
     for bad in (True, 1.5, "1", [0, 1, 2], (1, False)):
-        with pytest.raises(ValueError, match=_message(
+        with pytest.raises(
+            ValueError,
+            match=_message(
                 "target must be None, an int, a tuple of ints, a list with one entry per input "
-                f"row (4) or a tensor, got {bad!r}")):
+                f"row (4) or a tensor, got {bad!r}"
+            ),
+        ):
             Target(bad, 4)
 
 
@@ -148,8 +185,12 @@ def test_transforms_are_the_named_functions():
     soft = Transform("softmax")(out)
     assert torch.allclose(soft, out.exp() / out.exp().sum(-1, keepdim=True), rtol=1e-12)
     assert torch.equal(Transform(lambda t: 2 * t)(out), 2 * out)
-    with pytest.raises(ValueError, match=_message(
-            "output_transform must be None, 'sigmoid', 'softmax' or a callable, got 'tanh'")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "output_transform must be None, 'sigmoid', 'softmax' or a callable, got 'tanh'"
+        ),
+    ):
         Transform("tanh")
 
 
@@ -190,14 +231,16 @@ def test_units_mask_groups_with_global_ids_and_baselines_like_hand_loops(dtype, 
     units = Units((a, b), (mask_a, mask_b), (base_a, base_b), NAMES, "layer output", rows)
     assert torch.equal(units.ids, torch.tensor([0, 3, 5, 7, 11], device=device))
     assert units.n == 5 and units.shapes == ((2, 3), (4,)) and not units.per_row
-    masks = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 1, 0, 1], [1, 0, 0, 1, 0], [0] * 5,
-                          [1] * 5], dtype=torch.bool)  # fmt: skip
+    masks = torch.tensor(
+        [[0, 1, 0, 0, 0], [0, 0, 1, 0, 1], [1, 0, 0, 1, 0], [0] * 5, [1] * 5], dtype=torch.bool
+    )
     stacked = tuple(t.repeat(len(masks), *([1] * (t.dim() - 1))) for t in (a, b))
     got = units.apply(stacked, masks)
-    full_base = (base_a.to(device).expand(1, 2, 3), torch.full((1, 4), base_b, dtype=dtype,
-                                                               device=device))  # fmt: skip
-    want = _hand_apply((a, b), (mask_a.to(device), mask_b.to(device)), full_base, masks,
-                       units.ids)  # fmt: skip
+    full_base = (
+        base_a.to(device).expand(1, 2, 3),
+        torch.full((1, 4), base_b, dtype=dtype, device=device),
+    )
+    want = _hand_apply((a, b), (mask_a.to(device), mask_b.to(device)), full_base, masks, units.ids)
     for g, w, t in zip(got, want, (a, b), strict=True):
         assert g.dtype == dtype and g.device == t.device
         assert torch.equal(g, w)
@@ -223,8 +266,16 @@ def test_per_row_masks_and_baselines_are_cut_with_the_rows():
     assert not shared.rows(1, 3).per_row
     assert Units((x,), mask[:1], base, NAMES, "layer output", rows).per_row
     kept = shared.rows(2, 4).apply((x[2:4],), masks[:1])
-    assert torch.equal(kept[0], _hand_apply((x[2:4],), (mask[:1],), (torch.full((1, 5), 0.5,
-                       dtype=torch.float64),), masks[:1], shared.ids)[0])  # fmt: skip
+    assert torch.equal(
+        kept[0],
+        _hand_apply(
+            (x[2:4],),
+            (mask[:1],),
+            (torch.full((1, 5), 0.5, dtype=torch.float64),),
+            masks[:1],
+            shared.ids,
+        )[0],
+    )
 
 
 def test_no_mask_makes_every_element_a_unit_and_expand_spreads_unit_values():
@@ -236,12 +287,22 @@ def test_no_mask_makes_every_element_a_unit_and_expand_spreads_unit_values():
     want = x.clone()
     want[:, 1, 1] = 0.0
     assert torch.equal(masked, want)
-    grouped = Units((x, x[:, 0]), (torch.tensor([[[2, 0, 2], [1, 1, 0]]]), torch.tensor([[3, 2,
-                    0]])), None, NAMES, "layer output", 2)  # fmt: skip
+    grouped = Units(
+        (x, x[:, 0]),
+        (torch.tensor([[[2, 0, 2], [1, 1, 0]]]), torch.tensor([[3, 2, 0]])),
+        None,
+        NAMES,
+        "layer output",
+        2,
+    )
     values = torch.tensor([[10.0, 20.0, 30.0, 40.0], [-1.0, -2.0, -3.0, -4.0]])
     first, second = grouped.expand(values)
-    assert torch.equal(first, torch.tensor([[[30.0, 10.0, 30.0], [20.0, 20.0, 10.0]],
-                                            [[-3.0, -1.0, -3.0], [-2.0, -2.0, -1.0]]]))
+    assert torch.equal(
+        first,
+        torch.tensor(
+            [[[30.0, 10.0, 30.0], [20.0, 20.0, 10.0]], [[-3.0, -1.0, -3.0], [-2.0, -2.0, -1.0]]]
+        ),
+    )
     assert torch.equal(second, torch.tensor([[40.0, 30.0, 10.0], [-4.0, -3.0, -1.0]]))
 
 
@@ -252,30 +313,44 @@ def test_unit_errors_name_the_argument_the_value_and_the_shapes():
     def units(mask=None, baselines=None, tensors=(x,)):
         return Units(tensors, mask, baselines, NAMES, "layer output", 4)
 
-    with pytest.raises(ValueError, match=_message(
-            "layer_mask must hold one tensor per layer output tensor (2), got 1")):
+    with pytest.raises(
+        ValueError,
+        match=_message("layer_mask must hold one tensor per layer output tensor (2), got 1"),
+    ):
         units(torch.zeros(1, 2, 3, dtype=torch.long), tensors=(x, y))
     for bad in (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.bool)):
         with pytest.raises(ValueError, match="layer_mask must hold integer tensors, got tensor"):
             units(bad)
-    with pytest.raises(ValueError, match=_message(
-            "layer_mask of shape (1, 1, 2, 3) has more dimensions than the layer output "
-            "(4, 2, 3)")):
+    with pytest.raises(
+        ValueError,
+        match=_message(
+            "layer_mask of shape (1, 1, 2, 3) has more dimensions than the layer output (4, 2, 3)"
+        ),
+    ):
         units(torch.zeros(1, 1, 2, 3, dtype=torch.long))
     for shape in ((2, 2, 3), (1, 3, 3), (1, 2, 2)):
-        with pytest.raises(ValueError, match=_message(
+        with pytest.raises(
+            ValueError,
+            match=_message(
                 f"layer_mask of shape {shape} does not broadcast to the layer output (4, 2, 3) "
-                "(first dim 1 or 4)")):
+                "(first dim 1 or 4)"
+            ),
+        ):
             units(torch.zeros(shape, dtype=torch.long))
-    with pytest.raises(ValueError, match=_message(
-            "layer_baselines of shape (3, 2, 3) does not broadcast to the layer output")):
+    with pytest.raises(
+        ValueError,
+        match=_message("layer_baselines of shape (3, 2, 3) does not broadcast to the layer output"),
+    ):
         units(baselines=torch.zeros(3, 2, 3))
-    with pytest.raises(ValueError, match=_message(
-            "layer_baselines must hold one entry per tensor (1), got 2")):
+    with pytest.raises(
+        ValueError, match=_message("layer_baselines must hold one entry per tensor (1), got 2")
+    ):
         units(baselines=(0.0, 1.0))
     for bad in (True, "0", None):
-        with pytest.raises(ValueError, match=_message(
-                f"layer_baselines entries must be numbers or tensors, got {bad!r}")):
+        with pytest.raises(
+            ValueError,
+            match=_message(f"layer_baselines entries must be numbers or tensors, got {bad!r}"),
+        ):
             units(baselines=(bad,))
     # the accepted forms: a left-padded mask, ints, per-row tensors; a number baseline takes
     # the tensors' dtype (0.1 in float64, not 0.1 rounded to float32)
@@ -323,14 +398,17 @@ def test_inputs_are_a_tuple_with_rows_and_one_batch_size():
     assert format_inputs(vector)[0] is vector
     assert all(a is b for a, b in zip(format_inputs((x, y)), (x, y), strict=True))
     for bad in ((x, 2.0), torch.tensor(1.0), ()):
-        with pytest.raises(ValueError, match="inputs must be a tensor or a tuple of tensors "
-                                             "with a batch dimension, got"):
+        with pytest.raises(
+            ValueError,
+            match="inputs must be a tensor or a tuple of tensors with a batch dimension, got",
+        ):
             format_inputs(bad)
-    with pytest.raises(ValueError, match="^inputs must hold at least one row, got an empty "
-                                         "batch$"):
+    with pytest.raises(ValueError, match="^inputs must hold at least one row, got an empty batch$"):
         format_inputs(x[:0])
-    with pytest.raises(ValueError, match=_message(
-            "inputs must share the batch dimension, got shapes [(3, 2), (2, 2)]")):
+    with pytest.raises(
+        ValueError,
+        match=_message("inputs must share the batch dimension, got shapes [(3, 2), (2, 2)]"),
+    ):
         format_inputs((x, x[:2]))
 
 

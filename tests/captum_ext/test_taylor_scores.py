@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_ext.pruning import taylor_scores
+from captum_ext.synergy.pruning import taylor_scores
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -15,10 +15,14 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 def _model(dtype=torch.float64):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
-        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
         nn.Linear(5 * 6 * 6, 3),
-    ).to(dtype)  # fmt: skip
+    ).to(dtype)
     bn = model[1]
     bn.running_mean.uniform_(-0.5, 0.5)
     bn.running_var.uniform_(0.5, 2.0)

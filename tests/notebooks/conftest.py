@@ -29,7 +29,7 @@ def run_notebook(monkeypatch):
         client = NotebookClient(
             notebook, timeout=240, kernel_name="python3",
             resources={"metadata": {"path": str(NOTEBOOKS)}},
-        )  # fmt: skip
+        )
         client.execute()
         return "".join(
             output.get("text", "")

@@ -17,24 +17,43 @@ def _plrp_build(name: str) -> tuple[nn.Module, tuple[int, ...], list]:
     torch.manual_seed(7)
     if name == "mlp":
         model = nn.Sequential(
-            nn.Flatten(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(),
-            nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3),
-        )  # fmt: skip
+            nn.Flatten(),
+            nn.Linear(12, 10),
+            nn.ReLU(),
+            nn.Linear(10, 8),
+            nn.ReLU(),
+            nn.Linear(8, 6),
+            nn.ReLU(),
+            nn.Linear(6, 3),
+        )
         return model.double().eval(), (12,), []
     if name in ("cnn_maxpool", "cnn_inplace"):
         inplace = name == "cnn_inplace"
         model = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(8 * 2 * 2, 10), nn.ReLU(inplace=inplace), nn.Linear(10, 3),
-        )  # fmt: skip
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 2 * 2, 10),
+            nn.ReLU(inplace=inplace),
+            nn.Linear(10, 3),
+        )
         return model.double().eval(), (3, 8, 8), []
     if name == "cnn_bn":
         model = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), random_bn(6, 1), nn.ReLU(),
-            nn.Conv2d(6, 8, 3, padding=1), random_bn(8, 2), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 3),
-        )  # fmt: skip
+            nn.Conv2d(3, 6, 3, padding=1),
+            random_bn(6, 1),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            random_bn(8, 2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, 3),
+        )
         return model.double().eval(), (3, 8, 8), [SequentialMergeBatchNorm()]
     raise ValueError(name)
 

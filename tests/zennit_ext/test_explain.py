@@ -9,7 +9,7 @@ from zennit.attribution import Gradient, SmoothGrad
 from zennit.composites import EpsilonPlusFlat
 
 from zennit_ext import PLRPLambda
-from zennit_ext.explain import explain, make_composite
+from zennit_ext.quantus import explain, make_composite
 
 
 def _direct(model, x, y, composite):
@@ -43,8 +43,9 @@ def test_matches_direct_gradient(tiny_cnn, tiny_images, composite, kwargs, refer
     assert got.dtype == np.float32 and got.shape == tuple(tiny_images.shape)
     expected = _direct(tiny_cnn, tiny_images, torch.as_tensor(y), reference())
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    summed = explain(tiny_cnn, tiny_images, y, composite=composite, composite_kwargs=kwargs,
-                     reduce_channels=True)  # fmt: skip
+    summed = explain(
+        tiny_cnn, tiny_images, y, composite=composite, composite_kwargs=kwargs, reduce_channels=True
+    )
     np.testing.assert_allclose(summed, expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-5)
 
 
@@ -55,12 +56,22 @@ def test_quantus_calls_it(tiny_cnn, tiny_images):
     y = model(torch.from_numpy(x)).argmax(1).numpy()
     metric = quantus.Sparseness(disable_warnings=True, abs=True, normalise=False)
     kwargs = {"composite": "plrp_lambda", "composite_kwargs": {"p": 0.2}}
-    scores = metric(model=model, x_batch=x, y_batch=y, a_batch=None, explain_func=explain,
-                    explain_func_kwargs=kwargs, device="cpu")  # fmt: skip
+    scores = metric(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=None,
+        explain_func=explain,
+        explain_func_kwargs=kwargs,
+        device="cpu",
+    )
     a = explain(model, x, y, **kwargs)
-    expected = [quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)(
-        model=model, x_batch=x[i:i + 1], y_batch=y[i:i + 1], a_batch=a[i:i + 1])[0]
-        for i in range(len(x))]  # fmt: skip
+    expected = [
+        quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)(
+            model=model, x_batch=x[i : i + 1], y_batch=y[i : i + 1], a_batch=a[i : i + 1]
+        )[0]
+        for i in range(len(x))
+    ]
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
@@ -68,8 +79,15 @@ def test_other_attributor_and_unchanged_model(tiny_cnn, tiny_images, plrp_unchan
     verify = plrp_unchanged(tiny_cnn)
     kwargs = {"noise_level": 0.1, "n_iter": 2}
     torch.manual_seed(0)
-    got = explain(tiny_cnn, tiny_images, 1, composite="plrp_m", composite_kwargs={"p": 0.2},
-                  attributor=SmoothGrad, attributor_kwargs=kwargs)  # fmt: skip
+    got = explain(
+        tiny_cnn,
+        tiny_images,
+        1,
+        composite="plrp_m",
+        composite_kwargs={"p": 0.2},
+        attributor=SmoothGrad,
+        attributor_kwargs=kwargs,
+    )
     torch.manual_seed(0)
     with SmoothGrad(model=tiny_cnn, composite=make_composite("plrp_m", {"p": 0.2}), **kwargs) as a:
         _, expected = a(tiny_images, torch.eye(3, dtype=torch.float64)[[1] * 4])
@@ -111,8 +129,9 @@ def test_batch_size_error(tiny_cnn, tiny_images):
     ],
 )
 @pytest.mark.parametrize("composite", ["epsilon_plus_flat", "plrp_lambda"])
-def test_targets_outside_the_classes_raise(tiny_cnn, tiny_images, plrp_unchanged, targets, match,
-                                           composite):  # fmt: skip
+def test_targets_outside_the_classes_raise(
+    tiny_cnn, tiny_images, plrp_unchanged, targets, match, composite
+):
     verify = plrp_unchanged(tiny_cnn)
     with pytest.raises(ValueError, match=match):
         explain(tiny_cnn, tiny_images, targets, composite=composite, batch_size=2)

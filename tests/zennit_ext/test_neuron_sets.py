@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zennit_ext.neuron_sets import (
+from zennit_ext.nrm.sets import (
     cluster_masks,
     reduce_units,
     set_mask,
@@ -69,7 +69,7 @@ def test_boolean_sets_go_to_the_requested_device():
         ([0], "unit", ValueError, r"level must be one of \('neuron', 'channel'\), got 'unit'"),
         (torch.ones(4, dtype=torch.bool), "neuron", ValueError, r"shape \(4,\), which does not"),
     ],
-)  # fmt: skip
+)
 def test_bad_sets_fail_with_a_clear_message(spec, level, error, match):
     with pytest.raises(error, match=match):
         set_mask(spec, torch.Size([2, 3, 2]), level, name="conv")

@@ -8,8 +8,8 @@ from torch import nn
 from zennit.core import BasicHook
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 
-from zennit_ext.hooks import mixin_hook
-from zennit_ext.normalize import NormalizedHook
+from zennit_ext._rules import mixin_hook
+from zennit_ext.nrm.rules import NormalizedHook
 
 RULES = {
     "epsilon": Epsilon,
@@ -118,10 +118,19 @@ def test_rule_not_linear_in_relevance_is_rejected():
 
 def _cnn_with_avgpool() -> nn.Sequential:
     torch.manual_seed(5)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 2 * 2, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AvgPool2d(2),
+            nn.Conv2d(4, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 2 * 2, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 def _lrp(model, x, composite):
@@ -141,17 +150,21 @@ def test_nrm_composite_is_the_papers_rule_map(bounds, gamma):
     from zennit.types import Activation, AvgPool, Convolution
     from zennit.types import Linear as AnyLinear
 
-    from zennit_ext.normalize import nrm_composite
+    from zennit_ext.nrm.rules import nrm_composite
 
     low, high = bounds or (None, None)
     kwargs = {} if gamma == "default" else {"gamma": gamma}
     conv = ZPlus() if gamma is None else Gamma(gamma=0.25 if gamma == "default" else gamma)
     first = Flat() if bounds is None else ZBox(low=low, high=high)
     reference = SpecialFirstLayerMapComposite(
-        layer_map=[(Activation, Pass()), (AvgPool, Norm()), (Convolution, conv),
-                   (nn.Linear, ZPlus())],
+        layer_map=[
+            (Activation, Pass()),
+            (AvgPool, Norm()),
+            (Convolution, conv),
+            (nn.Linear, ZPlus()),
+        ],
         first_map=[(AnyLinear, first)],
-    )  # fmt: skip
+    )
     model = _cnn_with_avgpool()
     x = torch.rand(2, 3, 4, 4, dtype=torch.float64) * 3.5 - 1.5
     expected = _lrp(model, x, reference)
@@ -162,7 +175,7 @@ def test_nrm_composite_is_the_papers_rule_map(bounds, gamma):
 
 @pytest.mark.parametrize(("low", "high"), [(0.0, None), (None, 1.0)])
 def test_nrm_composite_needs_both_bounds(low, high):
-    from zennit_ext.normalize import nrm_composite
+    from zennit_ext.nrm.rules import nrm_composite
 
     with pytest.raises(
         ValueError, match=f"^give both low and high or neither, got low={low}, high={high}$"
@@ -228,18 +241,21 @@ def test_input_without_grad_keeps_the_parameter_graph():
 def test_normalized_composite_defaults():
     from zennit.composites import EpsilonPlusFlat
 
-    from zennit_ext.normalize import NormalizedComposite
+    from zennit_ext.nrm.rules import NormalizedComposite
 
     composite = NormalizedComposite(EpsilonPlusFlat())
     assert composite.on_violation == "raise" and composite.hooked == {}
 
 
 def test_normalized_scales_before_the_column_sums_is_refused():
-    from zennit_ext.normalize import _Linearized
+    from zennit_ext.nrm.rules import _Linearized
 
     linear = _Linearized([], [], [], [torch.ones(2)], [], [], [])
-    with pytest.raises(RuntimeError, match=r"^normalized_scales needs the column sums "
-                       r"\(column_sums\) first$"):  # fmt: skip
+    with pytest.raises(
+        RuntimeError,
+        match=r"^normalized_scales needs the column sums "
+        r"\(column_sums\) first$",
+    ):
         linear.normalized_scales()
     linear.sums = torch.tensor([2.0, 0.0])
     assert torch.equal(linear.normalized_scales()[0], torch.tensor([0.5, 0.0]))
@@ -251,8 +267,14 @@ def test_rule_layer_outputs_skip_the_layers_own_gradient():
     from zennit_ext import NRM
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Unflatten(1, (1, 3)), nn.Conv1d(1, 2, 2),
-                          nn.Flatten(), nn.Linear(4, 2)).double()  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(4, 3),
+        nn.ReLU(),
+        nn.Unflatten(1, (1, 3)),
+        nn.Conv1d(1, 2, 2),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).double()
     bridged = {}
     with NRM(model, ["1"]).explain(torch.rand(2, 4, dtype=torch.float64), 0) as e:
         for name in e.session.hooks:

@@ -16,8 +16,8 @@ from zennit.types import Activation
 from zennit.types import Linear as AnyLinear
 
 from zennit_ext import NRM
-from zennit_ext.neuron_sets import cluster_masks
-from zennit_ext.normalize import PositiveSumError
+from zennit_ext.nrm.rules import PositiveSumError
+from zennit_ext.nrm.sets import cluster_masks
 
 HIDDEN = ["1", "3", "5"]  # ReLU outputs = walk layers 1..3 of the 5-4-4-3-2 MLP
 RULES = {"zplus": None, "gamma": 0.5}
@@ -26,9 +26,14 @@ RULES = {"zplus": None, "gamma": 0.5}
 def _mlp(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
-        nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2),
-    )  # fmt: skip
+        nn.Linear(5, 4),
+        nn.ReLU(),
+        nn.Linear(4, 4),
+        nn.ReLU(),
+        nn.Linear(4, 3),
+        nn.ReLU(),
+        nn.Linear(3, 2),
+    )
     for linear in model[::2]:
         linear.bias.data.uniform_(0.0, 0.3)  # keeps units alive, so walks carry relevance
     return model.double().eval()
@@ -107,11 +112,23 @@ def test_pairwise_and_triples_equal_walk_enumeration(brute):
 
 def _cnn() -> nn.Sequential:
     torch.manual_seed(3)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(5 * 4 * 4, 7), nn.ReLU(), nn.Linear(7, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 5, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(5 * 4 * 4, 7),
+            nn.ReLU(),
+            nn.Linear(7, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 CNN_LAYERS = ["1", "3", "6", "9"]
@@ -333,13 +350,13 @@ def test_negative_column_sums_raise_or_warn_never_nan():
 
 
 def test_zplus_convolutions_handle_signed_inputs_where_gamma_fails():
-    from zennit_ext.normalize import nrm_composite
+    from zennit_ext.nrm.rules import nrm_composite
 
     torch.manual_seed(3)
     # a linear bottleneck: the second convolution reads the first one's signed output
     model = nn.Sequential(
         nn.Conv2d(1, 3, 3), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
-    ).double()  # fmt: skip
+    ).double()
     model[1].weight.data = -model[1].weight.data.abs()
     model[1].bias.data.fill_(5.0)
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
@@ -376,13 +393,16 @@ def test_calls_leave_model_unchanged_and_hook_free(net):
 def test_canonized_batch_norm_passes_relevance_and_model_is_restored():
     from zennit.canonizers import SequentialMergeBatchNorm
 
-    from zennit_ext.normalize import nrm_composite
+    from zennit_ext.nrm.rules import nrm_composite
 
     torch.manual_seed(4)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
         nn.Linear(6 * 4 * 4, 3),
-    ).double()  # fmt: skip
+    ).double()
     model[1].running_mean.uniform_(-0.2, 0.2)
     model[1].running_var.uniform_(0.5, 1.5)
     model.eval()

@@ -16,10 +16,10 @@ from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, WSquare, ZBox, Z
 from zennit.types import Activation, Convolution
 
 from zennit_ext import NRM, NRMExplanation
-from zennit_ext import nrm_engine as engine
-from zennit_ext import nrm_segments as segments
-from zennit_ext.normalize import PositiveSumError
-from zennit_ext.paths import NeuronPaths
+from zennit_ext.nrm import engine
+from zennit_ext.nrm import fastpaths as segments
+from zennit_ext.nrm.rules import PositiveSumError
+from zennit_ext.paths.api import NeuronPaths
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWarning")
 
@@ -95,9 +95,12 @@ def test_closed_explanation_refuses_queries_and_model_is_hook_free():
     nrm = NRM(model, CNN_LAYERS, composite=_composite("zplus"))
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     explanation = nrm.explain(x, 0)
-    with pytest.raises(RuntimeError, match=r"^module '0' still has NRM's hooks from an "
-                       r"explanation that was not closed; close it first \(use `with "
-                       r"nrm.explain\(x, target\) as e:`\)$"):  # fmt: skip
+    with pytest.raises(
+        RuntimeError,
+        match=r"^module '0' still has NRM's hooks from an "
+        r"explanation that was not closed; close it first \(use `with "
+        r"nrm.explain\(x, target\) as e:`\)$",
+    ):
         nrm.explain(x, 0)  # a second open explanation would run the first one's hooks
     session = explanation.session
     explanation.close()
@@ -109,10 +112,13 @@ def test_closed_explanation_refuses_queries_and_model_is_hook_free():
     with nrm.explain(x, 0) as e:  # usable again
         assert e.heatmap().shape == x.shape
         model(x)  # another forward pass through the hooked model: the rules' inputs change
-        with pytest.raises(RuntimeError, match=r"^the model ran a forward pass while this NRM "
-                           r"explanation was open \(layers \['0', '2', '5'\] saw new "
-                           r"inputs\), so its answers would mix two inputs; run other forward "
-                           r"passes outside the `with nrm.explain\(...\)` block$"):  # fmt: skip
+        with pytest.raises(
+            RuntimeError,
+            match=r"^the model ran a forward pass while this NRM "
+            r"explanation was open \(layers \['0', '2', '5'\] saw new "
+            r"inputs\), so its answers would mix two inputs; run other forward "
+            r"passes outside the `with nrm.explain\(...\)` block$",
+        ):
             e.heatmap()
 
 
@@ -189,8 +195,9 @@ def test_violations_are_reported_per_layer():
         for name, count in e.violations.items()
     ]
     assert [str(record.message) for record in records] == texts
-    strict = NRM(nrm.model, HIDDEN, LayerMapComposite([(Activation, Pass()),
-                                                       (nn.Linear, Gamma(gamma=0.0))]))  # fmt: skip
+    strict = NRM(
+        nrm.model, HIDDEN, LayerMapComposite([(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))])
+    )
     with pytest.raises(PositiveSumError) as raised:
         strict.explain(x, 0)
     assert str(raised.value) == texts[0]  # the first layer in module order
@@ -204,8 +211,12 @@ def test_violation_warnings_name_the_callers_line():
             pass
     with pytest.warns(RuntimeWarning, match="negative column sums") as one_shot:
         nrm.joint(x, 0, {"1": [0]})
-    paths = NeuronPaths(nrm.model, HIDDEN, composite=LayerMapComposite(
-        [(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))]), on_violation="warn")  # fmt: skip
+    paths = NeuronPaths(
+        nrm.model,
+        HIDDEN,
+        composite=LayerMapComposite([(Activation, Pass()), (nn.Linear, Gamma(gamma=0.0))]),
+        on_violation="warn",
+    )
     with pytest.warns(RuntimeWarning, match="negative column sums") as through_paths:
         paths.graph(x, 0)
     records = [*explained, *one_shot, *through_paths]
@@ -256,13 +267,26 @@ def test_devices_and_dtypes(device, dtype):
 def _vgg_blocks() -> nn.Sequential:
     """Two VGG-style blocks (conv-BN-ReLU ×2, max-pool) with a strided conv, a dense head."""
     torch.manual_seed(11)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), random_bn(6, 1), nn.ReLU(),
-        nn.Conv2d(6, 7, 3, padding=1), random_bn(7, 2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(7, 5, 3, padding=2, stride=2, dilation=2), random_bn(5, 3), nn.ReLU(),
-        nn.Conv2d(5, 4, (3, 1), padding=(1, 0)), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 2 * 2, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            random_bn(6, 1),
+            nn.ReLU(),
+            nn.Conv2d(6, 7, 3, padding=1),
+            random_bn(7, 2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(7, 5, 3, padding=2, stride=2, dilation=2),
+            random_bn(5, 3),
+            nn.ReLU(),
+            nn.Conv2d(5, 4, (3, 1), padding=(1, 0)),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 CONV_RULES = {
@@ -295,8 +319,10 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
     slow = NRM(model, layers, composites[1], on_violation="warn", batch_size=4, fast=False)
     # neurons below: the grouped transposed convolution; channels below: weight gradients
     calls = {"grouped": 0, "edges": 0}
-    for method, key in ((segments.RuleSegment.channel_messages, "grouped"),
-                        (segments.RuleSegment.edges, "edges")):  # fmt: skip
+    for method, key in (
+        (segments.RuleSegment.channel_messages, "grouped"),
+        (segments.RuleSegment.edges, "edges"),
+    ):
         monkeypatch.setattr(segments.RuleSegment, method.__name__, _counted(method, calls, key))
     # every check of a fast result against autograd must pass: a failed check silently
     # recomputes the slow way, which would hide a wrong fast path from the comparison below
@@ -306,16 +332,20 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
 
     def queries(e):
         found = {pair: e.pairwise(*pair) for pair in pairs}
-        found.update({("neurons", *pair): e.pairwise(*pair, level={pair[0]: "neuron",
-                                                                  pair[1]: "channel"})
-                      for pair in pairs})  # fmt: skip
+        found.update(
+            {
+                ("neurons", *pair): e.pairwise(*pair, level={pair[0]: "neuron", pair[1]: "channel"})
+                for pair in pairs
+            }
+        )
         found["triple"] = e.interactions([pairs[0][0], pairs[0][1], layers[-1]])
         return found
 
     with fast.explain(x, 0) as e:
         found = queries(e)
-        taken = [segments.rule_segment(e.session, lower, upper) is not None
-                 for lower, upper in pairs]  # fmt: skip
+        taken = [
+            segments.rule_segment(e.session, lower, upper) is not None for lower, upper in pairs
+        ]
     assert all(taken), taken  # the fast paths ran (else this test compares a path with itself)
     assert calls["grouped"] >= len(pairs) and calls["edges"] >= len(pairs), calls
     assert verdicts and all(verdicts), verdicts
@@ -338,8 +368,9 @@ def test_segments_with_pooling_or_two_rule_layers_fall_back():
     from zennit.canonizers import SequentialMergeBatchNorm
 
     model, x = _vgg_blocks(), torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    nrm = NRM(model, ["2", "5", "6", "7"], on_violation="warn",
-              canonizers=[SequentialMergeBatchNorm()])  # fmt: skip
+    nrm = NRM(
+        model, ["2", "5", "6", "7"], on_violation="warn", canonizers=[SequentialMergeBatchNorm()]
+    )
     with nrm.explain(x, 0) as e:
         assert segments.rule_segment(e.session, "6", "7") is not None
         assert segments.rule_segment(e.session, "5", "7") is None  # pooling between
@@ -353,10 +384,19 @@ def test_segments_with_pooling_or_two_rule_layers_fall_back():
 
 def _tiny_mlp() -> nn.Sequential:
     torch.manual_seed(2)
-    return nn.Sequential(
-        nn.Linear(6, 5, bias=False), nn.ReLU(), nn.Linear(5, 4, bias=False), nn.ReLU(),
-        nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Linear(6, 5, bias=False),
+            nn.ReLU(),
+            nn.Linear(5, 4, bias=False),
+            nn.ReLU(),
+            nn.Linear(4, 3, bias=False),
+            nn.ReLU(),
+            nn.Linear(3, 2, bias=False),
+        )
+        .double()
+        .eval()
+    )
 
 
 EDGE_RULES = {"gamma": lambda: Gamma(gamma=0.25), "zplus": ZPlus, "flat": Flat}
@@ -377,10 +417,21 @@ def test_consecutive_edges_fast_path_equals_pairwise(rule, net):
         layers = ["1", "3", "5"]
     else:  # conv outputs, ReLU outputs and pooled outputs: fast pairs with and without pooling
         model, x, level = _vgg_small(), torch.rand(2, 3, 16, 16, dtype=torch.float64), "channel"
-        layers = ["features.0", "features.2", "features.3", "features.4", "features.6",
-                  "features.9", "features.11", "classifier.2"]  # fmt: skip
-    rules = [(Activation, Pass()), (Convolution, EDGE_RULES[rule]()),
-             (nn.Linear, EDGE_RULES[rule]())]  # fmt: skip
+        layers = [
+            "features.0",
+            "features.2",
+            "features.3",
+            "features.4",
+            "features.6",
+            "features.9",
+            "features.11",
+            "classifier.2",
+        ]
+    rules = [
+        (Activation, Pass()),
+        (Convolution, EDGE_RULES[rule]()),
+        (nn.Linear, EDGE_RULES[rule]()),
+    ]
     composites = [LayerMapComposite(rules) for _ in range(2)]
     fast = NRM(model, layers, composites[0], on_violation="warn")
     slow = NRM(model, layers, composites[1], on_violation="warn", fast=False)
@@ -394,8 +445,11 @@ def test_consecutive_edges_fast_path_equals_pairwise(rule, net):
         pairwise = {pair: e.pairwise(*pair, level=level) for pair in edges}
     expected_fast = {
         "mlp": {("1", "3"), ("3", "5")},
-        "vgg_small": {("features.2", "features.3"), ("features.4", "features.6"),
-                      ("features.6", "features.9")},  # fmt: skip
+        "vgg_small": {
+            ("features.2", "features.3"),
+            ("features.4", "features.6"),
+            ("features.6", "features.9"),
+        },
     }[net]
     assert {pair for pair, ok in taken.items() if ok} == expected_fast
     with slow.explain(x, 0) as reference:
@@ -442,8 +496,9 @@ def test_layer_relevance_equals_marginals():
         for name in CNN_LAYERS:
             units = relevance[name].flatten(1).shape[1]
             for unit in itertools.islice(range(units), 0, units, max(1, units // 5)):
-                torch.testing.assert_close(relevance[name].flatten(1)[:, unit],
-                                           e.marginal(name, [unit]))  # fmt: skip
+                torch.testing.assert_close(
+                    relevance[name].flatten(1)[:, unit], e.marginal(name, [unit])
+                )
 
 
 def test_float_target_is_normalized_per_sample_in_the_output_dtype():
@@ -453,6 +508,9 @@ def test_float_target_is_normalized_per_sample_in_the_output_dtype():
     assert relevance.dtype == torch.float64
     expected = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]], dtype=torch.float64)
     assert torch.equal(relevance, expected)
-    with pytest.raises(ValueError, match=r"^target relevance must have the output's shape "
-                       r"\(2, 3\), got \(3, 2\)$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^target relevance must have the output's shape "
+        r"\(2, 3\), got \(3, 2\)$",
+    ):
         engine.output_relevance(output, target.T)

@@ -17,8 +17,8 @@ from zennit.rules import AlphaBeta, Gamma, Pass, ZPlus
 from zennit.types import Activation, Convolution
 
 from zennit_ext import NRM
-from zennit_ext import nrm_engine as engine
-from zennit_ext import nrm_segments as segments
+from zennit_ext.nrm import engine
+from zennit_ext.nrm import fastpaths as segments
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWarning")
 
@@ -72,8 +72,12 @@ def _residual(skip: str, stopping: bool = False):
         model.conv0.weight.data[0] = -model.conv0.weight.data[0].abs()
         model.bn0.weight.data[0] = model.bn0.weight.data[0].abs()
         model.bn0.bias.data[0] = 5.0
-    nrm = NRM(model, ["relu0", "relu1"], _rules(canonizers=[SequentialMergeBatchNorm()]),
-              on_violation="warn")  # fmt: skip
+    nrm = NRM(
+        model,
+        ["relu0", "relu1"],
+        _rules(canonizers=[SequentialMergeBatchNorm()]),
+        on_violation="warn",
+    )
     x = torch.rand(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     return nrm, x
 
@@ -172,8 +176,11 @@ def test_reach_keeps_the_graph_for_later_queries():
 def test_edges_of_a_linear_layer_with_two_live_terms():
     """α-β on a layer whose inputs and weights have both signs: two live terms."""
     torch.manual_seed(6)
-    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh(),
-                          nn.Linear(3, 2)).double().eval()  # fmt: skip
+    model = (
+        nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+        .double()
+        .eval()
+    )
     rules = LayerMapComposite([(Activation, Pass()), (nn.Linear, AlphaBeta(2.0, 1.0))])
     nrm = NRM(model, ["1", "3"], rules, on_violation="warn")
     x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -210,11 +217,20 @@ def _block(middle: nn.Module, conv: nn.Conv2d | None = None, after: nn.Module | 
     """conv-ReLU (layer '1'), ``middle``, ``conv``, ``after``, ReLU (layer '5'), dense head."""
     torch.manual_seed(9)
     conv = conv if conv is not None else nn.Conv2d(4, 4, 3, padding=1)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), middle, conv,
-        after if after is not None else nn.Identity(), nn.ReLU(), nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            middle,
+            conv,
+            after if after is not None else nn.Identity(),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 4 * 4, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 SEGMENTS = {  # model, whether the channel fast path applies between layers '1' and '5'
@@ -279,8 +295,9 @@ def test_a_negative_column_sum_without_relevance_is_no_violation():
     model[2].weight.data[0] = model[2].weight.data[0].abs()
     model[2].weight.data[1] = -model[2].weight.data[1].abs()  # column sum of output 1 < 0
     model[2].bias.data.fill_(5.0)  # … though the output itself is positive
-    rules = LayerMapComposite([(Activation, Pass()), (Head, Gamma(gamma=0.0)),
-                               (nn.Linear, ZPlus())])  # fmt: skip
+    rules = LayerMapComposite(
+        [(Activation, Pass()), (Head, Gamma(gamma=0.0)), (nn.Linear, ZPlus())]
+    )
     x = torch.rand(3, 4, dtype=torch.float64)
     with NRM(model, ["1"], rules, on_violation="raise").explain(x, 0) as e:
         assert e.violations == {}
@@ -428,7 +445,8 @@ def test_interactions_keep_the_channel_messages_of_a_linear_layer(interaction_ca
         assert segments.rule_segment(e.session, "3", "5") is not None
         table = engine.interactions(e.session, ["5", "3", "1"], dict.fromkeys("135", "neuron"))
         assert interaction_calls == [None]
-        reference = engine.interactions(e.session, ["5", "3", "1"], dict.fromkeys("135", "neuron"),
-                                        fast=False)  # fmt: skip
+        reference = engine.interactions(
+            e.session, ["5", "3", "1"], dict.fromkeys("135", "neuron"), fast=False
+        )
     assert table.shape == (2, 4, 4, 3)
     _assert_close(table, reference)

@@ -65,10 +65,10 @@ from zennit.layer import Sum
 from zennit.rules import ZPlus
 
 from zennit_ext import NRM
-from zennit_ext import nrm_engine as engine
-from zennit_ext.normalize import nrm_composite
-from zennit_ext.path_graph import select_units
-from zennit_ext.paths import NeuronPaths
+from zennit_ext.nrm import engine
+from zennit_ext.nrm.rules import nrm_composite
+from zennit_ext.paths.api import NeuronPaths
+from zennit_ext.paths.graph import select_units
 
 TOL = 1e-4
 LAYERS = ["features.9", "features.12"]
@@ -82,13 +82,23 @@ def _model() -> nn.Module:
     """The float32 test network in eval mode (see the module docstring)."""
     torch.manual_seed(0)  # convolution weights and biases: PyTorch's default initialization
     features = nn.Sequential(
-        nn.Conv2d(3, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 512, 3, padding=1), nn.BatchNorm2d(512), nn.ReLU(),
-        nn.Conv2d(512, 512, 3, padding=1, groups=512), nn.BatchNorm2d(512), nn.ReLU(),
-        nn.Conv2d(512, 512, 3, padding=1), nn.BatchNorm2d(512), nn.ReLU(),
-        nn.Conv2d(512, 512, 3, padding=1), nn.BatchNorm2d(512), nn.ReLU(),
+        nn.Conv2d(3, 64, 3, stride=2, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Conv2d(64, 512, 3, padding=1),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.Conv2d(512, 512, 3, padding=1, groups=512),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.Conv2d(512, 512, 3, padding=1),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.Conv2d(512, 512, 3, padding=1),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
         nn.AvgPool2d(2),
-    )  # fmt: skip
+    )
     layers = OrderedDict(features=features, flatten=nn.Flatten(), classifier=nn.Linear(25088, 10))
     model = nn.Sequential(layers)
     _calibrate(model, features)
@@ -225,10 +235,14 @@ def _assert_mass_close(ours: torch.Tensor, reference: torch.Tensor, what: str) -
 def test_the_model_has_the_intended_rules_and_stops(explained):
     for result in explained:
         assert result["rules"] == {
-            "features.0": "Flat", "features.3": "Gamma", "features.6": "ZPlus",
-            "features.9": "Gamma", "features.12": "Gamma", "features.15": "Norm",
+            "features.0": "Flat",
+            "features.3": "Gamma",
+            "features.6": "ZPlus",
+            "features.9": "Gamma",
+            "features.12": "Gamma",
+            "features.15": "Norm",
             "classifier": "ZPlus",
-        }  # fmt: skip
+        }
         assert result["messages"]["features.12"][0].numel() == 100_352
         assert result["stopped"]["features.6"].gt(0.01).all()  # the dead channels end there
         assert result["messages"]["features.9"].lt(0).any()  # γ: relevance of both signs
@@ -327,9 +341,13 @@ class _Residual(nn.Module):
         super().__init__()
         torch.manual_seed(2)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 3, stride=2, padding=1), random_bn(64, 6), nn.ReLU(),
-            nn.Conv2d(64, 512, 3, padding=1), random_bn(512, 7), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(3, 64, 3, stride=2, padding=1),
+            random_bn(64, 6),
+            nn.ReLU(),
+            nn.Conv2d(64, 512, 3, padding=1),
+            random_bn(512, 7),
+            nn.ReLU(),
+        )
         self.block = nn.Sequential(nn.Conv2d(512, 512, 3, padding=1), random_bn(512, 8), nn.ReLU())
         self.add = Sum()
         self.head = nn.Sequential(nn.AvgPool2d(2), nn.Flatten(), nn.Linear(25088, 10))

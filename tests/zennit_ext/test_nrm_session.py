@@ -17,18 +17,27 @@ from zennit.rules import Pass, ZPlus
 from zennit.types import Activation, Convolution
 
 from zennit_ext import NRM
-from zennit_ext import nrm_engine as engine
-from zennit_ext import nrm_segments as segments
+from zennit_ext.nrm import engine
+from zennit_ext.nrm import fastpaths as segments
 
 
 def _pooled() -> nn.Sequential:
     """conv-ReLU (4 channels of 4×4), max-pool (2×2), conv-ReLU (4 channels), dense head: the
     layers around the pool differ in shape."""
     torch.manual_seed(3)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(), nn.Flatten(), nn.Linear(16, 3),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        )
+        .double()
+        .eval()
+    )
 
 
 def _rules() -> LayerMapComposite:
@@ -154,12 +163,16 @@ def test_a_module_the_forward_pass_skips_changes_no_report():
     never ran: relevance stopped at layer 2 and the reached share as without it."""
     x = torch.rand(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     plain = NRM(_stopping_mlp(0), HIDDEN, composite=_composite("zplus"))
-    wrapped = NRM(_WithUnused(_stopping_mlp(0)), [f"body.{n}" for n in HIDDEN],
-                  composite=_composite("zplus"))  # fmt: skip
+    wrapped = NRM(
+        _WithUnused(_stopping_mlp(0)), [f"body.{n}" for n in HIDDEN], composite=_composite("zplus")
+    )
     with plain.explain(x, 0) as e, wrapped.explain(x, 0) as w:
         assert e.stopped["2"].gt(0).all()
-        assert list(w.stopped) == [f"body.{n}" for n in e.stopped] == ["body.0", "body.2",
-                                                                         "body.4", "body.6"]
+        assert (
+            list(w.stopped)
+            == [f"body.{n}" for n in e.stopped]
+            == ["body.0", "body.2", "body.4", "body.6"]
+        )
         for name, mass in e.stopped.items():
             torch.testing.assert_close(w.stopped[f"body.{name}"], mass)
         torch.testing.assert_close(w.reached, e.reached)
@@ -169,9 +182,12 @@ def test_a_model_that_detaches_its_input_is_refused_and_left_hook_free():
     model = _WithUnused(_stopping_mlp(0), detach=True)
     nrm = NRM(model, [f"body.{n}" for n in HIDDEN], composite=_composite("zplus"))
     x = torch.rand(3, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"^x: no gradient of the model output reaches it "
-                       r"\(does forward\(\) detach its input\?\), so no relevance can reach "
-                       r"it$"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"^x: no gradient of the model output reaches it "
+        r"\(does forward\(\) detach its input\?\), so no relevance can reach "
+        r"it$",
+    ):
         nrm.explain(x, 0)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 

@@ -14,9 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.models import VGGSmall
-from zennit_ext.path_graph import NeuronGraph, Paths, select_units
-from zennit_ext.paths import NeuronPaths
-from zennit_ext.pruning import mass_threshold_mask
+from zennit_ext.paths.api import NeuronPaths
+from zennit_ext.paths.graph import NeuronGraph, Paths, select_units
+from zennit_ext.plrp.masks import mass_threshold_mask
 
 DTYPES = (torch.float32, torch.float64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -87,10 +87,14 @@ def _graph(relevance: list[torch.Tensor], edges: list[torch.Tensor], kept: list[
     names = tuple(str(i) for i in range(len(relevance)))
     pairs = list(zip(names[:-1], names[1:], strict=True))
     return NeuronGraph(
-        names, dict(zip(names, relevance, strict=True)), dict(zip(names, relevance, strict=True)),
-        dict(zip(names, kept, strict=True)), dict(zip(pairs, edges, strict=True)), 1.0,
+        names,
+        dict(zip(names, relevance, strict=True)),
+        dict(zip(names, relevance, strict=True)),
+        dict(zip(names, kept, strict=True)),
+        dict(zip(pairs, edges, strict=True)),
+        1.0,
         "relevance",
-    )  # fmt: skip
+    )
 
 
 def _enumerate(graph: NeuronGraph, sample: int) -> list[tuple[float, tuple[int, ...]]]:
@@ -176,8 +180,9 @@ def test_top_paths_equal_networkx_shortest_simple_paths(graph, k):
     for sample in range(2):
         reference = _networkx_paths(graph, sample, k)
         assert [tuple(u) for u in paths.units[sample].tolist()] == [u for _, u in reference]
-        torch.testing.assert_close(paths.score[sample],
-                                   torch.tensor([s for s, _ in reference], dtype=torch.float64))
+        torch.testing.assert_close(
+            paths.score[sample], torch.tensor([s for s, _ in reference], dtype=torch.float64)
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -185,10 +190,11 @@ def test_top_paths_equal_networkx_shortest_simple_paths(graph, k):
 def test_top_paths_dtype_and_device(dtype, device):
     g = torch.Generator().manual_seed(0)
     sizes = (6, 5, 4)
-    graph = _graph([torch.rand(3, n, generator=g).to(device, dtype) for n in sizes],
-                   [torch.rand(3, a, b, generator=g).to(device, dtype)
-                    for a, b in itertools.pairwise(sizes)],
-                   [torch.ones(3, n, dtype=torch.bool, device=device) for n in sizes])  # fmt: skip
+    graph = _graph(
+        [torch.rand(3, n, generator=g).to(device, dtype) for n in sizes],
+        [torch.rand(3, a, b, generator=g).to(device, dtype) for a, b in itertools.pairwise(sizes)],
+        [torch.ones(3, n, dtype=torch.bool, device=device) for n in sizes],
+    )
     paths = graph.top_paths(4)
     assert paths.score.dtype == dtype and paths.score.device.type == device
     assert paths.units.device.type == device
@@ -219,9 +225,11 @@ def test_to_networkx_strongest_in_edges_and_path_edges():
     g = torch.Generator().manual_seed(1)
     sizes = (12, 10, 6)
     kept = [torch.rand(1, n, generator=g) < 0.8 for n in sizes]
-    graph = _graph([torch.rand(1, n, generator=g).double() for n in sizes],
-                   [torch.rand(1, a, b, generator=g).double()
-                    for a, b in itertools.pairwise(sizes)], kept)  # fmt: skip
+    graph = _graph(
+        [torch.rand(1, n, generator=g).double() for n in sizes],
+        [torch.rand(1, a, b, generator=g).double() for a, b in itertools.pairwise(sizes)],
+        kept,
+    )
     dag = graph.to_networkx(sample=0, in_edges=3, k=4)
     assert dag.number_of_nodes() == 1 + sum(sizes)
     names = graph.layers
@@ -262,8 +270,9 @@ def _algorithm3(features: nn.Sequential, x: torch.Tensor, upto: int, channels: t
         module = features[index]
         sizes[index] = x.shape
         if isinstance(module, nn.MaxPool2d):
-            x, switches[index] = F.max_pool2d(x, module.kernel_size, module.stride,
-                                              return_indices=True)  # fmt: skip
+            x, switches[index] = F.max_pool2d(
+                x, module.kernel_size, module.stride, return_indices=True
+            )
         elif isinstance(module, nn.ReLU | nn.ReLU6):
             x = F.relu6(x) if isinstance(module, nn.ReLU6) else F.relu(x)
         else:
@@ -272,13 +281,13 @@ def _algorithm3(features: nn.Sequential, x: torch.Tensor, upto: int, channels: t
     for index in reversed(range(upto + 1)):
         module = features[index]
         if isinstance(module, nn.MaxPool2d):
-            x = F.max_unpool2d(x, switches[index], module.kernel_size, module.stride,
-                               output_size=sizes[index][-2:])  # fmt: skip
+            x = F.max_unpool2d(
+                x, switches[index], module.kernel_size, module.stride, output_size=sizes[index][-2:]
+            )
         elif isinstance(module, nn.ReLU | nn.ReLU6):
             x = F.relu(x)
         elif isinstance(module, nn.Conv2d):
-            x = F.conv_transpose2d(x, module.weight, stride=module.stride,
-                                   padding=module.padding)  # fmt: skip
+            x = F.conv_transpose2d(x, module.weight, stride=module.stride, padding=module.padding)
         elif isinstance(module, nn.BatchNorm2d):  # eval mode: a per-channel scale
             x = x * (module.weight / (module.running_var + module.eps).sqrt())[:, None, None]
         else:
@@ -342,10 +351,14 @@ def test_deconvolution_is_algorithm3_on_torchvision_vgg16_inplace_relus():
     from torchvision.models.vgg import cfgs, make_layers
 
     torch.manual_seed(0)  # torchvision's VGG16 feature stack; a small head (fast to build)
-    model = nn.Sequential(OrderedDict(
-        features=make_layers(cfgs["D"]), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-        classifier=nn.Linear(512, 10),
-    )).eval()  # fmt: skip
+    model = nn.Sequential(
+        OrderedDict(
+            features=make_layers(cfgs["D"]),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(512, 10),
+        )
+    ).eval()
     assert model.features[29].inplace
     layers = ["features.21", "features.28"]
     paths = _paths(layers, 1, 5, (512, 512), seed=0)
@@ -358,11 +371,21 @@ def test_deconvolution_is_algorithm3_on_torchvision_vgg16_inplace_relus():
 
 def _relu6_net() -> nn.Sequential:
     torch.manual_seed(3)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 4 * 4, 3), nn.Sigmoid(),
-    ).double().eval()  # fmt: skip
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 6, 3, padding=1),
+            nn.ReLU6(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 4 * 4, 3),
+            nn.Sigmoid(),
+        )
+        .double()
+        .eval()
+    )
 
 
 def test_deconvolution_relu6_needs_rectifiers(plrp_unchanged):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from zennit_ext import NRM
-from zennit_ext.paths import NeuronPaths, select_units
+from zennit_ext.paths.api import NeuronPaths, select_units
 
 LAYERS = ["0", "3", "6"]  # conv outputs, bottom → top
 DTYPES = (torch.float32, torch.float64)
@@ -22,11 +22,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*negative column sums:RuntimeWa
 def _cnn(dtype=torch.float64, device="cpu") -> nn.Sequential:
     torch.manual_seed(2)
     model = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(), nn.Linear(20, 3),
-    )  # fmt: skip
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(20, 3),
+    )
     for module in model:
         if isinstance(module, nn.Conv2d | nn.Linear):
             module.bias.data.uniform_(0.0, 0.2)
@@ -46,8 +53,12 @@ def test_graph_scores_edges_and_kept(setup):
     graph = paths.graph(x, target, c=0.5)
     nrm = NRM(model, LAYERS, on_violation="warn")
     outputs = {}
-    handles = [model[int(n)].register_forward_hook(
-        lambda m, a, out, n=n: outputs.__setitem__(n, out.detach())) for n in LAYERS]  # fmt: skip
+    handles = [
+        model[int(n)].register_forward_hook(
+            lambda m, a, out, n=n: outputs.__setitem__(n, out.detach())
+        )
+        for n in LAYERS
+    ]
     model(x)
     for handle in handles:
         handle.remove()
@@ -59,8 +70,9 @@ def test_graph_scores_edges_and_kept(setup):
             torch.testing.assert_close(graph.activation[name], outputs[name].sum((2, 3)))
             assert torch.equal(graph.kept[name], select_units(graph.relevance[name], 0.5))
         for (lower, upper), edges in graph.edges.items():
-            torch.testing.assert_close(edges, explanation.pairwise(lower, upper), rtol=1e-10,
-                                       atol=1e-12)  # fmt: skip
+            torch.testing.assert_close(
+                edges, explanation.pairwise(lower, upper), rtol=1e-10, atol=1e-12
+            )
     assert list(graph.edges) == [("0", "3"), ("3", "6")]
     by_activation = paths.graph(x, target, c=0.5, score="activation")
     for name in LAYERS:
@@ -80,8 +92,9 @@ def test_k_path_heatmap_is_sum_of_single_path_heatmaps(setup):
             for rank in range(4):
                 sets = {n: [int(u)] for n, u in zip(LAYERS, top.units[b, rank], strict=True)}
                 singles.append(explanation.heatmap(sets, level="channel")[0])
-        torch.testing.assert_close(relevance[b], torch.stack(singles).flatten(1).sum(1),
-                                   rtol=1e-10, atol=1e-14)  # fmt: skip
+        torch.testing.assert_close(
+            relevance[b], torch.stack(singles).flatten(1).sum(1), rtol=1e-10, atol=1e-14
+        )
         torch.testing.assert_close(heat[b], torch.stack(singles).sum(0), rtol=1e-10, atol=1e-14)
     assert (relevance.abs() > 0).all()
 
@@ -122,8 +135,10 @@ def test_tune_threshold_by_hand(setup):
         restricted = paths.restricted_heatmap(x, target, c)
         h, hc = full.sum(1).flatten(1), restricted.sum(1).flatten(1)
         nmse = ((hc - h) ** 2).mean(1) / (h**2).mean(1)
-        terms = [2 * abs(a - b) / (abs(a) + abs(b)) if a != b else 0.0
-                 for a, b in zip(hc.flatten().tolist(), h.flatten().tolist(), strict=True)]
+        terms = [
+            2 * abs(a - b) / (abs(a) + abs(b)) if a != b else 0.0
+            for a, b in zip(hc.flatten().tolist(), h.flatten().tolist(), strict=True)
+        ]
         smape = torch.tensor(terms, dtype=torch.float64).view(2, -1).mean(1)
         torch.testing.assert_close(found.nmse[index], nmse)
         torch.testing.assert_close(found.smape[index], smape)

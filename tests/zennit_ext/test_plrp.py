@@ -14,9 +14,9 @@ from zennit.types import Activation
 from zennit.types import Linear as LinearTypes
 
 from zennit_ext import PLRPM, PLRPLambda
-from zennit_ext.hooks import ModuleState
-from zennit_ext.plrp import PruningSpec, pruned_hook
-from zennit_ext.pruning import mass_threshold_mask
+from zennit_ext._rules import ModuleState
+from zennit_ext.plrp.composites import PruningSpec, pruned_hook
+from zennit_ext.plrp.masks import mass_threshold_mask
 
 VARIANTS = (PLRPLambda, PLRPM)
 
@@ -288,8 +288,11 @@ def test_non_finite_inputs_raise(plrp_zoo_model, plrp_unchanged, variant):
     for bad in (float("nan"), float("inf"), -float("inf")):
         x_bad = x.clone()
         x_bad[1].view(-1)[5] = bad
-        with pytest.raises(ValueError, match=rf"input 0 of the model must be finite, got 1 "
-                           rf"non-finite entries .* first at index \(1, .*: {bad}"):  # fmt: skip
+        with pytest.raises(
+            ValueError,
+            match=rf"input 0 of the model must be finite, got 1 "
+            rf"non-finite entries .* first at index \(1, .*: {bad}",
+        ):
             _attribute(model, x_bad, comp)
         verify()
     # the composite stays usable, and only the bad sample is what failed
@@ -317,8 +320,9 @@ def test_empty_batch_raises(plrp_zoo_model, plrp_unchanged, variant, attributor)
     verify = plrp_unchanged(model)
     kwargs = {"n_iter": 2, "noise_level": 0.1} if attributor is SmoothGrad else {}
     with pytest.raises(ValueError, match=r"input batch is empty \(input 0 has shape \(0, "):
-        with attributor(model=model, composite=variant(p=0.2, canonizers=canonizers),
-                        **kwargs) as attr:  # fmt: skip
+        with attributor(
+            model=model, composite=variant(p=0.2, canonizers=canonizers), **kwargs
+        ) as attr:
             attr(x[:0], torch.zeros(0, 3, dtype=x.dtype))
     verify()
 
@@ -462,21 +466,39 @@ def test_pruned_hook_defaults_and_composite_state():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda: PruningSpec(), ValueError,
-         r"^give p \(a fraction in \[0, 1\)\) or sparsity_gain, got neither$"),
-        (lambda: pruned_hook("z+", PruningSpec(p=0.1)), TypeError,
-         "^hook must be a zennit Hook, got str$"),
-        (lambda: pruned_hook(ZPlus(), PruningSpec(p=0.1), "mm"), ValueError,
-         r"^variant must be 'lambda' or 'm', got 'mm'$"),
-        (lambda: pruned_hook(Pass(), PruningSpec(p=0.1), "m"), TypeError,
-         "^PLRP-M recomputes the rule and needs a zennit BasicHook, got Pass$"),
-        (lambda: PLRPLambda(p=0.1, composite=EpsilonPlusFlat(), low=-1.0), ValueError,
-         "^low, high and canonizers configure the default base composite; with composite= "
-         "give them to that composite instead$"),
-        (lambda: PLRPM(p=0.1, composite=EpsilonPlusFlat(), high=1.0), ValueError,
-         "^low, high and canonizers configure"),
+        (
+            lambda: PruningSpec(),
+            ValueError,
+            r"^give p \(a fraction in \[0, 1\)\) or sparsity_gain, got neither$",
+        ),
+        (
+            lambda: pruned_hook("z+", PruningSpec(p=0.1)),
+            TypeError,
+            "^hook must be a zennit Hook, got str$",
+        ),
+        (
+            lambda: pruned_hook(ZPlus(), PruningSpec(p=0.1), "mm"),
+            ValueError,
+            r"^variant must be 'lambda' or 'm', got 'mm'$",
+        ),
+        (
+            lambda: pruned_hook(Pass(), PruningSpec(p=0.1), "m"),
+            TypeError,
+            "^PLRP-M recomputes the rule and needs a zennit BasicHook, got Pass$",
+        ),
+        (
+            lambda: PLRPLambda(p=0.1, composite=EpsilonPlusFlat(), low=-1.0),
+            ValueError,
+            "^low, high and canonizers configure the default base composite; with composite= "
+            "give them to that composite instead$",
+        ),
+        (
+            lambda: PLRPM(p=0.1, composite=EpsilonPlusFlat(), high=1.0),
+            ValueError,
+            "^low, high and canonizers configure",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_fail_with_exact_messages(call, error, match):
     with pytest.raises(error, match=match):
         call()

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from zennit_ext.pruning import (
+from zennit_ext.plrp.masks import (
     gini_index,
     mass_threshold_mask,
     prefix_gini,

@@ -17,7 +17,7 @@ from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlusFlat
 
 from zennit_ext import PLRPM, PLRPLambda
-from zennit_ext.pruning import gini_index, mass_threshold_mask, sparsity_gain_mask
+from zennit_ext.plrp.masks import gini_index, mass_threshold_mask, sparsity_gain_mask
 
 
 def _sample(kind: str, n: int, seed: int) -> torch.Tensor:

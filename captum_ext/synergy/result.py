@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from captum_ext import scores
+from captum_ext.synergy import formulas as scores
 
 __all__ = ["SynergyResult"]
 
@@ -45,9 +45,15 @@ class SynergyResult:
 
     @classmethod
     def from_sums(
-        cls, single: Tensor, pair: Tensor, rows: int, group_ids: Tensor,
-        unit_shapes: tuple[tuple[int, ...], ...], mode: str, dtype: torch.dtype,
-    ) -> SynergyResult:  # fmt: skip
+        cls,
+        single: Tensor,
+        pair: Tensor,
+        rows: int,
+        group_ids: Tensor,
+        unit_shapes: tuple[tuple[int, ...], ...],
+        mode: str,
+        dtype: torch.dtype,
+    ) -> SynergyResult:
         """From Σ_x d_i(x) (n,) and Σ_x d_ij(x) (n, n, upper triangle used) over ``rows``.
 
         The means and S_ij = Δ_ij - Δ_i - Δ_j are taken in the sums' dtype (float64 from the
@@ -61,9 +67,14 @@ class SynergyResult:
         )
         synergy = synergy + synergy.t()
         return cls(
-            importance.to(dtype), synergy.to(dtype), pair_importance.to(dtype), group_ids,
-            unit_shapes, mode, rows,
-        )  # fmt: skip
+            importance.to(dtype),
+            synergy.to(dtype),
+            pair_importance.to(dtype),
+            group_ids,
+            unit_shapes,
+            mode,
+            rows,
+        )
 
     @property
     def n(self) -> int:

@@ -24,8 +24,8 @@ from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, register_composi
 from zennit.core import BasicHook, Composite, Hook
 from zennit.types import Linear
 
-from zennit_ext.hooks import BatchCheck, RuleWrappingComposite, StatefulHook, mixin_hook
-from zennit_ext.pruning import (
+from zennit_ext._rules import BatchCheck, RuleWrappingComposite, StatefulHook, mixin_hook
+from zennit_ext.plrp.masks import (
     check_fraction,
     check_measure,
     mass_threshold_mask,
@@ -57,7 +57,7 @@ class PruningSpec:
     sparsity_gain : float, optional
         Minimal sparsity gain ≥ 0 (eq. 3.3); exclusive with ``p``.
     sparsity_measure : {'gini', 'hoyer', 'l0'}
-        Sparsity measure of the gain (see :func:`~zennit_ext.pruning.sparsity_gain_mask`);
+        Sparsity measure of the gain (see :func:`~zennit_ext.plrp.masks.sparsity_gain_mask`);
         only with ``sparsity_gain``.
     """
 
@@ -220,8 +220,9 @@ class _PLRPComposite(RuleWrappingComposite):
         if p is None and sparsity_gain is None:
             sparsity_gain = 1.0
         self.spec = PruningSpec(p, p_neg, sparsity_gain, sparsity_measure)
-        self.layer_p = {name: check_fraction(f"layer_p[{name!r}]", v) for name, v in
-                        dict(layer_p or {}).items()}  # fmt: skip
+        self.layer_p = {
+            name: check_fraction(f"layer_p[{name!r}]", v) for name, v in dict(layer_p or {}).items()
+        }
         self.layer_types = layer_types
         self.recorder = recorder
         self.pruned_names: list[str] = []

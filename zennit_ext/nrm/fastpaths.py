@@ -1,11 +1,11 @@
 """The fast paths of NRM's engine: one rule layer between two set layers, read from its
 linearization.
 
-Where the segment between two set layers of a :class:`zennit_ext.nrm_engine.Session` is one
+Where the segment between two set layers of a :class:`zennit_ext.nrm.engine.Session` is one
 rule layer (Conv2d or Linear, one group) plus modules whose backward is the identity (Pass-ruled
 activations, merged BatchNorms, Dropout in eval mode, Identity) and, for edges, pooling, a
 :class:`RuleSegment` holds the rule's live terms (coefficient ``c_t``, normalized scale ``s̃_t``,
-modified weight ``W'_t``) from :meth:`zennit_ext.normalize.NormalizedHook.linear_terms`. From
+modified weight ``W'_t``) from :meth:`zennit_ext.nrm.rules.NormalizedHook.linearized`. From
 them come the channel-confined messages (one grouped transposed convolution) and the edge
 weights of adjacent layers (per-sample weight gradients). Callers check the results against the
 batched backward and fall back to it (:func:`close`).
@@ -15,17 +15,32 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.grad
 from torch import nn
 from zennit.rules import Pass
 
-from zennit_ext.neuron_sets import Level
+from zennit_ext.nrm.rules import NormalizedComposite, NormalizedHook
+from zennit_ext.nrm.sets import Level
 
-if TYPE_CHECKING:
-    from zennit_ext.nrm_engine import Session
+
+class SessionView(Protocol):
+    """What a fast path reads of the engine's session (:class:`zennit_ext.nrm.engine.Session`):
+    declared here, so this module does not import the engine that imports it."""
+
+    fast: bool
+    segments: dict[tuple[str, str, bool], Any]
+    calls: list[str]
+    modules: dict[str, nn.Module]
+    hooks: dict[str, NormalizedHook]
+    outputs: dict[str, torch.Tensor]
+    composite: NormalizedComposite
+
+    def shape(self, name: str) -> torch.Size:
+        """Shape of layer ``name``'s output, (batch, ...)."""
+        ...
 
 __all__ = ["RuleSegment", "rule_segment", "close"]
 
@@ -39,8 +54,15 @@ def close(ours: torch.Tensor, reference: torch.Tensor) -> bool:
 
 
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
-_POOLING = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
-            nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # fmt: skip
+_POOLING = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
 
 
 @dataclass
@@ -130,7 +152,7 @@ def _weight_gradient(
 
 
 def rule_segment(
-    session: Session, lower: str, upper: str, pooling: bool = False
+    session: SessionView, lower: str, upper: str, pooling: bool = False
 ) -> RuleSegment | None:
     """The rule layer between ``lower`` and ``upper`` if the segment is one Conv2d/Linear with
     a normalized rule plus modules whose backward is the identity (and, with ``pooling``,
@@ -143,14 +165,16 @@ def rule_segment(
     return session.segments[key]
 
 
-def _find_segment(session: Session, lower: str, upper: str, pooling: bool) -> RuleSegment | None:
+def _find_segment(session: SessionView, lower: str, upper: str, pooling: bool) -> RuleSegment | None:
     calls = session.calls  # the set layers ran (checked by the session): both are in it
     start = len(calls) - 1 - calls[::-1].index(lower)
     stop = len(calls) - 1 - calls[::-1].index(upper)
-    between = [name for name in calls[start + 1 : stop + 1]
-               if next(session.modules[name].children(), None) is None]  # fmt: skip
-    rules = [name for name in between
-             if isinstance(session.modules[name], (nn.Conv2d, nn.Linear))]  # fmt: skip
+    between = [
+        name
+        for name in calls[start + 1 : stop + 1]
+        if next(session.modules[name].children(), None) is None
+    ]
+    rules = [name for name in between if isinstance(session.modules[name], (nn.Conv2d, nn.Linear))]
     if len(rules) != 1 or rules[0] not in session.hooks:
         return None
     name = rules[0]
@@ -168,23 +192,25 @@ def _find_segment(session: Session, lower: str, upper: str, pooling: bool) -> Ru
     output = session.outputs[name]
     if session.shape(upper) != output.shape:
         return None
-    linear = hook._linearized(module, output.shape)
+    linear = hook.linearized(module, output.shape)
     inputs, below_shape = linear.inputs[0].shape, session.shape(lower)
-    if inputs != below_shape and not (pooling and inputs[:2] == below_shape[:2]
-                                      and len(inputs) == len(below_shape)):  # fmt: skip
+    if inputs != below_shape and not (
+        pooling and inputs[:2] == below_shape[:2] and len(inputs) == len(below_shape)
+    ):
         return None
     scales = linear.normalized_scales()
     terms = []
     for t in linear.live:
         weight, bias = linear.weights[t], linear.biases[t]
-        if weight is None or not _is_affine(module, linear.inputs[t], weight, bias,
-                                            linear.outputs[t]):  # fmt: skip
+        if weight is None or not _is_affine(
+            module, linear.inputs[t], weight, bias, linear.outputs[t]
+        ):
             return None
         terms.append((linear.coefs[t], scales[t], weight))
     return RuleSegment(module, terms)
 
 
-def _identity(session: Session, name: str) -> bool:
+def _identity(session: SessionView, name: str) -> bool:
     module = session.modules[name]
     if isinstance(session.composite.hooked.get(name), Pass):
         return True
@@ -192,12 +218,17 @@ def _identity(session: Session, name: str) -> bool:
     return isinstance(module, _IDENTITY) and not (dropout and module.training)
 
 
-def _pool(session: Session, name: str) -> bool:
+def _pool(session: SessionView, name: str) -> bool:
     return isinstance(session.modules[name], _POOLING)
 
 
-def _is_affine(module: nn.Module, input: torch.Tensor, weight: torch.Tensor,
-               bias: torch.Tensor | None, output: torch.Tensor) -> bool:  # fmt: skip
+def _is_affine(
+    module: nn.Module,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    output: torch.Tensor,
+) -> bool:
     """Whether the rule's term of a Linear or Conv2d ``module`` is the layer's own affine map
     with the modified parameters (no output modifier), so that its transpose is a transposed
     convolution with ``weight``."""
@@ -206,6 +237,7 @@ def _is_affine(module: nn.Module, input: torch.Tensor, weight: torch.Tensor,
             expected = nn.functional.linear(input, weight, bias)
         else:  # a segment's rule layer is a Linear or a Conv2d
             conv = cast(nn.Conv2d, module)
-            expected = nn.functional.conv2d(input, weight, bias, conv.stride, conv.padding,
-                                            conv.dilation)  # fmt: skip
+            expected = nn.functional.conv2d(
+                input, weight, bias, conv.stride, conv.padding, conv.dilation
+            )
     return expected.shape == output.shape and close(expected, output.detach())

@@ -16,7 +16,8 @@ from zennit.attribution import Attributor, Gradient
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
-from zennit_ext.hooks import ModuleState, check_finite
+from zennit_ext._checks import check_finite
+from zennit_ext._rules import ModuleState
 
 __all__ = ["make_composite", "explain"]
 
@@ -53,8 +54,9 @@ def make_composite(
         return composite
     if isinstance(composite, str):
         if composite not in COMPOSITES:
-            raise ValueError(f"composite {composite!r} is not registered; expected one of "
-                             f"{sorted(COMPOSITES)}")  # fmt: skip
+            raise ValueError(
+                f"composite {composite!r} is not registered; expected one of {sorted(COMPOSITES)}"
+            )
         return COMPOSITES[composite](**kwargs)
     if isinstance(composite, type) and issubclass(composite, Composite):
         return composite(**kwargs)
@@ -144,8 +146,11 @@ def explain(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     param = next(model.parameters(), None)
-    device = torch.device(device) if device is not None else (
-        param.device if param is not None else torch.device("cpu"))  # fmt: skip
+    device = (
+        torch.device(device)
+        if device is not None
+        else (param.device if param is not None else torch.device("cpu"))
+    )
     dtype = param.dtype if param is not None else torch.float32
     x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs)
     check_finite("inputs", x)

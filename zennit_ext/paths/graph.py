@@ -1,8 +1,8 @@
 """Relevant units of a layer and the neuron graph: unit selection, exact k-best paths.
 
 Pure tensor math on per-unit scores and dense edge tensors (no hooks, no model); see
-:mod:`zennit_ext.paths` for the definitions and :class:`~zennit_ext.paths.NeuronPaths`, which
-builds the graphs from NRM explanations.
+:mod:`zennit_ext.paths.api` for the definitions and
+:class:`~zennit_ext.paths.api.NeuronPaths`, which builds the graphs from NRM explanations.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from zennit_ext.hooks import check_finite, real_number
-from zennit_ext.pruning import mass_threshold_mask
+from zennit_ext._checks import check_finite, real_number
+from zennit_ext.plrp.masks import mass_threshold_mask
 
 __all__ = ["select_units", "Paths", "NeuronGraph"]
 
@@ -40,7 +40,7 @@ def select_units(
     mode : {'std', 'topk', 'mass'}
         'topk' keeps the ``k`` highest scores (ties to the lower index); 'mass' keeps the
         largest scores holding at least ``mass`` of each sign's mass
-        (:func:`zennit_ext.pruning.mass_threshold_mask` with ``p = 1 − mass``).
+        (:func:`zennit_ext.plrp.masks.mass_threshold_mask` with ``p = 1 − mass``).
     k : int, optional
         Units kept per sample for 'topk', in [1, n].
     mass : float, optional
@@ -122,8 +122,9 @@ class NeuronGraph:
 
     def kept_fraction(self) -> torch.Tensor:
         """Fraction of kept units per layer, (batch, L)."""
-        return torch.stack([self.kept[n].to(self.relevance[n].dtype).mean(1) for n in self.layers],
-                           1)  # fmt: skip
+        return torch.stack(
+            [self.kept[n].to(self.relevance[n].dtype).mean(1) for n in self.layers], 1
+        )
 
     def top_paths(self, k: int = 5) -> Paths:
         """The ``k`` maximum-sum paths from the output down to ``layers[0]`` per sample.
@@ -200,8 +201,13 @@ class NeuronGraph:
             rel, act = self.relevance[name][sample], self.activation[name][sample]
             kept = self.kept[name][sample]
             for unit in range(len(rel)):
-                graph.add_node((name, unit), relevance=float(rel[unit]), depth=depth,
-                               activation=float(act[unit]), kept=bool(kept[unit]))  # fmt: skip
+                graph.add_node(
+                    (name, unit),
+                    relevance=float(rel[unit]),
+                    depth=depth,
+                    activation=float(act[unit]),
+                    kept=bool(kept[unit]),
+                )
         top = self.layers[-1]
         for unit in self.kept[top][sample].nonzero()[:, 0].tolist():
             graph.add_edge("output", (top, unit), weight=float(self.relevance[top][sample, unit]))
@@ -212,8 +218,9 @@ class NeuronGraph:
             strongest = weights.sort(dim=1, descending=True, stable=True).indices[:, :count]
             for unit in self.kept[lower][sample].nonzero()[:, 0].tolist():
                 for source in strongest[unit].tolist():
-                    graph.add_edge((upper, source), (lower, unit),
-                                   weight=float(weights[unit, source]))  # fmt: skip
+                    graph.add_edge(
+                        (upper, source), (lower, unit), weight=float(weights[unit, source])
+                    )
         paths = self.top_paths(k)
         for rank in reversed(range(paths.units.shape[1])):
             units = paths.units[sample, rank].flip(0).tolist()

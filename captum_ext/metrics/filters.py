@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from captum_ext.regularizers import check_maps
-from zennit_ext.hooks import real_number
+from captum_ext.module.sync import check_maps
+from zennit_ext._checks import real_number
 
 __all__ = [
     "part_iou",
@@ -100,8 +100,9 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
         got = (masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks)
         raise TypeError(f"masks must be a bool tensor (N, K, H, W), got {got}")
     if len(masks) != len(maps):
-        raise ValueError(f"maps and masks must hold the same images, got {len(maps)} and "
-                         f"{len(masks)}")  # fmt: skip
+        raise ValueError(
+            f"maps and masks must hold the same images, got {len(maps)} and {len(masks)}"
+        )
     if not 0.0 < top_rate <= 1.0:
         raise ValueError(f"top_rate must lie in (0, 1], got {top_rate!r}")
     n, c, h, w = maps.shape
@@ -221,16 +222,18 @@ def _spectral(affinities: np.ndarray, n_modules: int, seed: int, progress: bool)
     from threadpoolctl import threadpool_limits
 
     model = SpectralClustering(n_clusters=n_modules, affinity="precomputed", random_state=seed)
-    bar = tqdm(affinities, desc="modules", disable=None if progress and len(affinities) > 1
-               else True)  # fmt: skip
+    bar = tqdm(
+        affinities, desc="modules", disable=None if progress and len(affinities) > 1 else True
+    )
     with threadpool_limits(limits=1):
         return np.stack([model.fit_predict(a) for a in bar])
 
 
 def _check_modules(n_modules: int, n_filters: int) -> None:
     if not 1 <= n_modules <= n_filters:
-        raise ValueError(f"n_modules must lie in [1, {n_filters}] (the filters clustered), "
-                         f"got {n_modules}")  # fmt: skip
+        raise ValueError(
+            f"n_modules must lie in [1, {n_filters}] (the filters clustered), got {n_modules}"
+        )
 
 
 def module_consistency(
@@ -309,8 +312,10 @@ def module_part_alignment(
 
     check_maps(maps)
     if _check_iou(iou).shape[:2] != maps.shape[:2]:
-        raise ValueError(f"iou must have shape (N, C, K) = ({maps.shape[0]}, {maps.shape[1]}, "
-                         f"K) for these maps, got {tuple(iou.shape)}")  # fmt: skip
+        raise ValueError(
+            f"iou must have shape (N, C, K) = ({maps.shape[0]}, {maps.shape[1]}, "
+            f"K) for these maps, got {tuple(iou.shape)}"
+        )
     rates = _part_rates(iou, phi)
     parts = torch.where(rates.amax(-1) > 0, rates.argmax(-1), rates.shape[-1])
     if live_only:
@@ -323,9 +328,10 @@ def module_part_alignment(
     return {
         "nmi": float(metrics.normalized_mutual_info_score(truth, modules)),
         "ari": float(metrics.adjusted_rand_score(truth, modules)),
-        "avi": float(metrics.adjusted_mutual_info_score(truth, modules,
-                                                        average_method="arithmetic")),
-    }  # fmt: skip
+        "avi": float(
+            metrics.adjusted_mutual_info_score(truth, modules, average_method="arithmetic")
+        ),
+    }
 
 
 def filter_metrics(

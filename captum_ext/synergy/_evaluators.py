@@ -17,12 +17,15 @@ from captum._utils.common import _format_tensor_into_tuples, _verify_select_neur
 from captum._utils.gradient import _forward_layer_eval
 from torch import Tensor, nn
 
-from captum_ext._masking import RowSlice, Target, Transform, Units
+from captum_ext.synergy._masking import RowSlice, Target, Transform, Units
 
 __all__ = [
-    "LayerHookEvaluator", "NeuronEvaluator", "ContributionEvaluator", "select_neuron",
+    "LayerHookEvaluator",
+    "NeuronEvaluator",
+    "ContributionEvaluator",
+    "select_neuron",
     "probe_layer",
-]  # fmt: skip
+]
 
 # rows of one stacked forward pass at most (masks per pass shrink below perturbations_per_eval
 # when a chunk is large)
@@ -90,9 +93,14 @@ class LayerHookEvaluator(_MaskedForward):
     """
 
     def __init__(
-        self, forward: Any, layer: nn.Module, part: RowSlice, units: Units,
-        transform: Transform, per_eval: int,
-    ) -> None:  # fmt: skip
+        self,
+        forward: Any,
+        layer: nn.Module,
+        part: RowSlice,
+        units: Units,
+        transform: Transform,
+        per_eval: int,
+    ) -> None:
         super().__init__(len(part), per_eval)
         self.n = units.n
         self._forward, self._layer, self._part = forward, layer, part
@@ -138,15 +146,19 @@ def select_neuron(layer_eval: tuple[Tensor, ...], selector: Any, rows: int) -> T
     try:
         value = _verify_select_neuron(layer_eval, selector)
     except (IndexError, AssertionError) as error:
-        raise ValueError(f"neuron_selector {selector!r} is not valid for the layer output of "
-                         f"shape(s) {shapes}: {error}") from error  # fmt: skip
+        raise ValueError(
+            f"neuron_selector {selector!r} is not valid for the layer output of "
+            f"shape(s) {shapes}: {error}"
+        ) from error
     if not isinstance(value, Tensor):
         raise ValueError(f"neuron_selector {selector!r} must give a tensor, got {value!r}")
     if not callable(selector) and isinstance(selector, tuple):
         picked = layer_eval[0][(slice(None), *selector)]
         if picked[0].numel() == 0:
-            raise ValueError(f"neuron_selector {selector!r} selects no neuron of the layer "
-                             f"output of shape {shapes[0]}")  # fmt: skip
+            raise ValueError(
+                f"neuron_selector {selector!r} selects no neuron of the layer "
+                f"output of shape {shapes[0]}"
+            )
     if value.numel() != rows:
         raise ValueError(
             f"neuron_selector {selector!r} must give one value per row ({rows}), "
@@ -174,9 +186,15 @@ class NeuronEvaluator(_MaskedForward):
     """
 
     def __init__(
-        self, forward: Any, layer: nn.Module, part: RowSlice, units: Units, selector: Any,
-        per_eval: int, device_ids: Any,
-    ) -> None:  # fmt: skip
+        self,
+        forward: Any,
+        layer: nn.Module,
+        part: RowSlice,
+        units: Units,
+        selector: Any,
+        per_eval: int,
+        device_ids: Any,
+    ) -> None:
         super().__init__(len(part), per_eval)
         self.n = units.n
         self._forward, self._layer, self._part, self._units = forward, layer, part, units
@@ -210,7 +228,7 @@ class ContributionEvaluator:
     z : torch.Tensor
         (R, *out) L's unmasked output.
     contributions : RankOne or Materialized
-        C_g per row and unit (see ``captum_ext._fastpaths``): ``active`` (R, n),
+        C_g per row and unit (see ``captum_ext.synergy._fastpaths``): ``active`` (R, n),
         ``single(rows, units)`` and ``minus_pairs(base, rows, j)``.
     suffix : callable
         The rest of the network after L, (B, *out) → (B, ...).
@@ -220,8 +238,13 @@ class ContributionEvaluator:
     """
 
     def __init__(
-        self, z: Tensor, contributions: Any, suffix: Any, target: Target, transform: Transform,
-    ) -> None:  # fmt: skip
+        self,
+        z: Tensor,
+        contributions: Any,
+        suffix: Any,
+        target: Target,
+        transform: Transform,
+    ) -> None:
         self.n = contributions.n
         self.pairs_per_call = max(1, self.n - 1)
         self._z, self._c = z, contributions

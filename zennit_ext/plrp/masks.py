@@ -5,7 +5,7 @@ Every function works per sample on tensors of shape (batch, ...): the entries of
 and the absolute value of negative relevance are pruned separately (paper, section 3.2).
 Entries with zero relevance carry no mass and are never pruned.
 
-No hooks here; :mod:`zennit_ext.plrp` wires these functions into Zennit rules.
+No hooks here; :mod:`zennit_ext.plrp.composites` wires these functions into Zennit rules.
 """
 
 from __future__ import annotations

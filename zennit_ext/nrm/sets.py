@@ -191,9 +191,11 @@ def cluster_masks(
         raise ValueError(f"k must be in [1, {height * width}] (H·W), got {k}")
     generator = torch.Generator().manual_seed(seed)
     labels = torch.stack(
-        [_kmeans(sample.flatten(1).T.double(), k, iterations, generator) for sample in
-         activations.detach().cpu()]
-    )  # fmt: skip
+        [
+            _kmeans(sample.flatten(1).T.double(), k, iterations, generator)
+            for sample in activations.detach().cpu()
+        ]
+    )
     masks = labels.view(batch, height, width)[None] == torch.arange(k).view(k, 1, 1, 1)
     return masks.unsqueeze(2).to(activations.device)
 

@@ -2,10 +2,10 @@
 
 Implements "Normalized Relevance Measure as a Unifying Framework to Explain Neural Network
 Latent Structures" (Xiong, Schnake, Montavon, Müller, Nakajima; arXiv:2606.00557). A
-:class:`~zennit_ext.normalize.NormalizedComposite` makes every layer pass on exactly the
+:class:`~zennit_ext.nrm.rules.NormalizedComposite` makes every layer pass on exactly the
 relevance it receives (eq. 17) and the output relevance sums to 1 (eq. 18), so relevance is a
 normalized measure on the walks through the network; by Theorem 1 the joint relevance of sets
-on several layers is a masked message passing (:mod:`zennit_ext.nrm_engine`).
+on several layers is a masked message passing (:mod:`zennit_ext.nrm.engine`).
 
 :meth:`NRM.explain` runs the forward pass and the checked pass once and returns an
 :class:`NRMExplanation` that answers any number of queries for those inputs; the methods of
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from zennit.core import Composite
 
-from zennit_ext import nrm_engine as engine
-from zennit_ext.neuron_sets import Level, SetSpec
-from zennit_ext.normalize import NormalizedComposite, nrm_composite
+from zennit_ext.nrm import engine
+from zennit_ext.nrm.rules import NormalizedComposite, nrm_composite
+from zennit_ext.nrm.sets import Level, SetSpec
 
 __all__ = ["NRM", "NRMExplanation"]
 
@@ -139,9 +139,15 @@ class NRM:
             model is restored first.
         """
         session = engine.Session(
-            self.model, self.composite, self.layers, x, target,
-            batch_size=self.batch_size, progress=self.progress, fast=self.fast,
-        )  # fmt: skip
+            self.model,
+            self.composite,
+            self.layers,
+            x,
+            target,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            fast=self.fast,
+        )
         for name in session.report.violations:
             warnings.warn(session.violation_text(name), RuntimeWarning, stacklevel=_stacklevel())
         if session.unbalanced.any():
@@ -155,57 +161,79 @@ class NRM:
         with self.explain(x, target) as e:
             return e.joint(sets, level)
 
-    def marginal(self, x: torch.Tensor, target: Any, layer: str, units: SetSpec,
-                 level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def marginal(
+        self, x: torch.Tensor, target: Any, layer: str, units: SetSpec, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.marginal`, (batch,)."""
         with self.explain(x, target) as e:
             return e.marginal(layer, units, level)
 
-    def conditional(self, x: torch.Tensor, target: Any, sets: Sets, given: Sets,
-                    level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def conditional(
+        self, x: torch.Tensor, target: Any, sets: Sets, given: Sets, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.conditional`, (batch,)."""
         with self.explain(x, target) as e:
             return e.conditional(sets, given, level)
 
-    def heatmap(self, x: torch.Tensor, target: Any, sets: Sets | None = None,
-                level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def heatmap(
+        self, x: torch.Tensor, target: Any, sets: Sets | None = None, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.heatmap`, like ``x``."""
         with self.explain(x, target) as e:
             return e.heatmap(sets, level)
 
-    def heatmaps(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
-                 level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def heatmaps(
+        self, x: torch.Tensor, target: Any, conditions: Sequence[Sets], level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.heatmaps`, ``(n_conditions, *x.shape)``."""
         with self.explain(x, target) as e:
             return e.heatmaps(conditions, level)
 
-    def joint_many(self, x: torch.Tensor, target: Any, conditions: Sequence[Sets],
-                   level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def joint_many(
+        self, x: torch.Tensor, target: Any, conditions: Sequence[Sets], level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.joint_many`, (n_conditions, batch)."""
         with self.explain(x, target) as e:
             return e.joint_many(conditions, level)
 
-    def additive(self, x: torch.Tensor, target: Any, sets: Sets,
-                 level: str = "neuron") -> torch.Tensor:  # fmt: skip
+    def additive(
+        self, x: torch.Tensor, target: Any, sets: Sets, level: str = "neuron"
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.additive`, (batch,)."""
         with self.explain(x, target) as e:
             return e.additive(sets, level)
 
-    def pairwise(self, x: torch.Tensor, target: Any, layer_a: str, layer_b: str,
-                 level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
+    def pairwise(
+        self,
+        x: torch.Tensor,
+        target: Any,
+        layer_a: str,
+        layer_b: str,
+        level: Level | Mapping[str, Level] = "channel",
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.pairwise`, ``(batch, |A|, |B|)``."""
         with self.explain(x, target) as e:
             return e.pairwise(layer_a, layer_b, level)
 
-    def interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str],
-                     level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
+    def interactions(
+        self,
+        x: torch.Tensor,
+        target: Any,
+        layers: Sequence[str],
+        level: Level | Mapping[str, Level] = "channel",
+    ) -> torch.Tensor:
         """One-shot :meth:`NRMExplanation.interactions`, ``(batch, |L1|, |L2|, …)``."""
         with self.explain(x, target) as e:
             return e.interactions(layers, level)
 
-    def top_interactions(self, x: torch.Tensor, target: Any, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel",
-                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def top_interactions(
+        self,
+        x: torch.Tensor,
+        target: Any,
+        layers: Sequence[str],
+        k: int = 5,
+        level: Level | Mapping[str, Level] = "channel",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One-shot :meth:`NRMExplanation.top_interactions`: (indices, values)."""
         with self.explain(x, target) as e:
             return e.top_interactions(layers, k, level)
@@ -227,8 +255,9 @@ def _stacklevel() -> int:
     frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
-        "zennit_ext", "contextlib"
-    ):  # fmt: skip
+        "zennit_ext",
+        "contextlib",
+    ):
         frame, level = frame.f_back, level + 1
     return level
 
@@ -242,7 +271,7 @@ class NRMExplanation:
 
     Attributes
     ----------
-    report : zennit_ext.nrm_engine.Report
+    report : zennit_ext.nrm.engine.Report
         What the checked pass found: ``stopped`` relevance per layer, ``reached`` share and
         eq. 15 ``violations``.
     """
@@ -290,7 +319,7 @@ class NRMExplanation:
         Parameters
         ----------
         sets : mapping of str to indices or boolean mask
-            ``{layer: set}``; see :func:`zennit_ext.neuron_sets.set_mask`.
+            ``{layer: set}``; see :func:`zennit_ext.nrm.sets.set_mask`.
         level : {'neuron', 'channel'}
             How integer indices are read.
 
@@ -359,8 +388,9 @@ class NRMExplanation:
         marginals = engine.propagate(session, masks).flatten(2).sum(2)
         return marginals.sum(0) / (session.steps() + 1)
 
-    def pairwise(self, layer_a: str, layer_b: str,
-                 level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
+    def pairwise(
+        self, layer_a: str, layer_b: str, level: Level | Mapping[str, Level] = "channel"
+    ) -> torch.Tensor:
         """Joint relevance ``R(n_a = i, n_b = j)`` of every pair of units, ``(batch, |A|, |B|)``.
 
         The message at the upper layer is split over its units, all these messages go down to
@@ -374,12 +404,13 @@ class NRMExplanation:
         level : {'neuron', 'channel'}, torch.Tensor, or mapping
             Unit kind for both layers, or per layer ``{name: level}``; a tensor gives stacked
             boolean unit masks (n_units, batch or 1, ...), e.g. from
-            :func:`~zennit_ext.neuron_sets.cluster_masks`.
+            :func:`~zennit_ext.nrm.sets.cluster_masks`.
         """
         return self.interactions([layer_a, layer_b], level)
 
-    def interactions(self, layers: Sequence[str],
-                     level: Level | Mapping[str, Level] = "channel") -> torch.Tensor:  # fmt: skip
+    def interactions(
+        self, layers: Sequence[str], level: Level | Mapping[str, Level] = "channel"
+    ) -> torch.Tensor:
         """Joint relevance of every combination of one unit per layer, ``(batch, |L1|, |L2|, …)``.
 
         The generalization of :meth:`pairwise` to any number of layers (e.g. triples).
@@ -395,9 +426,12 @@ class NRMExplanation:
         position = {name: axis + 1 for axis, name in enumerate(reversed(ordered))}
         return table.permute(0, *[position[name] for name in layers])
 
-    def top_interactions(self, layers: Sequence[str], k: int = 5,
-                         level: Level | Mapping[str, Level] = "channel",
-                         ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def top_interactions(
+        self,
+        layers: Sequence[str],
+        k: int = 5,
+        level: Level | Mapping[str, Level] = "channel",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` most relevant unit combinations per sample.
 
         Returns

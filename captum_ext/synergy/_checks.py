@@ -6,12 +6,17 @@ from typing import Any
 
 from torch import nn
 
-from captum_ext import scores
+from captum_ext.synergy import formulas as scores
 
 __all__ = [
-    "check_attribution", "check_per_eval", "check_eval_mode", "check_rows_per_chunk",
-    "hook_rows_per_chunk", "ELEMENTS_PER_CHUNK", "HOOK_ROWS_PER_CHUNK",
-]  # fmt: skip
+    "check_attribution",
+    "check_per_eval",
+    "check_eval_mode",
+    "check_rows_per_chunk",
+    "hook_rows_per_chunk",
+    "ELEMENTS_PER_CHUNK",
+    "HOOK_ROWS_PER_CHUNK",
+]
 
 # elements held per chunk of rows (masked-score tables, contributions): 64 MB of float32
 ELEMENTS_PER_CHUNK = 1 << 24

@@ -9,12 +9,30 @@ Both mask units alone and in pairs and measure the change of a score p:
 Reference: B. Farag, "SynXAI: Synergistic Explainability for Neural Networks" (code:
 github.com/benedikt20/synXAI). With ``mode='signed'``, S_ij is minus the second-order joint
 contribution of the pair.
+
+The names load on first access (PEP 562): :mod:`.formulas` and :mod:`.pruning` do not need
+``captum.attr``, which :mod:`.layer` and :mod:`.neuron` import.
 """
 
 from __future__ import annotations
 
-from captum_ext.layer_synergy import LayerSynergy
-from captum_ext.neuron_synergy import MAX_INPUT_UNITS, NeuronSynergy
-from captum_ext.synergy_result import SynergyResult
+from typing import TYPE_CHECKING
+
+from zennit_ext._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from captum_ext.synergy.layer import LayerSynergy
+    from captum_ext.synergy.neuron import MAX_INPUT_UNITS, NeuronSynergy
+    from captum_ext.synergy.result import SynergyResult
 
 __all__ = ["LayerSynergy", "NeuronSynergy", "SynergyResult", "MAX_INPUT_UNITS"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "LayerSynergy": "captum_ext.synergy.layer",
+        "NeuronSynergy": "captum_ext.synergy.neuron",
+        "MAX_INPUT_UNITS": "captum_ext.synergy.neuron",
+        "SynergyResult": "captum_ext.synergy.result",
+    },
+)

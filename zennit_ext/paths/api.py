@@ -36,11 +36,11 @@ from torch import nn
 from zennit.core import Composite
 from zennit.types import Activation
 
-from zennit_ext.hooks import check_finite, real_number
-from zennit_ext.nrm import NRM
-from zennit_ext.path_graph import NeuronGraph, Paths, select_units
+from zennit_ext._checks import check_finite, real_number
+from zennit_ext.nrm.api import NRM
+from zennit_ext.paths.graph import NeuronGraph, Paths, select_units
 
-__all__ = ["select_units", "Paths", "NeuronGraph", "Threshold", "NeuronPaths"]
+__all__ = ["Threshold", "NeuronPaths"]
 
 SCORES = ("relevance", "activation")
 RECTIFIERS = (nn.ReLU, nn.ReLU6)
@@ -112,8 +112,14 @@ class NeuronPaths:
         on_violation: str = "raise",
         batch_size: int = 64,
     ) -> None:
-        self.nrm = NRM(model, layers, composite=composite, canonizers=canonizers,
-                       on_violation=on_violation, batch_size=batch_size)  # fmt: skip
+        self.nrm = NRM(
+            model,
+            layers,
+            composite=composite,
+            canonizers=canonizers,
+            on_violation=on_violation,
+            batch_size=batch_size,
+        )
         if len(self.nrm.layers) != len(layers):
             raise ValueError(f"layers must be distinct, got {list(layers)!r}")
         self.model = model
@@ -156,8 +162,15 @@ class NeuronPaths:
             )
         scores = relevance if score == "relevance" else activation
         kept = {name: select_units(scores[name], c) for name in self.layers}
-        return NeuronGraph(self.layers, relevance, activation, kept,
-                           {pair: edges[pair] for pair in pairs}, float(c), score)  # fmt: skip
+        return NeuronGraph(
+            self.layers,
+            relevance,
+            activation,
+            kept,
+            {pair: edges[pair] for pair in pairs},
+            float(c),
+            score,
+        )
 
     def path_relevance(self, x: torch.Tensor, target: Any, paths: Paths) -> torch.Tensor:
         """Exact NRM joint relevance of each path (all walks through its L units), (batch, k)."""
@@ -225,7 +238,7 @@ class NeuronPaths:
         smape = _ratio(2 * difference.abs(), restricted_plane.abs() + plane.abs()).mean(-1)
         fraction = torch.stack(
             [torch.stack([k[n].to(x.dtype).mean(1) for n in self.layers], 1) for k in kept]
-        )  # fmt: skip
+        )
         scores = torch.stack([self._class_score(x, target, k) for k in kept])
         baseline = self._class_score(x, target, None)
         mean_nmse, mean_kept = nmse.mean(1), fraction.mean((1, 2))
@@ -234,8 +247,16 @@ class NeuronPaths:
             index = int(feasible[mean_kept[feasible].argmin()])
         else:
             index = int(mean_nmse.argmin())
-        return Threshold(grid, fraction, nmse, smape, restricted.flatten(2).sum(2),
-                         scores / baseline, grid[index], bool(len(feasible)))  # fmt: skip
+        return Threshold(
+            grid,
+            fraction,
+            nmse,
+            smape,
+            restricted.flatten(2).sum(2),
+            scores / baseline,
+            grid[index],
+            bool(len(feasible)),
+        )
 
     def deconvolution(
         self,
@@ -309,8 +330,9 @@ class NeuronPaths:
 
             return hook
 
-        handles = [self.nrm.modules[name].register_forward_hook(capture(name))
-                   for name in self.layers]  # fmt: skip
+        handles = [
+            self.nrm.modules[name].register_forward_hook(capture(name)) for name in self.layers
+        ]
         try:
             with self.nrm.explain(x, target) as explanation:
                 for handle in handles:
@@ -348,16 +370,20 @@ class NeuronPaths:
         self._check_paths(paths, batch)
         conditions = []
         for rank in range(paths.units.shape[1]):
-            conditions.append({
-                name: _unit_mask(paths.units[:, rank, depth], shapes[name])
-                for depth, name in enumerate(self.layers)
-            })  # fmt: skip
+            conditions.append(
+                {
+                    name: _unit_mask(paths.units[:, rank, depth], shapes[name])
+                    for depth, name in enumerate(self.layers)
+                }
+            )
         return conditions
 
     @staticmethod
     def _kept_sets(kept: Mapping[str, torch.Tensor], shapes: Mapping) -> dict:
-        return {name: mask.view(*mask.shape, *[1] * (len(shapes[name]) - 2))
-                for name, mask in kept.items()}  # fmt: skip
+        return {
+            name: mask.view(*mask.shape, *[1] * (len(shapes[name]) - 2))
+            for name, mask in kept.items()
+        }
 
     def _class_score(self, x: torch.Tensor, target: Any, kept: Mapping | None) -> torch.Tensor:
         """Class score per sample, (batch,), with the unkept units' outputs set to 0."""
@@ -372,8 +398,10 @@ class NeuronPaths:
         handles = []
         try:
             if kept is not None:
-                handles = [self.nrm.modules[n].register_forward_hook(zero_unkept(n, kept[n]))
-                           for n in self.layers]  # fmt: skip
+                handles = [
+                    self.nrm.modules[n].register_forward_hook(zero_unkept(n, kept[n]))
+                    for n in self.layers
+                ]
             with torch.no_grad():
                 output = self.model(x)
         finally:
@@ -399,8 +427,9 @@ def _deconvolution_class() -> type:
 
         def _register_hooks(self, module: nn.Module) -> None:
             if isinstance(module, self.rectifiers):
-                self.backward_hooks.extend(_register_backward_hook(module, self._backward_hook,
-                                                                   self))  # fmt: skip
+                self.backward_hooks.extend(
+                    _register_backward_hook(module, self._backward_hook, self)
+                )
 
     return RectifierDeconvolution
 

@@ -14,7 +14,7 @@ import torch
 from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
 from torch import Tensor
 
-from zennit_ext.hooks import check_finite
+from zennit_ext._checks import check_finite
 
 __all__ = ["Units", "Target", "Transform", "RowSlice", "format_inputs"]
 
@@ -76,18 +76,23 @@ class Target:
                 self._index = target.detach().to("cpu", torch.long)[:, None]
                 return
             else:
-                raise ValueError(f"target tensor must hold one element or one per input row "
-                                 f"({rows}), got shape {tuple(target.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"target tensor must hold one element or one per input row "
+                    f"({rows}), got shape {tuple(target.shape)}"
+                )
         if _is_index(target):
             self._index = torch.full((rows, 1), target, dtype=torch.long)
         elif isinstance(target, tuple) and all(_is_index(t) for t in target):
             self._index = torch.tensor([target], dtype=torch.long).expand(rows, -1)
         elif isinstance(target, Sequence) and len(target) == rows:
             entries = [(t,) if isinstance(t, int) else t for t in target]
-            if not all(isinstance(t, tuple) and len(t) == len(entries[0])
-                       and all(_is_index(i) for i in t) for t in entries):  # fmt: skip
-                raise ValueError(f"target list must hold ints or equal-length tuples of ints, "
-                                 f"got {target!r}")  # fmt: skip
+            if not all(
+                isinstance(t, tuple) and len(t) == len(entries[0]) and all(_is_index(i) for i in t)
+                for t in entries
+            ):
+                raise ValueError(
+                    f"target list must hold ints or equal-length tuples of ints, got {target!r}"
+                )
             self._index = torch.tensor(entries, dtype=torch.long).reshape(rows, -1)
         else:
             raise ValueError(
@@ -118,33 +123,42 @@ class Target:
         if len(output) == 0:
             return output.new_zeros(0)
         if index.shape[1] > output.dim() - 1:
-            raise ValueError(f"target {self.raw!r} indexes {index.shape[1]} dimensions of a "
-                             f"forward output of shape {shape}")  # fmt: skip
+            raise ValueError(
+                f"target {self.raw!r} indexes {index.shape[1]} dimensions of a "
+                f"forward output of shape {shape}"
+            )
         for k in range(index.shape[1]):
             size = shape[1 + k]
             if int(index[:, k].max()) >= size or int(index[:, k].min()) < -size:
-                raise ValueError(f"target {self.raw!r} out of range for a forward output of "
-                                 f"shape {shape}")  # fmt: skip
+                raise ValueError(
+                    f"target {self.raw!r} out of range for a forward output of shape {shape}"
+                )
         rows = torch.arange(len(output), device=output.device)
         selected = output[(rows, *index.t())]
         if selected.numel() != len(output):
-            raise ValueError(f"target {self.raw!r} selects {selected[0].numel()} values per row "
-                             f"of a forward output of shape {shape}; one is needed")  # fmt: skip
+            raise ValueError(
+                f"target {self.raw!r} selects {selected[0].numel()} values per row "
+                f"of a forward output of shape {shape}; one is needed"
+            )
         return selected.reshape(-1)
 
 
 def _as_rows(value: Tensor, like: Tensor, rows: int, name: str, what: str) -> Tensor:
     """``value`` left-padded to ``like``'s dims; first dim 1 or N, the rest broadcastable."""
     if value.dim() > like.dim():
-        raise ValueError(f"{name} of shape {tuple(value.shape)} has more dimensions than the "
-                         f"{what} {tuple(like.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} has more dimensions than the "
+            f"{what} {tuple(like.shape)}"
+        )
     value = value.reshape((1,) * (like.dim() - value.dim()) + tuple(value.shape))
     ok = value.shape[0] in (1, rows) and all(
         v in (1, s) for v, s in zip(value.shape[1:], like.shape[1:], strict=True)
     )
     if not ok:
-        raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the "
-                         f"{what} {tuple(like.shape)} (first dim 1 or {rows})")  # fmt: skip
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the "
+            f"{what} {tuple(like.shape)} (first dim 1 or {rows})"
+        )
     return value
 
 
@@ -172,14 +186,21 @@ class Units:
     """
 
     def __init__(
-        self, tensors: tuple[Tensor, ...], mask: Any, baselines: Any, names: tuple[str, str],
-        what: str, rows: int,
-    ) -> None:  # fmt: skip
+        self,
+        tensors: tuple[Tensor, ...],
+        mask: Any,
+        baselines: Any,
+        names: tuple[str, str],
+        what: str,
+        rows: int,
+    ) -> None:
         self.shapes = tuple(tuple(t.shape[1:]) for t in tensors)
         masks = _format_feature_mask(mask, tensors)
         if len(masks) != len(tensors):
-            raise ValueError(f"{names[0]} must hold one tensor per {what} tensor "
-                             f"({len(tensors)}), got {len(masks)}")  # fmt: skip
+            raise ValueError(
+                f"{names[0]} must hold one tensor per {what} tensor "
+                f"({len(tensors)}), got {len(masks)}"
+            )
         for m in masks:
             if not isinstance(m, Tensor) or m.dtype.is_floating_point or m.dtype == torch.bool:
                 raise ValueError(f"{names[0]} must hold integer tensors, got {m!r}")
@@ -195,9 +216,7 @@ class Units:
             for m, t in zip(masks, tensors, strict=True)
         )
         self.baselines = tuple(
-            _as_rows(
-                torch.as_tensor(b, dtype=t.dtype, device=t.device), t, rows, names[1], what
-            )  # fmt: skip
+            _as_rows(torch.as_tensor(b, dtype=t.dtype, device=t.device), t, rows, names[1], what)
             for b, t in zip(self._baselines(baselines, tensors, names[1]), tensors, strict=True)
         )
 
@@ -207,8 +226,9 @@ class Units:
             return (0.0,) * len(tensors)
         baselines = baselines if isinstance(baselines, tuple) else (baselines,)
         if len(baselines) != len(tensors):
-            raise ValueError(f"{name} must hold one entry per tensor ({len(tensors)}), got "
-                             f"{len(baselines)}")  # fmt: skip
+            raise ValueError(
+                f"{name} must hold one entry per tensor ({len(tensors)}), got {len(baselines)}"
+            )
         for b in baselines:
             if not isinstance(b, Tensor | int | float) or isinstance(b, bool):
                 raise ValueError(f"{name} entries must be numbers or tensors, got {b!r}")
@@ -265,9 +285,13 @@ class RowSlice:
     """
 
     def __init__(
-        self, inputs: tuple[Tensor, ...], args: tuple | None, target: Target, start: int,
+        self,
+        inputs: tuple[Tensor, ...],
+        args: tuple | None,
+        target: Target,
+        start: int,
         stop: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         rows = len(inputs[0])
         self.start, self.stop = start, stop
         self.inputs = tuple(x[start:stop] for x in inputs)
@@ -283,24 +307,25 @@ class RowSlice:
     def repeated_args(self, copies: int) -> tuple:
         """Additional arguments for ``copies`` stacked batches."""
         return tuple(
-            a.repeat(copies, *([1] * (a.dim() - 1))) if isinstance(a, Tensor) and a.dim() > 0
-            else a
+            a.repeat(copies, *([1] * (a.dim() - 1))) if isinstance(a, Tensor) and a.dim() > 0 else a
             for a in self.args
-        )  # fmt: skip
+        )
 
 
 def format_inputs(inputs: Any) -> tuple[Tensor, ...]:
     """Captum's tuple of input tensors, with at least one row and aligned batch dims."""
     inputs = _format_tensor_into_tuples(inputs)
     if not inputs or not all(isinstance(x, Tensor) and x.dim() > 0 for x in inputs):
-        raise ValueError(f"inputs must be a tensor or a tuple of tensors with a batch "
-                         f"dimension, got {inputs!r}")  # fmt: skip
+        raise ValueError(
+            f"inputs must be a tensor or a tuple of tensors with a batch dimension, got {inputs!r}"
+        )
     rows = len(inputs[0])
     if rows == 0:
         raise ValueError("inputs must hold at least one row, got an empty batch")
     if any(len(x) != rows for x in inputs):
-        raise ValueError(f"inputs must share the batch dimension, got shapes "
-                         f"{[tuple(x.shape) for x in inputs]}")  # fmt: skip
+        raise ValueError(
+            f"inputs must share the batch dimension, got shapes {[tuple(x.shape) for x in inputs]}"
+        )
     for position, x in enumerate(inputs):
         check_finite("inputs" if len(inputs) == 1 else f"inputs[{position}]", x)
     return inputs

@@ -9,13 +9,13 @@ behaviour to its ``backward``. The pieces they share live here:
 - :class:`ModuleState` restores a model's parameter and buffer objects;
 - :class:`RuleWrappingComposite` wires the three into a composite that leaves the model as it
   found it, also when registering fails;
-- :class:`BatchCheck` (with :func:`check_finite`) stops an empty or non-finite batch, and a
-  non-finite model output, at the root module before any relevance is computed.
+- :class:`BatchCheck` (with :func:`~zennit_ext._checks.check_finite`) stops an empty or
+  non-finite batch, and a non-finite model output, at the root module before any relevance is
+  computed.
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -23,13 +23,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from zennit.core import Composite, Hook
 
+from zennit_ext._checks import check_finite
+
 __all__ = [
     "StatefulHook",
     "mixin_hook",
     "ModuleState",
     "RuleWrappingComposite",
-    "check_finite",
-    "real_number",
     "BatchCheck",
 ]
 
@@ -194,40 +194,6 @@ class RuleWrappingComposite(Composite):
             self.module_state = None
 
 
-def real_number(name: str, value: Any) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite real number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    return float(value)
-
-
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise ValueError if a floating-point ``tensor`` holds NaN or ±inf.
-
-    Parameters
-    ----------
-    name : str
-        What the tensor is, for the message (e.g. ``'inputs'``).
-    tensor : torch.Tensor
-        Any shape; integer and bool tensors always pass.
-
-    Raises
-    ------
-    ValueError
-        Naming ``name``, the number of non-finite entries and the first one's index.
-    """
-    if not (tensor.is_floating_point() or tensor.is_complex()):
-        return
-    finite = torch.isfinite(tensor.detach())
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()
-        first = tuple(bad[0].tolist())
-        raise ValueError(
-            f"{name} must be finite, got {len(bad)} non-finite entries (NaN or ±inf) of "
-            f"{tensor.numel()}, the first at index {first}: {tensor.detach()[first].item()}"
-        )
-
-
 def _tensors(value: Any) -> list[torch.Tensor]:
     """The tensors in a module's arguments or output (a tensor, or a tuple/list of them)."""
     if isinstance(value, torch.Tensor):
@@ -282,5 +248,6 @@ class BatchCheck:
     def check_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         """Forward hook: ValueError on a non-finite model output."""
         for position, tensor in enumerate(_tensors(output)):
-            check_finite(f"{self.owner}: output {position} of the model (for finite inputs)",
-                         tensor)  # fmt: skip
+            check_finite(
+                f"{self.owner}: output {position} of the model (for finite inputs)", tensor
+            )

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zennit_ext.hooks import check_finite
+from zennit_ext._checks import check_finite
 
 __all__ = [
     "LocalActivationConsistencyLoss",
@@ -53,8 +53,9 @@ def check_maps(maps: Any, name: str = "maps") -> Tensor:
     if not isinstance(maps, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
     if maps.ndim != 4:
-        raise ValueError(f"{name} must have 4 dimensions (batch, C, H, W), got shape "
-                         f"{tuple(maps.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{name} must have 4 dimensions (batch, C, H, W), got shape {tuple(maps.shape)}"
+        )
     if not maps.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {maps.dtype}")
     if maps.numel() == 0:
@@ -208,8 +209,11 @@ class SynchronizationLoss(nn.Module):
         self, epsilon: float = 0.03, coords: Coords = "unit", reduction: str = "mean"
     ) -> None:
         super().__init__()
-        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not (
-                0.0 <= epsilon < float("inf")):  # fmt: skip
+        if (
+            isinstance(epsilon, bool)
+            or not isinstance(epsilon, int | float)
+            or not (0.0 <= epsilon < float("inf"))
+        ):
             raise ValueError(f"epsilon must be a finite float >= 0, got {epsilon!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")

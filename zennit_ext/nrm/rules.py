@@ -8,7 +8,7 @@ differentiating the rule's own backward with respect to a probe of ones (exact, 
 rule is linear in ``R``), and scales the incoming message by their inverse. A neuron whose
 column sum is 0 passes 0; a negative column sum at a neuron that carries relevance violates
 the positive-sum condition (eq. 15); NRM's engine checks it on the checked pass
-(:mod:`zennit_ext.nrm_engine`), so the hooks themselves hold no switches.
+(:mod:`zennit_ext.nrm.engine`), so the hooks themselves hold no switches.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from zennit.rules import Flat, Gamma, Norm, Pass, ZBox, ZPlus
 from zennit.types import Activation, AvgPool, Convolution
 from zennit.types import Linear as AnyLinear
 
-from zennit_ext.hooks import RuleWrappingComposite, StatefulHook, mixin_hook
+from zennit_ext._rules import RuleWrappingComposite, StatefulHook, mixin_hook
 
 __all__ = ["NormalizedHook", "NormalizedComposite", "nrm_composite", "PositiveSumError"]
 
@@ -38,7 +38,7 @@ class PositiveSumError(ValueError):
 
 @dataclass
 class _Linearized:
-    """A rule's terms for one forward pass (see :meth:`NormalizedHook._linearized`)."""
+    """A rule's terms for one forward pass (see :meth:`NormalizedHook.linearized`)."""
 
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor]
@@ -88,7 +88,7 @@ class _Bridge(torch.autograd.Function):
 
 def _relevance(linear: _Linearized, message: torch.Tensor, normalize: bool) -> torch.Tensor:
     """``Σ_i c_i ⊙ J_iᵀ (s_i ⊙ m)`` over the live terms, like the layer input (see
-    :meth:`NormalizedHook._linearized`); column-normalized scales with ``normalize``."""
+    :meth:`NormalizedHook.linearized`); column-normalized scales with ``normalize``."""
     scales = linear.normalized_scales() if normalize else linear.scales
     if not linear.live:  # no term carries relevance (e.g. every input is 0): all stops here
         return torch.zeros_like(linear.inputs[0]) * message.sum()
@@ -125,9 +125,11 @@ class NormalizedHook(StatefulHook):
     def _bridged(inputs: tuple, output: Any) -> Any:
         """``output`` re-attached to the first input through :class:`_Bridge`."""
         if (
-            isinstance(output, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor)
+            isinstance(output, torch.Tensor)
+            and inputs
+            and isinstance(inputs[0], torch.Tensor)
             and inputs[0].requires_grad
-        ):  # fmt: skip
+        ):
             return _Bridge.apply(inputs[0], output.detach())
         return output
 
@@ -169,7 +171,7 @@ class NormalizedHook(StatefulHook):
             inputs.append(input)
         return inputs, outputs, weights, biases
 
-    def _linearized(self, module: nn.Module, shape: torch.Size) -> _Linearized:
+    def linearized(self, module: nn.Module, shape: torch.Size) -> _Linearized:
         """The rule as a linear map of the message, for the stored input (cached per forward).
 
         Zennit's mappers and reducers are elementwise-linear in the message and in the
@@ -188,8 +190,10 @@ class NormalizedHook(StatefulHook):
         plain = [input.detach() for input in inputs]
         # unit and zero gradients as broadcast views: no full-size tensors are filled
         one, zero = first.new_ones(()), first.new_zeros(())
-        units = [[(one if j == i else zero).expand_as(x) for j, x in enumerate(plain)]
-                 for i in range(len(plain))]  # fmt: skip
+        units = [
+            [(one if j == i else zero).expand_as(x) for j, x in enumerate(plain)]
+            for i in range(len(plain))
+        ]
         coefs = [self.reducer(plain, unit).expand_as(plain[0]) for unit in units]
         together = self.reducer(plain, [one.expand_as(x) for x in plain])
         linear = all(torch.equal(-s, n.detach()) for s, n in zip(scales, negated, strict=True))
@@ -212,7 +216,7 @@ class NormalizedHook(StatefulHook):
         against Zennit's); with ``normalize=True`` every column of the rule's matrix is divided
         by its sum (eq. 17; zero sums pass 0).
         """
-        linear = self._linearized(module, message.shape)
+        linear = self.linearized(module, message.shape)
         relevance = _relevance(linear, message, normalize)
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)
 
@@ -235,7 +239,7 @@ class NormalizedHook(StatefulHook):
             Shape ``shape``: the relevance the layer's input receives per unit of relevance at
             each output neuron.
         """
-        linear = self._linearized(module, shape)
+        linear = self.linearized(module, shape)
         if linear.sums is None:
             with torch.enable_grad():
                 probe = torch.ones_like(linear.scales[0], requires_grad=True)

@@ -1,6 +1,6 @@
 """NRM's engine: one registered forward pass, its checked pass, and masked message passing.
 
-A :class:`Session` registers the normalized rules (:mod:`zennit_ext.normalize`) on the model,
+A :class:`Session` registers the normalized rules (:mod:`zennit_ext.nrm.rules`) on the model,
 runs the forward pass and one checked backward pass, and keeps everything the queries need as
 its own explicit state: the input, the output relevance (eq. 18), the captured layer outputs,
 the messages of the checked pass and its :class:`Report` (relevance that stops at neurons with
@@ -20,8 +20,8 @@ BatchNorms, Dropout in eval mode, Identity), a message confined to one channel o
 layer only needs that channel's filter slice, so all channel messages go through the layer as
 one grouped transposed convolution (:func:`channel_messages`); and the edge weights of adjacent
 layers are per-sample weight gradients (:func:`edges`). Both read the rule's one linearization
-(:meth:`zennit_ext.normalize.NormalizedHook.linear_terms`); both live in
-:mod:`zennit_ext.nrm_segments`.
+(:meth:`zennit_ext.nrm.rules.NormalizedHook.linearized`); both live in
+:mod:`zennit_ext.nrm.fastpaths`.
 """
 
 from __future__ import annotations
@@ -36,15 +36,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zennit_ext.hooks import check_finite
-from zennit_ext.neuron_sets import Level, reduce_units, set_mask, unit_count, unit_masks
-from zennit_ext.normalize import NormalizedComposite, NormalizedHook, PositiveSumError
-from zennit_ext.nrm_segments import close, rule_segment
+from zennit_ext._checks import check_finite
+from zennit_ext.nrm.fastpaths import close, rule_segment
+from zennit_ext.nrm.rules import NormalizedComposite, NormalizedHook, PositiveSumError
+from zennit_ext.nrm.sets import Level, reduce_units, set_mask, unit_count, unit_masks
 
 __all__ = [
-    "Report", "Session", "ConservationError", "propagate", "interactions", "layer_relevance",
+    "Report",
+    "Session",
+    "ConservationError",
+    "propagate",
+    "interactions",
+    "layer_relevance",
     "consecutive_edges",
-]  # fmt: skip
+]
 
 
 class ConservationError(ValueError):
@@ -154,8 +159,11 @@ class Session:
         self._open = True
         composite.register(model)
         try:
-            rules = {hook.layer_name: hook for hook in composite.hook_refs
-                     if isinstance(hook, NormalizedHook)}  # fmt: skip
+            rules = {
+                hook.layer_name: hook
+                for hook in composite.hook_refs
+                if isinstance(hook, NormalizedHook)
+            }
             # in the model's module order (Zennit keeps its hooks in a set): reports, warnings
             # and messages list layers in the same order on every run
             self.hooks = {name: rules[name] for name in self.modules if name in rules}
@@ -196,9 +204,12 @@ class Session:
         """One full backward pass: the heatmap, every captured message, the report (eq. 15)."""
         names = [name for name in self.order if self.outputs[name].requires_grad]
         grads = torch.autograd.grad(
-            self.output, [self.inputs, *(self.outputs[n] for n in names)], self.relevance,
-            retain_graph=True, allow_unused=True,
-        )  # fmt: skip
+            self.output,
+            [self.inputs, *(self.outputs[n] for n in names)],
+            self.relevance,
+            retain_graph=True,
+            allow_unused=True,
+        )
         if grads[0] is None:
             raise ValueError(
                 "x: no gradient of the model output reaches it (does forward() detach its "
@@ -241,8 +252,9 @@ class Session:
         at least 1 (the output relevance). In float32 that is 3.5e-4, far above the rounding
         (~1e-7 at 10⁵ neurons per layer) and far below a relevance that a skip doubles.
         """
-        masses = torch.stack([values.flatten(1).abs().sum(1)
-                              for values in (self.heat, *self.messages.values())])  # fmt: skip
+        masses = torch.stack(
+            [values.flatten(1).abs().sum(1) for values in (self.heat, *self.messages.values())]
+        )
         return torch.finfo(self.heat.dtype).eps ** 0.5 * masses.amax(0).clamp(min=1.0)
 
     def violation_text(self, name: str) -> str:
@@ -289,8 +301,11 @@ class Session:
     def check_intact(self) -> None:
         """Raise if the model ran another forward pass while the session's hooks were on it:
         the rules would then read that pass's inputs."""
-        changed = [name for name, hook in self.hooks.items()
-                   if _stored_input(hook) is not self._stored[name]]  # fmt: skip
+        changed = [
+            name
+            for name, hook in self.hooks.items()
+            if _stored_input(hook) is not self._stored[name]
+        ]
         if changed:
             raise RuntimeError(
                 f"the model ran a forward pass while this NRM explanation was open (layers "
@@ -324,9 +339,13 @@ class Session:
         partial backward."""
         below = self.inputs if lower is None else self.outputs[lower]
         (result,) = torch.autograd.grad(
-            self.outputs[upper], below, messages, retain_graph=True, is_grads_batched=True,
+            self.outputs[upper],
+            below,
+            messages,
+            retain_graph=True,
+            is_grads_batched=True,
             allow_unused=True,
-        )  # fmt: skip
+        )
         if result is None:
             raise ValueError("NRM's layers must lie on one path from the input to the output")
         return result
@@ -421,9 +440,13 @@ def reach(session: Session, names: Sequence[str]) -> dict[str, torch.Tensor | fl
     with torch.enable_grad():
         probes = [torch.ones_like(session.outputs[n], requires_grad=True) for n in live]
         (heat,) = torch.autograd.grad(
-            [session.outputs[n] for n in live], session.inputs, probes,
-            retain_graph=True, create_graph=True, allow_unused=True,
-        )  # fmt: skip
+            [session.outputs[n] for n in live],
+            session.inputs,
+            probes,
+            retain_graph=True,
+            create_graph=True,
+            allow_unused=True,
+        )
         if heat is None:  # none of them depends on the input (or none is live)
             return reaches
         found = torch.autograd.grad(heat.sum(), probes, retain_graph=True, allow_unused=True)
@@ -480,9 +503,10 @@ def interactions(
             reduce_units(messages * lowest_reach, levels[lowest], len(session.shape(lowest)) - 1)
         )
     if (
-        segment is not None and total is not None
+        segment is not None
+        and total is not None
         and not close(total, session.segment(top, names[1], message[None])[0])
-    ):  # fmt: skip
+    ):
         return interactions(session, names, levels, fast=False)
     table = torch.cat(blocks).view(*counts[:-1], *blocks[0].shape[1:])  # (top.., B, n_low)
     dims = table.dim()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from zennit_ext.hooks import real_number
+from zennit_ext._checks import real_number
 
 __all__ = [
-    "score_difference", "pair_synergy", "synergistic_importance", "z_score", "synergy_ranking",
+    "score_difference",
+    "pair_synergy",
+    "synergistic_importance",
+    "z_score",
+    "synergy_ranking",
     "MODES",
-]  # fmt: skip
+]
 
 MODES = ("abs_mean", "signed")
 

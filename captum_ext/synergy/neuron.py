@@ -10,18 +10,18 @@ from captum.attr._utils.attribution import NeuronAttribution, PerturbationAttrib
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_ext import _engine
-from captum_ext._checks import (
+from captum_ext.synergy import _engine as _engine
+from captum_ext.synergy._checks import (
     check_attribution,
     check_eval_mode,
     check_per_eval,
     check_rows_per_chunk,
     hook_rows_per_chunk,
 )
-from captum_ext._evaluators import NeuronEvaluator, probe_layer, select_neuron
-from captum_ext._masking import RowSlice, Target, Units, format_inputs
-from captum_ext.synergy_result import SynergyResult
-from zennit_ext.hooks import real_number
+from captum_ext.synergy._evaluators import NeuronEvaluator, probe_layer, select_neuron
+from captum_ext.synergy._masking import RowSlice, Target, Units, format_inputs
+from captum_ext.synergy.result import SynergyResult
+from zennit_ext._checks import real_number
 
 __all__ = ["NeuronSynergy", "MAX_INPUT_UNITS"]
 
@@ -75,20 +75,27 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         self.mode = mode
 
     def _plan(
-        self, inputs: Any, neuron_selector: Any, additional_forward_args: Any, baselines: Any,
-        feature_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        self,
+        inputs: Any,
+        neuron_selector: Any,
+        additional_forward_args: Any,
+        baselines: Any,
+        feature_mask: Any,
+        perturbations_per_eval: int,
+        show_progress: bool,
         rows_per_chunk: int | None,
-    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+    ) -> tuple[_engine.Plan, Units]:
         check_eval_mode(self.forward_func)
         per_eval = check_per_eval(perturbations_per_eval)
         if not callable(neuron_selector) and not isinstance(neuron_selector, int | tuple):
-            raise ValueError(f"neuron_selector must be an int, a tuple of ints and slices or "
-                             f"a callable, got {neuron_selector!r}")  # fmt: skip
+            raise ValueError(
+                f"neuron_selector must be an int, a tuple of ints and slices or "
+                f"a callable, got {neuron_selector!r}"
+            )
         inputs = format_inputs(inputs)
         rows = len(inputs[0])
         args = _format_additional_forward_args(additional_forward_args)
-        units = Units(inputs, feature_mask, baselines, ("feature_mask", "baselines"), "input",
-                      rows)  # fmt: skip
+        units = Units(inputs, feature_mask, baselines, ("feature_mask", "baselines"), "input", rows)
         if units.n > MAX_INPUT_UNITS:
             raise ValueError(
                 f"{units.n} input features or groups exceed {MAX_INPUT_UNITS} (pairs grow as "
@@ -102,9 +109,14 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         def evaluator(start: int, stop: int) -> NeuronEvaluator:
             part = RowSlice(inputs, args, no_target, start, stop)
             return NeuronEvaluator(
-                self.forward_func, self.layer, part, units.rows(start, stop), neuron_selector,
-                per_eval, self.device_ids,
-            )  # fmt: skip
+                self.forward_func,
+                self.layer,
+                part,
+                units.rows(start, stop),
+                neuron_selector,
+                per_eval,
+                self.device_ids,
+            )
 
         per_chunk = hook_rows_per_chunk(units.n, per_eval)
         chunk = check_rows_per_chunk(rows_per_chunk, per_chunk, rows)
@@ -159,9 +171,15 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         """
         alpha = real_number("alpha", alpha)
         plan, units = self._plan(
-            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
-            perturbations_per_eval, show_progress, rows_per_chunk,
-        )  # fmt: skip
+            inputs,
+            neuron_selector,
+            additional_forward_args,
+            baselines,
+            feature_mask,
+            perturbations_per_eval,
+            show_progress,
+            rows_per_chunk,
+        )
         expanded = units.expand(_engine.per_row_z(plan, alpha))
         return _format_output(_is_tuple(inputs), expanded)
 
@@ -183,9 +201,15 @@ class NeuronSynergy(NeuronAttribution, PerturbationAttribution):
         Arguments as in :meth:`attribute` (without ``alpha``).
         """
         plan, units = self._plan(
-            inputs, neuron_selector, additional_forward_args, baselines, feature_mask,
-            perturbations_per_eval, show_progress, rows_per_chunk,
-        )  # fmt: skip
+            inputs,
+            neuron_selector,
+            additional_forward_args,
+            baselines,
+            feature_mask,
+            perturbations_per_eval,
+            show_progress,
+            rows_per_chunk,
+        )
         single, pair, rows, dtype = _engine.sums(plan)
         return SynergyResult.from_sums(
             single, pair, rows, units.ids, units.shapes, self.mode, dtype

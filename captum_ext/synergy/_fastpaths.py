@@ -3,7 +3,7 @@
 ``split_after`` finds the linear map L the layer feeds (with an eval-mode BatchNorm right after
 it folded in) and cuts the network around it; ``contributions`` gives, for a chunk of rows,
 L's output z and each unit's contribution C_g to it, from which
-``captum_ext._evaluators.ContributionEvaluator`` scores every mask without re-running the
+``captum_ext.synergy._evaluators.ContributionEvaluator`` scores every mask without re-running the
 prefix (see there).
 """
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_ext._masking import Units
+from captum_ext.synergy._masking import Units
 
 __all__ = [
     "Split",

@@ -1,7 +1,7 @@
 """Synergy over rows in chunks: sums for SynergyResult (all-reduced when distributed), or Z per row.
 
 A ``Plan`` names the rows N, the units n, how many rows one chunk holds, and a factory
-``evaluator(start, stop)`` for a chunk (see ``captum_ext._evaluators``). Memory is bounded by
+``evaluator(start, stop)`` for a chunk (see :mod:`._evaluators`). Memory is bounded by
 the chunk, never by N. Differences, sums and formulas are float64 whatever the model's dtype
 (S_ij is a difference of nearly equal means of thousands of rows); results come back in the
 dtype the model gives its scores in.
@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from captum_ext import scores
-from zennit_ext.hooks import check_finite
+from captum_ext.synergy import formulas as scores
+from zennit_ext._checks import check_finite
 
 __all__ = ["Plan", "sums", "per_row_z"]
 
@@ -68,9 +68,11 @@ def _pair_differences(
 def _bar(plan: Plan) -> tqdm:
     chunks = -(-plan.rows // plan.rows_per_chunk)
     return tqdm(
-        total=chunks * plan.n * (plan.n - 1) // 2, desc="synergy pairs", unit="pair",
+        total=chunks * plan.n * (plan.n - 1) // 2,
+        desc="synergy pairs",
+        unit="pair",
         disable=None if plan.progress else True,
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()

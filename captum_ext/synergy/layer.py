@@ -11,8 +11,9 @@ from captum.attr._utils.attribution import LayerAttribution, PerturbationAttribu
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_ext import _engine, _fastpaths
-from captum_ext._checks import (
+from captum_ext.synergy import _engine as _engine
+from captum_ext.synergy import _fastpaths as _fastpaths
+from captum_ext.synergy._checks import (
     ELEMENTS_PER_CHUNK,
     check_attribution,
     check_eval_mode,
@@ -20,10 +21,10 @@ from captum_ext._checks import (
     check_rows_per_chunk,
     hook_rows_per_chunk,
 )
-from captum_ext._evaluators import ContributionEvaluator, LayerHookEvaluator, probe_layer
-from captum_ext._masking import RowSlice, Target, Transform, Units, format_inputs
-from captum_ext.synergy_result import SynergyResult
-from zennit_ext.hooks import real_number
+from captum_ext.synergy._evaluators import ContributionEvaluator, LayerHookEvaluator, probe_layer
+from captum_ext.synergy._masking import RowSlice, Target, Transform, Units, format_inputs
+from captum_ext.synergy.result import SynergyResult
+from zennit_ext._checks import real_number
 
 __all__ = ["LayerSynergy"]
 
@@ -103,10 +104,16 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         self.mode = mode
 
     def _plan(
-        self, inputs: Any, target: Any, additional_forward_args: Any, layer_baselines: Any,
-        layer_mask: Any, perturbations_per_eval: int, show_progress: bool,
+        self,
+        inputs: Any,
+        target: Any,
+        additional_forward_args: Any,
+        layer_baselines: Any,
+        layer_mask: Any,
+        perturbations_per_eval: int,
+        show_progress: bool,
         rows_per_chunk: int | None,
-    ) -> tuple[_engine.Plan, Units]:  # fmt: skip
+    ) -> tuple[_engine.Plan, Units]:
         check_eval_mode(self.forward_func)
         per_eval = check_per_eval(perturbations_per_eval)
         inputs = format_inputs(inputs)
@@ -116,9 +123,13 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         first = RowSlice(inputs, args, target, 0, 1)
         probe = probe_layer(self.forward_func, self.layer, first, self.device_ids)
         units = Units(
-            probe, layer_mask, layer_baselines, ("layer_mask", "layer_baselines"),
-            "layer output", rows,
-        )  # fmt: skip
+            probe,
+            layer_mask,
+            layer_baselines,
+            ("layer_mask", "layer_baselines"),
+            "layer output",
+            rows,
+        )
         split = self._split(inputs, args, units)
         if split is None:
             per_chunk = hook_rows_per_chunk(units.n, per_eval)
@@ -126,9 +137,13 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
             def hooks(start: int, stop: int) -> LayerHookEvaluator:
                 part = RowSlice(inputs, args, target, start, stop)
                 return LayerHookEvaluator(
-                    self.forward_func, self.layer, part, units.rows(start, stop),
-                    self._transform, per_eval,
-                )  # fmt: skip
+                    self.forward_func,
+                    self.layer,
+                    part,
+                    units.rows(start, stop),
+                    self._transform,
+                    per_eval,
+                )
         else:
             per_chunk = ELEMENTS_PER_CHUNK // _fastpaths.elements_per_row(split, units, probe[0])
 
@@ -211,9 +226,15 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
         """
         alpha = real_number("alpha", alpha)
         plan, units = self._plan(
-            inputs, target, additional_forward_args, layer_baselines, layer_mask,
-            perturbations_per_eval, show_progress, rows_per_chunk,
-        )  # fmt: skip
+            inputs,
+            target,
+            additional_forward_args,
+            layer_baselines,
+            layer_mask,
+            perturbations_per_eval,
+            show_progress,
+            rows_per_chunk,
+        )
         values = _engine.per_row_z(plan, alpha)
         expanded = units.expand(values)
         return _format_output(len(expanded) > 1, expanded)
@@ -243,9 +264,15 @@ class LayerSynergy(LayerAttribution, PerturbationAttribution):
             (sorted by id); unit i is element i of the flattened output(s) without a mask.
         """
         plan, units = self._plan(
-            inputs, target, additional_forward_args, layer_baselines, layer_mask,
-            perturbations_per_eval, show_progress, rows_per_chunk,
-        )  # fmt: skip
+            inputs,
+            target,
+            additional_forward_args,
+            layer_baselines,
+            layer_mask,
+            perturbations_per_eval,
+            show_progress,
+            rows_per_chunk,
+        )
         single, pair, rows, dtype = _engine.sums(plan)
         return SynergyResult.from_sums(
             single, pair, rows, units.ids, units.shapes, self.mode, dtype

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from zennit_ext.hooks import check_finite
+from zennit_ext._checks import check_finite
 
 __all__ = [
     "pruning_curve",
@@ -134,8 +134,9 @@ def classification_metrics(
     output = output.detach().reshape(len(output), -1)
     labels = labels.detach().reshape(-1).to(output.device)
     if len(labels) != len(output):
-        raise ValueError(f"labels must have one entry per output row ({len(output)}), got "
-                         f"{len(labels)}")  # fmt: skip
+        raise ValueError(
+            f"labels must have one entry per output row ({len(output)}), got {len(labels)}"
+        )
     if output.shape[1] > 1:
         return {"accuracy": float((output.argmax(1) == labels.long()).double().mean())}
     from sklearn.metrics import roc_auc_score
@@ -164,8 +165,10 @@ def _unit_groups(layer_mask: Tensor | None, unit_shape: torch.Size) -> Tensor:
         ) from None
     present = groups.unique()
     if int(present.min()) != 0 or len(present) != int(present.max()) + 1:
-        raise ValueError(f"layer_mask must use every group id 0 … G-1, got ids "
-                         f"{present.tolist()[:10]}{' …' if len(present) > 10 else ''}")  # fmt: skip
+        raise ValueError(
+            f"layer_mask must use every group id 0 … G-1, got ids "
+            f"{present.tolist()[:10]}{' …' if len(present) > 10 else ''}"
+        )
     return groups
 
 
@@ -239,16 +242,18 @@ def pruning_curve(
             raise ValueError(f"scores must be a tensor of {n} values or 'random', got {scores!r}")
     elif scores.shape != (n,):
         what = "groups of layer_mask" if layer_mask is not None else "units of this layer"
-        raise ValueError(f"scores must have shape ({n},), one per {what}, got "
-                         f"{tuple(scores.shape)}")  # fmt: skip
+        raise ValueError(
+            f"scores must have shape ({n},), one per {what}, got {tuple(scores.shape)}"
+        )
     else:
         check_finite("scores", scores)
     bad = [f for f in fractions if not 0.0 <= f < 1.0]
     if bad:
         raise ValueError(f"fractions must lie in [0, 1), got {bad}")
     if len(y_test) != len(x_test):
-        raise ValueError(f"y_test must have one label per row of x_test ({len(x_test)}), got "
-                         f"{len(y_test)}")  # fmt: skip
+        raise ValueError(
+            f"y_test must have one label per row of x_test ({len(x_test)}), got {len(y_test)}"
+        )
     state = {k: v.clone() for k, v in model.state_dict().items()}
     training = model.training
     generator = torch.Generator().manual_seed(seed)
@@ -271,8 +276,10 @@ def pruning_curve(
                 quality = metric(output, y_test)
             model.load_state_dict(state)
             if not isinstance(quality, Mapping):
-                raise TypeError(f"metric must return a mapping of names to numbers, got "
-                                f"{type(quality).__name__}")  # fmt: skip
+                raise TypeError(
+                    f"metric must return a mapping of names to numbers, got "
+                    f"{type(quality).__name__}"
+                )
             curve["fraction"].append(float(fraction))
             curve["pruned"].append(k)
             for name, value in quality.items():
@@ -338,8 +345,9 @@ def taylor_scores(
         (C,) non-negative scores in the layer's dtype on its device; prune the lowest first.
     """
     if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"x and y must hold the same, non-zero number of images, got {len(x)} "
-                         f"and {len(y)}")  # fmt: skip
+        raise ValueError(
+            f"x and y must hold the same, non-zero number of images, got {len(x)} and {len(y)}"
+        )
     check_finite("x", x)
     captured: list[Tensor] = []
 
@@ -364,8 +372,10 @@ def taylor_scores(
                 check_finite("the model output (for a finite x)", logits)
                 labels = y[start : start + batch_size]
                 if labels.min() < 0 or labels.max() >= logits.shape[1]:
-                    raise ValueError(f"y must hold class indices in [0, {logits.shape[1]}), got "
-                                     f"{labels.tolist()}")  # fmt: skip
+                    raise ValueError(
+                        f"y must hold class indices in [0, {logits.shape[1]}), got "
+                        f"{labels.tolist()}"
+                    )
                 loss = nn.functional.cross_entropy(
                     logits, labels.to(logits.device), reduction="sum"
                 )
