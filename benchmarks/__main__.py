@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"suite {args.suite!r} is not built yet")
 
     written = []
+    times: dict[str, float] = {}
     for name in names:
         root = args.out or Path("reports")
         out = args.out if (args.out and len(names) == 1) else root / name
@@ -49,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         print(f"== {name} {'(quick)' if args.quick else ''}", flush=True)
         module.run(report, quick=args.quick, progress=not args.no_progress)
-        report.results["wall_time_s"] = time.perf_counter() - start
+        report.results["wall_time_s"] = times[name] = time.perf_counter() - start
         report.results["quick"] = args.quick
         written.append(report.write())
         print(f"   {name}: {report.results['wall_time_s']:.1f} s → {written[-1]}", flush=True)
     print("reports written:\n" + "\n".join(f"  {p}" for p in written))
+    print("time per suite:\n" + "\n".join(f"  {n:<8} {t:7.1f} s" for n, t in times.items()))
+    print(f"  {'total':<8} {sum(times.values()):7.1f} s")
     return 0
 
 

@@ -383,7 +383,7 @@ def _speed(report: Report, quick: bool) -> None:
     model = torchvision.models.vgg16(weights=None).eval()
     x = torch.rand(1, 3, 224, 224)
     layers = ["features.26", "features.28"]
-    nrm = NRM(model, layers, on_violation="warn", batch_size=512)
+    nrm = NRM(model, layers, on_violation="warn", messages_per_pass=512)
     onehot = torch.eye(1000)[[0]]
     repeats = {"warmup": 0 if quick else 1, "repeats": 1 if quick else 3}
 

@@ -128,7 +128,7 @@ def _vgg16(report: Report, quick: bool) -> dict:
         VGG_LAYERS,
         composite=nrm_composite(low=0.0, high=1.0),
         on_violation="warn",
-        batch_size=512,
+        messages_per_pass=512,
         fast=False,
     )
     work = _conv_work(model, x, VGG_LAYERS)

@@ -229,7 +229,7 @@ def assess(model: nn.Module, test, top_rates: dict[str, float]) -> dict[str, Any
     result: dict[str, Any] = {
         "accuracy": evaluate(model, test.x, test.y)["accuracy"],
         **filter_metrics(
-            maps, test.mask, n_modules=N_PARTS, top_rate=first, phi=PHI, progress=False
+            maps, test.mask, n_modules=N_PARTS, top_rate=first, phi=PHI, show_progress=False
         ),
     }
     ious = {label: part_iou(maps, test.mask, top_rate=rate) for label, rate in top_rates.items()}
@@ -327,7 +327,7 @@ def _taylor_curve(model: nn.Module, train_set, test, fractions) -> dict[str, lis
         test.y,
         layer_mask=channels,
         fractions=fractions,
-        progress=False,
+        show_progress=False,
     )
 
 

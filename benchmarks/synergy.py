@@ -192,7 +192,7 @@ def _layer_study(model, layer_name: str, splits, fractions, seed: int, progress:
             fractions=fractions,
             x_recalibrate=splits.train.x,
             seed=seed,
-            progress=False,
+            show_progress=False,
         )
         for label, score in _rankings(result).items()
     }
@@ -430,7 +430,7 @@ def _channels(report: Report, quick: bool, progress: bool) -> dict:
             fractions=fractions,
             layer_mask=layer_mask,
             batch_size=500,
-            progress=False,
+            show_progress=False,
         )
         for label, score in _rankings(result).items()
     }

@@ -134,7 +134,7 @@ class World:
             "scores": torch.rand(4, dtype=torch.float64),
             "x_test": self.x,
             "y_test": self.y,
-            "progress": False,
+            "show_progress": False,
             **kwargs,
         }
         return pruning.pruning_curve(self.model, self.model[3], **arguments)
@@ -196,12 +196,18 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
         ValueError,
         "NRM needs a (batch, n_outputs) model output, got (2, 3, 1)",
     ),
-    ("NRM.explain target 3", lambda w: w.nrm.explain(w.x, 3), ValueError, "in [0, 3), got 3"),
+    (
+        "NRM.explain target 3",
+        lambda w: w.nrm.explain(w.x, 3),
+        ValueError,
+        "target 3 out of range for a forward output of shape (2, 3)",
+    ),
     (
         "NRM.explain 3 targets for 2 samples",
         lambda w: w.nrm.explain(w.x, [0, 1, 2]),
         ValueError,
-        "target must be one class or one per sample in [0, 3), got [0, 1, 2]",
+        "target must be None, an int, a tuple of ints, a list with one entry per input row (2) "
+        "or a tensor, got [0, 1, 2]",
     ),
     (
         "NRM.explain target relevance summing to 0",
@@ -209,7 +215,18 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
         ValueError,
         "target relevance must have a positive sum per sample (eq. 16)",
     ),
-    ("NRM.explain target -1", lambda w: w.nrm.explain(w.x, -1), ValueError, "in [0, 3), got -1"),
+    (
+        "NRM.explain target -4",
+        lambda w: w.nrm.explain(w.x, -4),
+        ValueError,
+        "target -4 out of range for a forward output of shape (2, 3)",
+    ),
+    (
+        "NRM.explain target (0, 1) indexes 2 dimensions",
+        lambda w: w.nrm.explain(w.x, (0, 1)),
+        ValueError,
+        "target (0, 1) indexes 2 dimensions of a forward output of shape (2, 3)",
+    ),
     (
         "NRM.explain nan target relevance",
         lambda w: w.nrm.explain(w.x, torch.full((2, 3), NAN, dtype=torch.float64)),
@@ -308,7 +325,12 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
         ValueError,
         "x must hold at least one sample",
     ),
-    ("NeuronPaths.graph target 7", lambda w: w.paths.graph(w.x, 7), ValueError, "in [0, 3), got 7"),
+    (
+        "NeuronPaths.graph target 7",
+        lambda w: w.paths.graph(w.x, 7),
+        ValueError,
+        "target 7 out of range for a forward output of shape (2, 3)",
+    ),
     (
         "NeuronPaths.graph c=nan",
         lambda w: w.paths.graph(w.x, 0, c=NAN),
@@ -549,7 +571,7 @@ BAD_CALLS: list[tuple[str, Callable[[World], Any], type[Exception], str]] = [
     (
         "pruning_curve inf output",
         lambda w: pruning.pruning_curve(
-            m := mlp(scale=INF), m[3], torch.rand(4), w.x, w.y, progress=False
+            m := mlp(scale=INF), m[3], torch.rand(4), w.x, w.y, show_progress=False
         ),
         ValueError,
         "the model output at 0% pruned must be finite",

@@ -1,4 +1,4 @@
-"""Any Zennit composite (PLRP included) as a Quantus ``explain_func``.
+"""Any Zennit composite (PLRP included) as a Quantus ``explain_func``: the Quantus adapter.
 
 Quantus calls ``explain_func(model=model, inputs=x_batch, targets=y_batch, **kwargs)`` with
 numpy arrays and expects a numpy array of attributions shaped like the inputs.
@@ -16,7 +16,7 @@ from zennit.attribution import Attributor, Gradient
 from zennit.composites import COMPOSITES
 from zennit.core import Composite
 
-from zennit_ext._checks import check_finite
+from zennit_ext._checks import TargetType, check_finite, parse_target
 from zennit_ext._rules import ModuleState
 
 __all__ = ["make_composite", "explain"]
@@ -66,26 +66,35 @@ def make_composite(
     )
 
 
-def _one_hot(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Output relevance ``(N, C)``: the one-hot rows of ``targets`` (C taken from the output).
+def _as_target(targets: Any) -> TargetType:
+    """Quantus' ``targets`` as Captum's target: a numpy array or a tensor of whole numbers as
+    an int64 tensor, anything else unchanged.
 
-    Raises ValueError (when called with the output) if the output is not (N, C) or a target is
-    outside [0, C).
+    Raises ValueError naming ``targets`` if an array holds a number that is not whole.
+    """
+    if isinstance(targets, np.ndarray | np.generic):
+        targets = torch.as_tensor(np.asarray(targets))
+    if isinstance(targets, torch.Tensor) and targets.is_floating_point():
+        if not bool((targets == targets.round()).all()):
+            raise ValueError(
+                f"targets must be whole class indices, got {targets.reshape(-1).tolist()[:10]}"
+            )
+        targets = targets.long()
+    return targets
+
+
+def _one_hot(target: TargetType, rows: int, chunk: slice) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Output relevance of the rows ``chunk`` of ``rows``: 1 at each row's target, else 0.
+
+    Raises ValueError (when called with the output) if the target does not select one value of
+    each row's output (:func:`~zennit_ext._checks.parse_target`).
     """
 
     def attr_output(output: torch.Tensor) -> torch.Tensor:
-        if output.ndim != 2:
-            raise ValueError(
-                f"the model's output must be logits of shape (N, C), got {tuple(output.shape)}"
-            )
-        classes = output.shape[1]
-        bad = (targets < 0) | (targets >= classes)
-        if bool(bad.any()):
-            raise ValueError(
-                f"targets must be class indices in [0, {classes}) (the model has {classes} "
-                f"outputs), got {sorted(set(targets[bad].tolist()))}"
-            )
-        return torch.nn.functional.one_hot(targets, classes).to(output.dtype)
+        index = parse_target(target, rows, (rows, *output.shape[1:]))[chunk].to(output.device)
+        relevance = torch.zeros_like(output)
+        relevance[(torch.arange(len(output), device=output.device), *index.t())] = 1
+        return relevance
 
     return attr_output
 
@@ -93,7 +102,7 @@ def _one_hot(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 def explain(
     model: nn.Module,
     inputs: np.ndarray | torch.Tensor,
-    targets: np.ndarray | torch.Tensor | int,
+    targets: TargetType | np.ndarray,
     *,
     composite: str | Composite | type = "epsilon_plus_flat",
     composite_kwargs: Mapping[str, Any] | None = None,
@@ -104,7 +113,10 @@ def explain(
     reduce_channels: bool = False,
     **_: Any,
 ) -> np.ndarray:
-    """Relevance of ``inputs`` for ``targets`` with a Zennit composite, Quantus-style.
+    """The Quantus adapter: relevance of ``inputs`` for ``targets`` with a Zennit composite.
+
+    Pass it to Quantus as ``explain_func`` (not to be confused with :meth:`NRM.explain
+    <zennit_ext.nrm.NRM.explain>`).
 
     Parameters
     ----------
@@ -113,8 +125,11 @@ def explain(
         left unchanged.
     inputs : numpy.ndarray or torch.Tensor
         (N, ...) inputs.
-    targets : array-like of int or int
-        (N,) class indices to explain (an int is used for every sample).
+    targets : int, tuple, list, numpy.ndarray or torch.Tensor
+        Captum's ``target`` under Quantus' name (:func:`~zennit_ext._checks.parse_target`):
+        (N,) class indices to explain, or an int for every sample (a tuple indexes a
+        multi-dimensional output); a numpy array or float tensor of whole numbers is taken as
+        integer indices.
     composite : str, zennit Composite class or instance
         See :func:`make_composite`; PLRP by ``'plrp_lambda'`` / ``'plrp_m'``.
     composite_kwargs : mapping, optional
@@ -140,8 +155,8 @@ def explain(
     Raises
     ------
     ValueError
-        ``batch_size`` < 1; ``inputs`` with NaN or ±inf; ``targets`` not of length N, not
-        whole numbers, or outside [0, C) for a model with C outputs (raised on the first batch).
+        ``batch_size`` < 1; ``inputs`` with NaN or ±inf; ``targets`` not of length N or not
+        whole numbers, or out of range of the model's output (raised on the first batch).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -154,14 +169,8 @@ def explain(
     dtype = param.dtype if param is not None else torch.float32
     x = torch.as_tensor(np.asarray(inputs) if not torch.is_tensor(inputs) else inputs)
     check_finite("inputs", x)
-    y = torch.as_tensor(np.asarray(targets)).reshape(-1)
-    if y.is_floating_point() and not bool((y == y.round()).all()):
-        raise ValueError(f"targets must be whole class indices, got {y.tolist()[:10]}")
-    y = y.long()
-    if y.numel() == 1:
-        y = y.expand(len(x))
-    if y.numel() != len(x):
-        raise ValueError(f"targets must have {len(x)} entries (one per input), got {y.numel()}")
+    target = _as_target(targets)
+    parse_target(target, len(x))  # the structure, before the model runs
     comp = make_composite(composite, composite_kwargs)
     state = ModuleState(model)
     original_device = param.device if param is not None else device
@@ -171,8 +180,8 @@ def explain(
         with attributor(model=model, composite=comp, **dict(attributor_kwargs or {})) as attr:
             for start in range(0, len(x), batch_size):
                 xb = x[start : start + batch_size].to(device=device, dtype=dtype)
-                yb = y[start : start + batch_size].to(device)
-                _, relevance = attr(xb, _one_hot(yb))
+                chunk = slice(start, start + batch_size)
+                _, relevance = attr(xb, _one_hot(target, len(x), chunk))
                 if reduce_channels:
                     relevance = relevance.sum(1, keepdim=True)
                 chunks.append(relevance.detach().to("cpu", torch.float32).numpy())

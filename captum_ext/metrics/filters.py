@@ -213,7 +213,7 @@ def _affinities(maps: Tensor) -> Tensor:
     return (unit @ unit.transpose(1, 2)).clamp(min=0.0) + 1e-6
 
 
-def _spectral(affinities: np.ndarray, n_modules: int, seed: int, progress: bool) -> np.ndarray:
+def _spectral(affinities: np.ndarray, n_modules: int, seed: int, show_progress: bool) -> np.ndarray:
     """(N, C) module labels of (N, C, C) affinities, one spectral clustering each.
 
     One thread: on problems this small, thread start-up in KMeans costs ~10× the work.
@@ -223,7 +223,7 @@ def _spectral(affinities: np.ndarray, n_modules: int, seed: int, progress: bool)
 
     model = SpectralClustering(n_clusters=n_modules, affinity="precomputed", random_state=seed)
     bar = tqdm(
-        affinities, desc="modules", disable=None if progress and len(affinities) > 1 else True
+        affinities, desc="modules", disable=None if show_progress and len(affinities) > 1 else True
     )
     with threadpool_limits(limits=1):
         return np.stack([model.fit_predict(a) for a in bar])
@@ -237,7 +237,7 @@ def _check_modules(n_modules: int, n_filters: int) -> None:
 
 
 def module_consistency(
-    maps: Tensor, n_modules: int, seed: int = 0, live_only: bool = True, progress: bool = True
+    maps: Tensor, n_modules: int, seed: int = 0, live_only: bool = True, show_progress: bool = False
 ) -> float:
     """How much the filters' module co-membership varies across images (lower is better).
 
@@ -255,8 +255,8 @@ def module_consistency(
         Random state of the clustering.
     live_only : bool
         Drop filters that are 0 on every image.
-    progress : bool
-        Progress bar over images (shown only on a terminal).
+    show_progress : bool
+        Progress bar over images (tqdm, silent when the output is not a terminal).
 
     Returns
     -------
@@ -267,7 +267,7 @@ def module_consistency(
     if live_only:
         maps = maps[:, _live(maps)]
     _check_modules(n_modules, maps.shape[1])
-    labels = _spectral(_affinities(maps).cpu().double().numpy(), n_modules, seed, progress)
+    labels = _spectral(_affinities(maps).cpu().double().numpy(), n_modules, seed, show_progress)
     rows, cols = np.triu_indices(maps.shape[1], k=1)
     same = labels[:, rows] == labels[:, cols]  # (N, pairs)
     return float(same.std(0).mean()) if same.size else 0.0
@@ -323,7 +323,7 @@ def module_part_alignment(
         maps, parts = maps[:, keep], parts[keep.to(parts.device)]
     _check_modules(n_modules, maps.shape[1])
     affinity = _affinities(maps).mean(0, keepdim=True).cpu().double().numpy()
-    modules = _spectral(affinity, n_modules, seed, progress=False)[0]
+    modules = _spectral(affinity, n_modules, seed, show_progress=False)[0]
     truth = parts.cpu().numpy()
     return {
         "nmi": float(metrics.normalized_mutual_info_score(truth, modules)),
@@ -343,7 +343,7 @@ def filter_metrics(
     phi: float = 0.2,
     seed: int = 0,
     live_only: bool = True,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> dict[str, float]:
     """Every filter metric of one layer as a scalar (keys as in :data:`DIRECTION`).
 
@@ -355,7 +355,7 @@ def filter_metrics(
         (N, K, H, W) bool part masks.
     n_modules : int, optional
         Number of modules; default K, the number of parts.
-    top_rate, phi, seed, live_only, progress
+    top_rate, phi, seed, live_only, show_progress
         As in :func:`part_iou`, :func:`interp` and :func:`module_consistency`.
 
     Returns
@@ -372,7 +372,7 @@ def filter_metrics(
         "stability": float(stability(iou, phi).mean()),
         "purity": float(purity(iou, phi).mean()),
         "diversity": float(diversity(iou, phi).mean()),
-        "module_consistency": module_consistency(maps, n_modules, seed, live_only, progress),
+        "module_consistency": module_consistency(maps, n_modules, seed, live_only, show_progress),
         **module_part_alignment(maps, iou, n_modules, phi, seed, live_only),
         "dead_filters": int((~_live(maps)).sum()),
     }

@@ -119,5 +119,9 @@ def per_row_z(plan: Plan, alpha: float) -> Tensor:
                 i, j = block[:, 0].to(p.device), block[:, 1].to(p.device)
                 s = scores.pair_synergy(d_pair, d_single[:, i], d_single[:, j]).clamp(min=0)
                 positive.index_add_(1, i, s).index_add_(1, j, s)
-            out.append(scores.z_score(d_single, positive / plan.n, alpha).to(dtype))
+            out.append(
+                scores.synergistic_importance_from_mean(d_single, positive / plan.n, alpha).to(
+                    dtype
+                )
+            )
     return torch.cat(out)

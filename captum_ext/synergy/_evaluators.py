@@ -16,6 +16,7 @@ import torch
 from captum._utils.common import _format_tensor_into_tuples, _verify_select_neuron
 from captum._utils.gradient import _forward_layer_eval
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from captum_ext.synergy._masking import RowSlice, Target, Transform, Units
 
@@ -35,12 +36,18 @@ _ELEMENTS_PER_BLOCK = 1 << 20
 
 
 def probe_layer(
-    forward_func: Any, layer: nn.Module, first: RowSlice, device_ids: Any
+    forward_func: Any, layer: nn.Module, first: RowSlice, device_ids: Any, *, layer_input: bool
 ) -> tuple[Tensor, ...]:
-    """The layer's output(s) for the first row alone, unmasked: shapes and selector checks."""
+    """The layer's output(s), or its input(s) when ``layer_input``, for the first row alone,
+    unmasked: shapes and selector checks."""
     with torch.no_grad():
         return _forward_layer_eval(
-            forward_func, first.inputs, layer, first.args or None, device_ids=device_ids
+            forward_func,
+            first.inputs,
+            layer,
+            first.args or None,
+            device_ids=device_ids,
+            attribute_to_layer_input=layer_input,
         )
 
 
@@ -75,21 +82,25 @@ class _MaskedForward:
 
 
 class LayerHookEvaluator(_MaskedForward):
-    """Units of a layer's output masked by a forward hook, in stacked forward passes.
+    """Units of a layer's output (or input) masked by a forward (pre-)hook, in stacked passes.
 
     Parameters
     ----------
     forward : callable
         ``forward(*inputs, *additional_args)``.
     layer : nn.Module
-        Its output (a tensor or a tuple of tensors, batch first) is masked.
+        Its output (a tensor or a tuple of tensors, batch first) is masked, or its positional
+        inputs when ``layer_input``.
     part : RowSlice
         The rows, their additional arguments and target.
     units : Units
-        Units of the layer output for these rows.
+        Units of the layer output (or input) for these rows.
     transform : Transform
     per_eval : int
         Masks per forward pass.
+    layer_input : bool
+        Mask the layer's inputs by a forward pre-hook (Captum's
+        ``attribute_to_layer_input=True``) instead of its output by a forward hook.
     """
 
     def __init__(
@@ -100,18 +111,17 @@ class LayerHookEvaluator(_MaskedForward):
         units: Units,
         transform: Transform,
         per_eval: int,
+        layer_input: bool,
     ) -> None:
         super().__init__(len(part), per_eval)
         self.n = units.n
         self._forward, self._layer, self._part = forward, layer, part
-        self._units, self._transform = units, transform
+        self._units, self._transform, self._layer_input = units, transform, layer_input
 
     def _scores(self, masks: Tensor | None) -> tuple[Tensor, torch.dtype]:
         rows, copies = len(self._part), 1 if masks is None else len(masks)
         inputs = tuple(x.repeat(copies, *([1] * (x.dim() - 1))) for x in self._part.inputs)
-        handle = None
-        if masks is not None:
-            handle = self._layer.register_forward_hook(self._masking_hook(masks, copies * rows))
+        handle = None if masks is None else self._register(masks, copies * rows)
         try:
             output = self._forward(*inputs, *self._part.repeated_args(copies))
         finally:
@@ -120,20 +130,22 @@ class LayerHookEvaluator(_MaskedForward):
         scores = self._part.target.select(self._transform(output), copies)
         return scores.reshape(copies, rows).t(), output.dtype
 
-    def _masking_hook(self, masks: Tensor, expected: int) -> Any:
-        """A forward hook that masks the layer output of ``expected`` stacked rows."""
+    def _register(self, masks: Tensor, expected: int) -> RemovableHandle:
+        """A hook on the layer that masks its output (or inputs) of ``expected`` stacked rows."""
 
-        def hook(_module: nn.Module, _inp: Any, output: Any) -> Any:
-            parts = _format_tensor_into_tuples(output)
+        def mask(value: Any) -> Any:
+            parts = _format_tensor_into_tuples(value)
             if len(parts[0]) != expected:
                 raise ValueError(
                     f"the layer saw a batch of {len(parts[0])} rows, {expected} expected: "
                     "masking needs the whole batch at the layer (no DataParallel replicas)"
                 )
             masked = self._units.apply(parts, masks)
-            return masked if isinstance(output, tuple) else masked[0]
+            return masked if isinstance(value, tuple) else masked[0]
 
-        return hook
+        if self._layer_input:
+            return self._layer.register_forward_pre_hook(lambda _module, args: mask(args))
+        return self._layer.register_forward_hook(lambda _module, _args, output: mask(output))
 
 
 def select_neuron(layer_eval: tuple[Tensor, ...], selector: Any, rows: int) -> Tensor:
@@ -183,6 +195,9 @@ class NeuronEvaluator(_MaskedForward):
     per_eval : int
         Masks per forward pass.
     device_ids : list of int or None
+    neuron_input : bool
+        Select the neuron from the layer's input instead of its output (Captum's
+        ``attribute_to_neuron_input=True``).
     """
 
     def __init__(
@@ -194,11 +209,12 @@ class NeuronEvaluator(_MaskedForward):
         selector: Any,
         per_eval: int,
         device_ids: Any,
+        neuron_input: bool,
     ) -> None:
         super().__init__(len(part), per_eval)
         self.n = units.n
         self._forward, self._layer, self._part, self._units = forward, layer, part, units
-        self._selector, self._device_ids = selector, device_ids
+        self._selector, self._device_ids, self._neuron_input = selector, device_ids, neuron_input
 
     def _scores(self, masks: Tensor | None) -> tuple[Tensor, torch.dtype]:
         rows, copies = len(self._part), 1 if masks is None else len(masks)
@@ -207,7 +223,12 @@ class NeuronEvaluator(_MaskedForward):
             inputs = self._units.apply(inputs, masks)
         args = self._part.repeated_args(copies) or None
         layer_eval = _forward_layer_eval(
-            self._forward, inputs, self._layer, args, device_ids=self._device_ids
+            self._forward,
+            inputs,
+            self._layer,
+            args,
+            device_ids=self._device_ids,
+            attribute_to_layer_input=self._neuron_input,
         )
         value = select_neuron(layer_eval, self._selector, copies * rows)
         return value.reshape(copies, rows).t().to(torch.float64), value.dtype

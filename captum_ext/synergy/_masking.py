@@ -7,14 +7,13 @@ Captum's target semantics; ``RowSlice`` cuts inputs, arguments and targets into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from captum._utils.common import _format_feature_mask, _format_tensor_into_tuples
 from torch import Tensor
 
-from zennit_ext._checks import check_finite
+from zennit_ext._checks import check_finite, parse_target
 
 __all__ = ["Units", "Target", "Transform", "RowSlice", "format_inputs"]
 
@@ -44,17 +43,13 @@ class Transform:
         return (output if self._fn is None else self._fn(output)).to(torch.float64)
 
 
-def _is_index(value: Any) -> bool:
-    """Whether ``value`` is a Python int (a bool is not an index)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class Target:
     """Captum's ``target`` as one index tuple per row, and the selection of one score per row.
 
-    Every kind Captum accepts: None (one value per row), an int, a tuple of ints (indices
-    beyond the batch dimension), a list of ints or of tuples (one per row), a tensor with one
-    element or with one entry per row.
+    Every kind Captum accepts (None, an int, a tuple of ints, a list of ints or of tuples, a
+    tensor with one element or one entry per row), parsed by
+    :func:`zennit_ext._checks.parse_target`: its structure when built, its range against each
+    output it selects from.
 
     Parameters
     ----------
@@ -64,83 +59,27 @@ class Target:
     """
 
     def __init__(self, target: Any, rows: int) -> None:
+        parse_target(target, rows)
         self.raw = target
-        self._index: Tensor | None  # (N, d) long, or None
-        if target is None:
-            self._index = None
-            return
-        if isinstance(target, Tensor):
-            if target.numel() == 1:
-                target = int(target.reshape(-1)[0])
-            elif target.dim() == 1 and len(target) == rows:
-                self._index = target.detach().to("cpu", torch.long)[:, None]
-                return
-            else:
-                raise ValueError(
-                    f"target tensor must hold one element or one per input row "
-                    f"({rows}), got shape {tuple(target.shape)}"
-                )
-        if _is_index(target):
-            self._index = torch.full((rows, 1), target, dtype=torch.long)
-        elif isinstance(target, tuple) and all(_is_index(t) for t in target):
-            self._index = torch.tensor([target], dtype=torch.long).expand(rows, -1)
-        elif isinstance(target, Sequence) and len(target) == rows:
-            entries = [(t,) if isinstance(t, int) else t for t in target]
-            if not all(
-                isinstance(t, tuple) and len(t) == len(entries[0]) and all(_is_index(i) for i in t)
-                for t in entries
-            ):
-                raise ValueError(
-                    f"target list must hold ints or equal-length tuples of ints, got {target!r}"
-                )
-            self._index = torch.tensor(entries, dtype=torch.long).reshape(rows, -1)
-        else:
-            raise ValueError(
-                f"target must be None, an int, a tuple of ints, a list with one "
-                f"entry per input row ({rows}) or a tensor, got {target!r}"
-            )
+        self._count = rows
+        self._which: slice | Tensor = slice(None)
 
     def rows(self, which: slice | Tensor) -> Target:
         """The target of the rows ``which`` (a slice or an index tensor)."""
         part = Target.__new__(Target)
-        part.raw = self.raw
+        part.raw, part._count = self.raw, self._count
         if isinstance(which, Tensor):
             which = which.cpu()
-        part._index = None if self._index is None else self._index[which]
+        part._which = torch.arange(self._count)[self._which][which]
         return part
 
     def select(self, output: Tensor, copies: int = 1) -> Tensor:
         """Scores (copies · R,) of an output (copies · R, ...) from ``copies`` stacked batches."""
-        if self._index is None:
-            if output.numel() != len(output):
-                raise ValueError(
-                    f"target must be given for a forward output of shape "
-                    f"{tuple(output.shape)} (more than one value per row)"
-                )
-            return output.reshape(-1)
-        index = self._index.to(output.device).repeat(copies, 1)
-        shape = tuple(output.shape)
-        if len(output) == 0:
-            return output.new_zeros(0)
-        if index.shape[1] > output.dim() - 1:
-            raise ValueError(
-                f"target {self.raw!r} indexes {index.shape[1]} dimensions of a "
-                f"forward output of shape {shape}"
-            )
-        for k in range(index.shape[1]):
-            size = shape[1 + k]
-            if int(index[:, k].max()) >= size or int(index[:, k].min()) < -size:
-                raise ValueError(
-                    f"target {self.raw!r} out of range for a forward output of shape {shape}"
-                )
+        shape = (self._count, *output.shape[1:])
+        index = parse_target(self.raw, self._count, shape)[self._which]
+        index = index.to(output.device).repeat(copies, 1)
         rows = torch.arange(len(output), device=output.device)
-        selected = output[(rows, *index.t())]
-        if selected.numel() != len(output):
-            raise ValueError(
-                f"target {self.raw!r} selects {selected[0].numel()} values per row "
-                f"of a forward output of shape {shape}; one is needed"
-            )
-        return selected.reshape(-1)
+        return output[(rows, *index.t())].reshape(len(output))
 
 
 def _as_rows(value: Tensor, like: Tensor, rows: int, name: str, what: str) -> Tensor:

@@ -10,7 +10,7 @@ __all__ = [
     "score_difference",
     "pair_synergy",
     "synergistic_importance",
-    "z_score",
+    "synergistic_importance_from_mean",
     "synergy_ranking",
     "MODES",
 ]
@@ -51,10 +51,28 @@ def pair_synergy(
     return pair - single_i - single_j
 
 
-def z_score(
+def synergistic_importance_from_mean(
     importance: torch.Tensor, positive_synergy_mean: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """Z_i = Δ_i + α · mean_j max(S_ij, 0), from the mean positive synergy of each unit."""
+    """SynXAI's Z_i = Δ_i + α · mean_j max(S_ij, 0), given the mean positive synergy of each unit.
+
+    Not a z-score: the synergistic importance of :func:`synergistic_importance`, from the
+    already reduced synergy term (e.g. accumulated per row without the (n, n) matrix).
+
+    Parameters
+    ----------
+    importance : torch.Tensor
+        (..., n) Δ_i (per row or of means).
+    positive_synergy_mean : torch.Tensor
+        (..., n) mean_j max(S_ij, 0), broadcastable to ``importance``.
+    alpha : float
+        Weight of the synergy term.
+
+    Returns
+    -------
+    torch.Tensor
+        (..., n) Z_i.
+    """
     return importance + alpha * positive_synergy_mean
 
 
@@ -77,7 +95,9 @@ def synergistic_importance(
     torch.Tensor
         (n,) Z_i.
     """
-    return z_score(importance, synergy.clamp(min=0).mean(1), real_number("alpha", alpha))
+    return synergistic_importance_from_mean(
+        importance, synergy.clamp(min=0).mean(1), real_number("alpha", alpha)
+    )
 
 
 def synergy_ranking(synergy: torch.Tensor) -> torch.Tensor:

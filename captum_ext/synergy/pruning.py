@@ -185,7 +185,7 @@ def pruning_curve(
     metric: Callable[[Tensor, Tensor], Mapping[str, float]] = classification_metrics,
     seed: int = 0,
     batch_size: int = 4096,
-    progress: bool = True,
+    show_progress: bool = False,
 ) -> dict[str, list[float]]:
     """The model's quality as the lowest-scored units (or unit groups) of ``layer`` are zeroed.
 
@@ -222,9 +222,9 @@ def pruning_curve(
     seed : int
         Seed of the random rankings and of the recalibration's row order.
     batch_size : int
-        Rows per forward pass on ``x_test``.
-    progress : bool
-        Progress bar over fractions (shown only on a terminal).
+        Samples (rows of ``x_test``) per forward pass.
+    show_progress : bool
+        Progress bar over fractions (tqdm, silent when the output is not a terminal).
 
     Returns
     -------
@@ -260,7 +260,7 @@ def pruning_curve(
     curve: dict[str, list[float]] = {"fraction": [], "pruned": []}
     try:
         model.eval()
-        for fraction in tqdm(fractions, desc="pruning", disable=None if progress else True):
+        for fraction in tqdm(fractions, desc="pruning", disable=None if show_progress else True):
             k = int(n * fraction)
             if isinstance(scores, str):
                 ranking = torch.randperm(n, generator=generator)

@@ -55,5 +55,5 @@ def brute_force(model, layer, x, units, score, mode, baseline=0.0):
 
 def evaluator_of(attribution, x, target=None, layer_mask=None):
     """The evaluator a LayerSynergy call on ``x`` would use for all its rows."""
-    plan, _ = attribution._plan(x, target, None, None, layer_mask, 1, False, None)
+    plan, _ = attribution._plan(x, None, target, None, layer_mask, False, 1, False, None)
     return plan.evaluator(0, len(x))

@@ -339,7 +339,7 @@ def test_pruning_curve_in_float32_follows_float64():
             y,
             fractions=fractions,
             x_recalibrate=x_train.to(dtype),
-            progress=False,
+            show_progress=False,
         )
         for m, dtype in ((model, torch.float32), (model64, torch.float64))
     ]
@@ -459,8 +459,8 @@ def test_part_iou_decides_regions_at_the_threshold_alike(n, side, size):
 def test_filter_metrics_in_float32_follow_float64():
     maps = _saturated_maps(20, 64, 14)
     masks = _part_masks(20, 4, 56)
-    m32 = filter_metrics(maps, masks, progress=False)
-    m64 = filter_metrics(maps.double(), masks, progress=False)
+    m32 = filter_metrics(maps, masks, show_progress=False)
+    m64 = filter_metrics(maps.double(), masks, show_progress=False)
     assert m32.keys() == m64.keys()
     for key, value in m64.items():  # the module metrics come from the same labels
         assert abs(m32[key] - value) <= 2 * _ULP * abs(value), key

@@ -169,24 +169,24 @@ def test_identical_clusterings_give_consistency_0_and_alignment_1():
     groups = [0, 0, 1, 1, 2, 2, 3, 3]
     maps = _grouped([groups] * 5, noise=0.3)
     masks = _masks(5)
-    assert module_consistency(maps, 4, progress=False) == 0.0
+    assert module_consistency(maps, 4, show_progress=False) == 0.0
     iou = part_iou(maps, masks, top_rate=0.25)
     assert module_part_alignment(maps, iou, 4) == pytest.approx({"nmi": 1, "ari": 1, "avi": 1})
 
 
 def test_consistency_of_two_crossed_partitions_is_one_third():
     maps = _grouped([[0, 0, 1, 1], [0, 1, 0, 1]])  # pairs change membership 4 times of 6
-    assert module_consistency(maps, 2, progress=False) == pytest.approx(1 / 3)
+    assert module_consistency(maps, 2, show_progress=False) == pytest.approx(1 / 3)
 
 
 def test_dead_filters_are_dropped_and_counted():
     maps = torch.cat(
         [_grouped([[0, 0, 1, 1]] * 3), torch.zeros(3, 2, S, S, dtype=torch.float64)], dim=1
     )
-    assert module_consistency(maps, 2, progress=False) == 0.0
+    assert module_consistency(maps, 2, show_progress=False) == 0.0
     with pytest.raises(ValueError, match="n_modules"):
-        module_consistency(maps, 5, progress=False)  # only 4 live filters
-    result = filter_metrics(maps, _masks(3), n_modules=2, top_rate=0.25, progress=False)
+        module_consistency(maps, 5, show_progress=False)  # only 4 live filters
+    result = filter_metrics(maps, _masks(3), n_modules=2, top_rate=0.25, show_progress=False)
     assert result["dead_filters"] == 2 and set(result) == set(DIRECTION)
     assert result["module_consistency"] == 0.0 and result["nmi"] == pytest.approx(1.0)
     assert result["interp"] == pytest.approx(4 / 6)  # dead filters count as 0

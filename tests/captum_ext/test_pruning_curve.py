@@ -73,7 +73,9 @@ def test_pruning_matches_hand_masked_forward(dtype, device):
     model = _mlp(dtype, device)
     x, y = _data(dtype, device)
     scores = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.3, 0.7, 0.0, 0.2], dtype=dtype, device=device)
-    curve = pruning_curve(model, model[2], scores, x, y, fractions=(0.0, 0.25, 0.5), progress=False)
+    curve = pruning_curve(
+        model, model[2], scores, x, y, fractions=(0.0, 0.25, 0.5), show_progress=False
+    )
     assert curve["pruned"] == [0, 2, 4]
     assert set(curve) == {"fraction", "pruned", "roc_auc", "accuracy"}
     # lowest scores: unit 6 (0.0), 1 (0.1), then 7 (0.2), 3 (0.3, first of the tie)
@@ -94,7 +96,7 @@ def test_recalibration_matches_hand_statistics_of_the_pruned_model():
     x_train = _data(torch.float64, n=256)[0] * 1.5 + 0.3
     scores = torch.arange(8.0, dtype=torch.float64)  # units 0 and 1 are pruned at 0.25
     curve = pruning_curve(
-        model, model[2], scores, x, y, fractions=(0.25,), x_recalibrate=x_train, progress=False
+        model, model[2], scores, x, y, fractions=(0.25,), x_recalibrate=x_train, show_progress=False
     )
     # one batch of 256 rows: the new statistics are that batch's mean and unbiased variance
     z = x_train @ model[0].weight.T + model[0].bias
@@ -172,7 +174,7 @@ def test_channel_pruning_with_recalibration_matches_hand_forward():
         metric=metric,
         layer_mask=channels,
         x_recalibrate=x_train,
-        progress=False,
+        show_progress=False,
     )
     assert set(curve) == {"fraction", "pruned", "accuracy", "logits"}
     assert curve["pruned"] == [0, 3]
@@ -215,27 +217,11 @@ def test_random_pruning_is_seeded_and_metric_is_any_callable():
     def margin(output, labels):
         return {"mean_logit": output.mean().item(), "rows": len(labels)}
 
-    first = pruning_curve(
-        model,
-        model[2],
-        "random",
-        x,
-        y,
-        fractions=(0.0, 0.5, 0.75),
-        metric=margin,
-        seed=7,
-        progress=False,
-    )
-    again = pruning_curve(
-        model,
-        model[2],
-        "random",
-        x,
-        y,
-        fractions=(0.0, 0.5, 0.75),
-        metric=margin,
-        seed=7,
-        progress=False,
+    first, again = (
+        pruning_curve(
+            model, model[2], "random", x, y, fractions=(0, 0.5, 0.75), metric=margin, seed=7
+        )
+        for _ in range(2)
     )
     assert first == again and set(first) == {"fraction", "pruned", "mean_logit", "rows"}
     assert first["pruned"] == [0, 4, 6] and first["rows"] == [200.0] * 3
@@ -271,7 +257,7 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
     x, y = _data()
     before = _state(model)
     pruning_curve(
-        model, model[2], "random", x, y, fractions=(0.0, 0.5), x_recalibrate=x, progress=False
+        model, model[2], "random", x, y, fractions=(0.0, 0.5), x_recalibrate=x, show_progress=False
     )
     _assert_restored(model, before, training)
 
@@ -293,7 +279,7 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
             fractions=(0.0, 0.5),
             x_recalibrate=x,
             metric=failing,
-            progress=False,
+            show_progress=False,
         )
     _assert_restored(model, before, training)
     with pytest.raises(RuntimeError):  # the recalibration's forward fails: 3 features, not 4
@@ -305,7 +291,7 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
             y,
             fractions=(0.5,),
             x_recalibrate=x[:, :3],
-            progress=False,
+            show_progress=False,
         )
     _assert_restored(model, before, training)
     with pytest.raises(TypeError, match="metric must return a mapping"):
@@ -317,7 +303,7 @@ def test_model_is_restored_after_a_curve_and_after_errors(training):
             y,
             fractions=(0.5,),
             metric=lambda out, lab: 0.5,
-            progress=False,
+            show_progress=False,
         )
     _assert_restored(model, before, training)
 
@@ -326,26 +312,26 @@ def test_pruning_rejects_bad_arguments():
     model = _mlp()
     x, y = _data()
     with pytest.raises(ValueError, match=r"scores must have shape \(8,\).*got \(3,\)"):
-        pruning_curve(model, model[2], torch.ones(3), x, y, progress=False)
+        pruning_curve(model, model[2], torch.ones(3), x, y, show_progress=False)
     with pytest.raises(ValueError, match="scores.*'best'"):
-        pruning_curve(model, model[2], "best", x, y, progress=False)
+        pruning_curve(model, model[2], "best", x, y, show_progress=False)
     with pytest.raises(ValueError, match=r"fractions.*\[1.0\]"):
-        pruning_curve(model, model[2], torch.ones(8), x, y, fractions=(1.0,), progress=False)
+        pruning_curve(model, model[2], torch.ones(8), x, y, fractions=(1.0,), show_progress=False)
     with pytest.raises(ValueError, match="not called"):
-        pruning_curve(model, nn.ReLU(), torch.ones(8), x, y, progress=False)
+        pruning_curve(model, nn.ReLU(), torch.ones(8), x, y, show_progress=False)
     with pytest.raises(ValueError, match="y_test.*200.*got 10"):
-        pruning_curve(model, model[2], torch.ones(8), x, y[:10], progress=False)
+        pruning_curve(model, model[2], torch.ones(8), x, y[:10], show_progress=False)
     groups = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]])
     with pytest.raises(ValueError, match=r"one per groups of layer_mask, got \(8,\)"):
-        pruning_curve(model, model[2], torch.ones(8), x, y, layer_mask=groups, progress=False)
+        pruning_curve(model, model[2], torch.ones(8), x, y, layer_mask=groups, show_progress=False)
     with pytest.raises(ValueError, match="layer_mask must hold integer"):
         pruning_curve(
-            model, model[2], torch.ones(4), x, y, layer_mask=groups.float(), progress=False
+            model, model[2], torch.ones(4), x, y, layer_mask=groups.float(), show_progress=False
         )
     with pytest.raises(ValueError, match=r"layer_mask must broadcast to the layer output"):
         pruning_curve(
-            model, model[2], torch.ones(4), x, y, layer_mask=groups[:, :5], progress=False
+            model, model[2], torch.ones(4), x, y, layer_mask=groups[:, :5], show_progress=False
         )
     with pytest.raises(ValueError, match=r"every group id 0 … G-1, got ids \[0, 1, 3\]"):
         gap = torch.tensor([[0, 0, 1, 1, 3, 3, 3, 3]])
-        pruning_curve(model, model[2], torch.ones(4), x, y, layer_mask=gap, progress=False)
+        pruning_curve(model, model[2], torch.ones(4), x, y, layer_mask=gap, show_progress=False)

@@ -60,7 +60,7 @@ def test_tied_scores_over_many_units_prune_the_lowest_index_first():
         y,
         fractions=(0.25, 0.5),
         metric=_fingerprint(weights),
-        progress=False,
+        show_progress=False,
     )
     assert curve["fraction"] == [0.25, 0.5] and curve["pruned"] == [30, 60]
     order = sorted(range(hidden), key=lambda u: (float(scores[u]), u))
@@ -80,7 +80,7 @@ def test_the_seed_reaches_random_rankings_and_the_recalibration_order():
     weights = torch.randn(40, 3, generator=g, dtype=torch.float64)
     metric = _fingerprint(weights)
     default = pruning_curve(
-        model, model[2], "random", x, y, fractions=(0.5, 0.75), metric=metric, progress=False
+        model, model[2], "random", x, y, fractions=(0.5, 0.75), metric=metric, show_progress=False
     )
     assert default == pruning_curve(
         model,
@@ -91,7 +91,7 @@ def test_the_seed_reaches_random_rankings_and_the_recalibration_order():
         fractions=(0.5, 0.75),
         metric=metric,
         seed=0,
-        progress=False,
+        show_progress=False,
     )
     # rows sorted by their first feature: batches of 256 in stored order each see a slice
     x_train = torch.sort(torch.randn(600, 4, generator=g, dtype=torch.float64), dim=0)[0]
@@ -108,7 +108,7 @@ def test_the_seed_reaches_random_rankings_and_the_recalibration_order():
             x_recalibrate=x_train,
             metric=metric,
             seed=seed,
-            progress=False,
+            show_progress=False,
         )
         norm = nn.BatchNorm1d(8, dtype=torch.float64)  # statistics of the pruned layer input
         with torch.no_grad():
@@ -139,9 +139,9 @@ def test_progress_bar_is_named_and_silent_off_a_terminal(monkeypatch):
     monkeypatch.setattr(pruning, "tqdm", recording_tqdm)
     model = _mlp()
     x, y = torch.randn(10, 4, dtype=torch.float64), torch.arange(10) % 3
-    pruning_curve(model, model[2], "random", x, y, fractions=(0.0,))
-    pruning_curve(model, model[2], "random", x, y, fractions=(0.0,), progress=False)
-    assert calls == [{"desc": "pruning", "disable": None}, {"desc": "pruning", "disable": True}]
+    pruning_curve(model, model[2], "random", x, y, fractions=(0.0,))  # default: no bar
+    pruning_curve(model, model[2], "random", x, y, fractions=(0.0,), show_progress=True)
+    assert calls == [{"desc": "pruning", "disable": True}, {"desc": "pruning", "disable": None}]
 
 
 def test_a_metric_that_returns_no_mapping_is_named_by_its_type():
@@ -158,7 +158,7 @@ def test_a_metric_that_returns_no_mapping_is_named_by_its_type():
             y,
             fractions=(0.0,),
             metric=lambda out, lab: 0.5,
-            progress=False,
+            show_progress=False,
         )
 
 
@@ -182,19 +182,19 @@ def test_messages_name_units_and_list_at_most_ten_group_ids():
         ValueError,
         match=re.escape("scores must have shape (12,), one per units of this layer, got (3,)"),
     ):
-        pruning_curve(model, model[2], torch.ones(3), x, y, progress=False)
+        pruning_curve(model, model[2], torch.ones(3), x, y, show_progress=False)
     eleven = torch.tensor([list(range(10)) + [11, 11]])  # 11 ids, 10 missing: the list is cut
     with pytest.raises(
         ValueError,
         match=re.escape("every group id 0 … G-1, got ids [0, 1, 2, 3, 4, 5, 6, 7, 8, 9] …"),
     ):
-        pruning_curve(model, model[2], torch.ones(12), x, y, layer_mask=eleven, progress=False)
+        pruning_curve(model, model[2], torch.ones(12), x, y, layer_mask=eleven, show_progress=False)
     ten = torch.tensor([list(range(9)) + [10, 10, 10]])  # 10 ids, 9 missing: all are shown
     with pytest.raises(
         ValueError,
         match=re.escape("every group id 0 … G-1, got ids [0, 1, 2, 3, 4, 5, 6, 7, 8, 10]") + "$",
     ):
-        pruning_curve(model, model[2], torch.ones(11), x, y, layer_mask=ten, progress=False)
+        pruning_curve(model, model[2], torch.ones(11), x, y, layer_mask=ten, show_progress=False)
 
 
 def _conv(dtype=torch.float64):

@@ -6,12 +6,14 @@ runs ``LayerFeatureAblation`` runs ``LayerSynergy``: shapes per Captum's contrac
 for neurons, layer-shaped for layers, tuple in → tuple out), finite values, batch
 independence, Δ equal to the mean absolute ablation attribution, no hooks left, the model's
 outputs unchanged, a clear error for a bad selector / target, and clean-up after a forward
-that raises.
+that raises. Every entry also runs with its arguments passed positionally, in the order of
+Captum's signature: the same results as by keyword, for Captum and for the synergy classes.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
 
 import pytest
@@ -83,6 +85,19 @@ def _rows(args, start, stop):
     return {k: (v if k == "neuron_selector" else cut(v)) for k, v in args.items()}
 
 
+def _positional(ablation, args):
+    """The arguments of an entry as a positional tuple, in the order of ``ablation.attribute``
+    (defaults where the entry leaves one out)."""
+    parameters = list(inspect.signature(ablation.attribute).parameters.values())[1:]
+    assert not set(args) - {p.name for p in parameters}
+    return tuple(args.get(p.name, p.default) for p in parameters)
+
+
+def _assert_same(a, b):
+    for x, y in zip(_format_tensor_into_tuples(a), _format_tensor_into_tuples(b), strict=True):
+        assert torch.equal(x, y)
+
+
 def _outputs(model, args):
     inputs = _format_tensor_into_tuples(args["inputs"])
     extra = _format_additional_forward_args(args.get("additional_forward_args")) or ()
@@ -108,6 +123,10 @@ def _replay(entry, make, ablation, bad):
     ours = make(model, layer).attribute(**args)
     theirs = ablation(model, layer).attribute(**args)
     _check_structure(ours, theirs)
+    # positional arguments in Captum's order mean the same, for Captum and for us
+    positional = _positional(ablation, args)
+    _assert_same(ablation(model, layer).attribute(*positional), theirs)
+    _assert_same(make(model, layer).attribute(*positional), ours)
     # Δ is the mean absolute ablation attribution
     result = make(model, layer).compute(**args)
     theirs_t = _format_tensor_into_tuples(theirs)

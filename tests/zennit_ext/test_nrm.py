@@ -195,11 +195,13 @@ def test_additive_relevance_spreads_walks_over_layers(net):
     torch.testing.assert_close(nrm.additive(x, target, sets, "channel"), marginals / (steps + 1))
 
 
-@pytest.mark.parametrize("batch_size", [1, 3, 1000])
-def test_batching_does_not_change_results(batch_size):
+@pytest.mark.parametrize("messages_per_pass", [1, 3, 1000])
+def test_batching_does_not_change_results(messages_per_pass):
     model, x, target = _cnn(), torch.rand(2, 3, 8, 8, dtype=torch.float64), torch.tensor([1, 2])
-    reference = NRM(model, CNN_LAYERS, composite=_composite("zplus"), batch_size=64)
-    batched = NRM(model, CNN_LAYERS, composite=_composite("zplus"), batch_size=batch_size)
+    reference = NRM(model, CNN_LAYERS, composite=_composite("zplus"), messages_per_pass=64)
+    batched = NRM(
+        model, CNN_LAYERS, composite=_composite("zplus"), messages_per_pass=messages_per_pass
+    )
     layers = ["1", "6", "9"]
     torch.testing.assert_close(
         batched.interactions(x, target, layers), reference.interactions(x, target, layers)
@@ -321,8 +323,8 @@ def test_constructor_rejects_unknown_layers_and_bad_settings():
         NRM(model, ["features.3"])
     with pytest.raises(TypeError, match="layers"):
         NRM(model, "1")
-    with pytest.raises(ValueError, match="batch_size"):
-        NRM(model, HIDDEN, batch_size=0)
+    with pytest.raises(ValueError, match="messages_per_pass must be a positive int, got 0"):
+        NRM(model, HIDDEN, messages_per_pass=0)
     with pytest.raises(ValueError, match="on_violation"):
         NRM(model, HIDDEN, on_violation="ignore")
 

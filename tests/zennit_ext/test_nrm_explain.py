@@ -315,8 +315,8 @@ def test_grouped_channel_messages_equal_batched_backward(rule, net, monkeypatch)
     canonizers = [SequentialMergeBatchNorm()] if net == "vgg_blocks" else []
     rules = [(Activation, Pass()), (Convolution, CONV_RULES[rule]()), (nn.Linear, ZPlus())]
     composites = [LayerMapComposite(rules, canonizers=canonizers) for _ in range(2)]
-    fast = NRM(model, layers, composites[0], on_violation="warn", batch_size=4)
-    slow = NRM(model, layers, composites[1], on_violation="warn", batch_size=4, fast=False)
+    fast = NRM(model, layers, composites[0], on_violation="warn", messages_per_pass=4)
+    slow = NRM(model, layers, composites[1], on_violation="warn", messages_per_pass=4, fast=False)
     # neurons below: the grouped transposed convolution; channels below: weight gradients
     calls = {"grouped": 0, "edges": 0}
     for method, key in (

@@ -49,11 +49,11 @@ X = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manu
 
 
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_batch_size_bounds_every_backward_pass(batch_size, fast, monkeypatch):
-    """At most ``batch_size`` messages per partial backward, or one top unit's messages split
+@pytest.mark.parametrize("messages_per_pass", [1, 3, 8])
+def test_messages_per_pass_bounds_every_backward_pass(messages_per_pass, fast, monkeypatch):
+    """At most ``messages_per_pass`` messages per partial backward, or one top unit's messages split
     over the middle layers' units where that alone is more."""
-    nrm = NRM(_pooled(), LAYERS, _rules(), batch_size=batch_size, fast=fast)
+    nrm = NRM(_pooled(), LAYERS, _rules(), messages_per_pass=messages_per_pass, fast=fast)
     queries = {  # query: the messages one top unit splits into
         "joint_many": (lambda e: e.joint_many([{"2": [i % 4]} for i in range(5)]), 1),
         "pairwise": (lambda e: e.pairwise("2", "4"), 1),
@@ -73,10 +73,13 @@ def test_batch_size_bounds_every_backward_pass(batch_size, fast, monkeypatch):
             result = query(e)
             monkeypatch.undo()
             assert result.abs().sum() > 0
-            assert max(sizes, default=0) <= max(batch_size, split), (name, sizes)
+            assert max(sizes, default=0) <= max(messages_per_pass, split), (name, sizes)
             assert sizes or (fast and name == "pairwise")  # (the weight-gradient edges)
-            if batch_size == 8 and name in ("joint_many", "three"):
-                assert max(sizes) > math.ceil(batch_size / 2), (name, sizes)  # fills the batch
+            if messages_per_pass == 8 and name in ("joint_many", "three"):
+                assert max(sizes) > math.ceil(messages_per_pass / 2), (
+                    name,
+                    sizes,
+                )  # fills the batch
 
 
 class _TTY(io.StringIO):
@@ -84,9 +87,9 @@ class _TTY(io.StringIO):
         return True
 
 
-@pytest.mark.parametrize("progress", [True, False])
-def test_progress_bars_on_a_terminal_only_when_asked(progress, monkeypatch):
-    nrm = NRM(_pooled(), LAYERS, _rules(), batch_size=1, progress=progress)
+@pytest.mark.parametrize("show_progress", [True, False])
+def test_progress_bars_on_a_terminal_only_when_asked(show_progress, monkeypatch):
+    nrm = NRM(_pooled(), LAYERS, _rules(), messages_per_pass=1, show_progress=show_progress)
     with nrm.explain(X, 0) as e:
         for stream in (_TTY(), io.StringIO()):  # a terminal; a pipe (never a bar)
             monkeypatch.setattr("sys.stderr", stream)
@@ -94,7 +97,7 @@ def test_progress_bars_on_a_terminal_only_when_asked(progress, monkeypatch):
             e.interactions(["1", "2", "4"], level="channel")
             monkeypatch.undo()
             shown = stream.getvalue()
-            if progress and isinstance(stream, _TTY):
+            if show_progress and isinstance(stream, _TTY):
                 assert "NRM conditions: 100%" in shown and "NRM interactions: 100%" in shown
             else:
                 assert shown == ""

@@ -43,8 +43,10 @@ def test_select_units_std_boundary_is_kept():
 
 def test_select_units_topk_ties_to_lower_index():
     scores = torch.tensor([[3.0, 1.0, 3.0, 3.0, 0.0]])
-    assert select_units(scores, mode="topk", k=2).tolist() == [[True, False, True, False, False]]
-    assert select_units(scores, mode="topk", k=5).all()
+    assert select_units(scores, selection="topk", k=2).tolist() == [
+        [True, False, True, False, False]
+    ]
+    assert select_units(scores, selection="topk", k=5).all()
 
 
 @pytest.mark.parametrize("mass", [1.0, 0.9, 0.5, 0.05])
@@ -52,21 +54,21 @@ def test_select_units_mass_is_mass_threshold_mask(mass):
     scores = torch.randn(4, 30, generator=torch.Generator().manual_seed(3)).double()
     scores[0, :5] = 0.0
     expected = mass_threshold_mask(scores, p=1.0 - mass)
-    assert torch.equal(select_units(scores, mode="mass", mass=mass), expected)
+    assert torch.equal(select_units(scores, selection="mass", mass=mass), expected)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mode": "median"}, "mode must be one of"),
+        ({"selection": "median"}, "selection must be one of"),
         ({"c": float("nan")}, "c must be a finite real number"),
         ({"c": "1"}, "c must be a finite real number"),
-        ({"mode": "topk"}, "k must be an int in \\[1, 3\\]"),
-        ({"mode": "topk", "k": 4}, "k must be an int in \\[1, 3\\]"),
-        ({"mode": "topk", "k": 0}, "k must be an int"),
-        ({"mode": "mass"}, "mass must be a fraction in \\(0, 1\\]"),
-        ({"mode": "mass", "mass": 0.0}, "mass must be a fraction"),
-        ({"mode": "mass", "mass": 1.5}, "mass must be a fraction"),
+        ({"selection": "topk"}, "k must be an int in \\[1, 3\\]"),
+        ({"selection": "topk", "k": 4}, "k must be an int in \\[1, 3\\]"),
+        ({"selection": "topk", "k": 0}, "k must be an int"),
+        ({"selection": "mass"}, "mass must be a fraction in \\(0, 1\\]"),
+        ({"selection": "mass", "mass": 0.0}, "mass must be a fraction"),
+        ({"selection": "mass", "mass": 1.5}, "mass must be a fraction"),
     ],
 )
 def test_select_units_errors(kwargs, match):

@@ -53,10 +53,11 @@ class NRM:
     on_violation : {'raise', 'warn'}
         What a negative column sum at a neuron carrying relevance (eq. 15) does, and a checked
         pass that does not conserve relevance (``reached + Σ stopped`` not 1 up to rounding).
-    batch_size : int
-        Conditions per batched backward pass.
-    progress : bool
-        Progress bar over condition batches (shown only on a terminal).
+    messages_per_pass : int
+        Relevance messages (conditions) per batched backward pass (not samples: every pass
+        runs on the whole batch ``x``).
+    show_progress : bool
+        Progress bar over the passes (tqdm, silent when the output is not a terminal).
     fast : bool
         Use the channel-message and edge fast paths where they apply (False: always the
         batched partial backward passes, the reference).
@@ -76,8 +77,8 @@ class NRM:
         composite: Composite | None = None,
         canonizers: list | None = None,
         on_violation: str = "raise",
-        batch_size: int = 64,
-        progress: bool = False,
+        messages_per_pass: int = 64,
+        show_progress: bool = False,
         fast: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -93,15 +94,19 @@ class NRM:
             )
         if composite is not None and canonizers is not None:
             raise ValueError("give canonizers to the composite, not to NRM, when composite= is set")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if (
+            isinstance(messages_per_pass, bool)
+            or not isinstance(messages_per_pass, int)
+            or messages_per_pass < 1
+        ):
+            raise ValueError(f"messages_per_pass must be a positive int, got {messages_per_pass!r}")
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.modules = {name: modules[name] for name in self.layers}
         base = composite if composite is not None else nrm_composite(canonizers=canonizers)
         self.composite = NormalizedComposite(base, on_violation=on_violation)
-        self.batch_size = batch_size
-        self.progress = progress
+        self.messages_per_pass = messages_per_pass
+        self.show_progress = show_progress
         self.fast = fast
 
     # ----------------------------------------------------------------------------- public API
@@ -113,9 +118,12 @@ class NRM:
         ----------
         x : torch.Tensor
             Input batch, (batch, ...), on the model's device.
-        target : int, sequence of int, or torch.Tensor
-            Explained class per sample ((batch,) or one int), or unnormalized output
-            relevance r̃ of shape (batch, n_outputs) with a positive sum per sample (eq. 13).
+        target : int, tuple, list, torch.Tensor or None
+            Explained class: Captum's ``TargetType`` (an int for every sample, a 1-tuple
+            ``(k,)`` likewise, a list or 1-D integer tensor with one class per sample, None
+            for a model with one output), parsed by :func:`zennit_ext._checks.parse_target`;
+            or a floating-point tensor, the unnormalized output relevance r̃ of shape
+            (batch, n_outputs) with a positive sum per sample (eq. 13).
 
         Returns
         -------
@@ -144,8 +152,8 @@ class NRM:
             self.layers,
             x,
             target,
-            batch_size=self.batch_size,
-            progress=self.progress,
+            messages_per_pass=self.messages_per_pass,
+            show_progress=self.show_progress,
             fast=self.fast,
         )
         for name in session.report.violations:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from zennit_ext._checks import check_finite
+from zennit_ext._checks import check_finite, parse_target
 from zennit_ext.nrm.fastpaths import close, rule_segment
 from zennit_ext.nrm.rules import NormalizedComposite, NormalizedHook, PositiveSumError
 from zennit_ext.nrm.sets import Level, reduce_units, set_mask, unit_count, unit_masks
@@ -94,11 +94,12 @@ class Session:
         NRM's set layers (their outputs are captured).
     x : torch.Tensor
         Input batch (batch, ...).
-    target : int, sequence of int or torch.Tensor
-        Class per sample, or unnormalized output relevance (batch, n_outputs).
-    batch_size : int
+    target : None, int, tuple, list or torch.Tensor
+        Captum's ``TargetType``, or unnormalized output relevance (batch, n_outputs)
+        (:func:`output_relevance`).
+    messages_per_pass : int
         Messages per batched backward pass.
-    progress : bool
+    show_progress : bool
         Progress bars over message batches.
     fast : bool
         Use the channel-message and edge fast paths where they apply.
@@ -136,8 +137,8 @@ class Session:
         layers: Sequence[str],
         x: torch.Tensor,
         target: Any,
-        batch_size: int,
-        progress: bool,
+        messages_per_pass: int,
+        show_progress: bool,
         fast: bool,
     ) -> None:
         if not isinstance(x, torch.Tensor):
@@ -149,7 +150,11 @@ class Session:
         check_finite("x", x)
         _refuse_open_session(model)
         self.model, self.composite, self.layers = model, composite, list(layers)
-        self.batch_size, self.progress, self.fast = batch_size, progress, fast
+        self.messages_per_pass, self.show_progress, self.fast = (
+            messages_per_pass,
+            show_progress,
+            fast,
+        )
         self.modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
         self.order: list[str] = []
@@ -332,7 +337,7 @@ class Session:
 
     def chunks(self, count: int, size: int, desc: str) -> Iterator[torch.Tensor]:
         chunks = torch.arange(count, device=self.inputs.device).split(max(1, size))
-        return iter(tqdm(chunks, desc=desc, disable=None if self.progress else True))
+        return iter(tqdm(chunks, desc=desc, disable=None if self.show_progress else True))
 
     def segment(self, upper: str, lower: str | None, messages: torch.Tensor) -> torch.Tensor:
         """Push messages ``(n, *upper shape)`` down to ``lower`` (None: the input) in one batched
@@ -376,7 +381,11 @@ def _refuse_open_session(model: nn.Module) -> None:
 
 
 def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
-    """Normalized output relevance ``R(n_L = k)`` (eq. 18), shape of ``output``."""
+    """Normalized output relevance ``R(n_L = k)`` (eq. 18), shape of ``output`` (batch, n).
+
+    ``target`` is Captum's ``TargetType`` (:func:`zennit_ext._checks.parse_target`), or a
+    floating-point tensor shaped like the output: the unnormalized output relevance (eq. 16).
+    """
     if output.dim() != 2:
         raise ValueError(f"NRM needs a (batch, n_outputs) model output, got {tuple(output.shape)}")
     batch, n_out = output.shape
@@ -392,14 +401,9 @@ def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
         if (total <= 0).any():
             raise ValueError("target relevance must have a positive sum per sample (eq. 16)")
         return target / total
-    index = torch.as_tensor(target, device=output.device).long().reshape(-1)
-    if index.numel() == 1:
-        index = index.expand(batch)
-    if index.numel() != batch or index.min() < 0 or index.max() >= n_out:
-        raise ValueError(
-            f"target must be one class or one per sample in [0, {n_out}), got {target!r}"
-        )
-    return nn.functional.one_hot(index, n_out).to(output.dtype)
+    index = parse_target(target, batch, output.shape)  # (batch, 1), or (batch, 0) if n = 1
+    column = index[:, 0] if index.shape[1] else torch.zeros(batch, dtype=torch.long)
+    return nn.functional.one_hot(column.to(output.device), n_out).to(output.dtype)
 
 
 # ------------------------------------------------------------------------------- queries
@@ -412,7 +416,7 @@ def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> to
         return session.heat[None].expand(len(conditions), *session.heat.shape)
     ones = {name: torch.ones_like(session.outputs[name]) for name in names}
     results = []
-    for chunk in session.chunks(len(conditions), session.batch_size, "NRM conditions"):
+    for chunk in session.chunks(len(conditions), session.messages_per_pass, "NRM conditions"):
         picked = [conditions[i] for i in chunk.tolist()]
         masks = {name: torch.stack([c.get(name, ones[name]) for c in picked]) for name in names}
         message = session.messages[names[0]][None] * masks[names[0]]
@@ -480,7 +484,7 @@ def interactions(
     counts = [unit_count(levels[name], session.shape(name)) for name in names]
     message = session.messages[top]
     lowest_reach = reach(session, [lowest])[lowest]
-    per_top = max(1, session.batch_size // max(1, math.prod(counts[1:-1])))
+    per_top = max(1, session.messages_per_pass // max(1, math.prod(counts[1:-1])))
     segment = rule_segment(session, names[1], top) if fast else None
     if segment is not None and not segment.carries_channels(levels[top]):
         segment = None

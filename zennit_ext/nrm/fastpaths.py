@@ -42,6 +42,7 @@ class SessionView(Protocol):
         """Shape of layer ``name``'s output, (batch, ...)."""
         ...
 
+
 __all__ = ["RuleSegment", "rule_segment", "close"]
 
 
@@ -165,7 +166,9 @@ def rule_segment(
     return session.segments[key]
 
 
-def _find_segment(session: SessionView, lower: str, upper: str, pooling: bool) -> RuleSegment | None:
+def _find_segment(
+    session: SessionView, lower: str, upper: str, pooling: bool
+) -> RuleSegment | None:
     calls = session.calls  # the set layers ran (checked by the session): both are in it
     start = len(calls) - 1 - calls[::-1].index(lower)
     stop = len(calls) - 1 - calls[::-1].index(upper)

@@ -36,7 +36,7 @@ from torch import nn
 from zennit.core import Composite
 from zennit.types import Activation
 
-from zennit_ext._checks import check_finite, real_number
+from zennit_ext._checks import check_finite, parse_target, real_number
 from zennit_ext.nrm.api import NRM
 from zennit_ext.paths.graph import NeuronGraph, Paths, select_units
 
@@ -92,8 +92,9 @@ class NeuronPaths:
     layers : sequence of str
         Layers whose units form the graph, bottom → top (names from ``model.named_modules()``).
         Units are channels of (batch, C, ...) outputs and neurons of (batch, n) outputs.
-    composite, canonizers, on_violation, batch_size
-        As in :class:`~zennit_ext.NRM`.
+    composite, canonizers, on_violation, messages_per_pass, show_progress, fast
+        Every option of :class:`~zennit_ext.NRM`, with its default, passed on to the NRM
+        built here.
 
     Examples
     --------
@@ -110,7 +111,9 @@ class NeuronPaths:
         composite: Composite | None = None,
         canonizers: list | None = None,
         on_violation: str = "raise",
-        batch_size: int = 64,
+        messages_per_pass: int = 64,
+        show_progress: bool = False,
+        fast: bool = True,
     ) -> None:
         self.nrm = NRM(
             model,
@@ -118,7 +121,9 @@ class NeuronPaths:
             composite=composite,
             canonizers=canonizers,
             on_violation=on_violation,
-            batch_size=batch_size,
+            messages_per_pass=messages_per_pass,
+            show_progress=show_progress,
+            fast=fast,
         )
         if len(self.nrm.layers) != len(layers):
             raise ValueError(f"layers must be distinct, got {list(layers)!r}")
@@ -136,8 +141,8 @@ class NeuronPaths:
         ----------
         x : torch.Tensor
             (batch, ...) inputs.
-        target : int, sequence of int, or torch.Tensor
-            Explained class per sample, or output relevance (as in :meth:`NRM.joint`).
+        target : int, tuple, list, torch.Tensor or None
+            Captum's ``TargetType``, or output relevance (as in :meth:`NRM.explain`).
         c : float
             Threshold multiplier of :func:`select_units`.
         score : {'relevance', 'activation'}
@@ -409,8 +414,9 @@ class NeuronPaths:
                 handle.remove()
         if isinstance(target, torch.Tensor) and target.is_floating_point():
             return (output * target.to(output)).sum(1)
-        index = torch.as_tensor(target, device=output.device).long().reshape(-1)
-        return output.gather(1, index.expand(len(output))[:, None])[:, 0]
+        index = parse_target(target, len(output), output.shape).to(output.device)
+        rows = torch.arange(len(output), device=output.device)
+        return output[(rows, *index.t())].reshape(len(output))
 
 
 @functools.cache

@@ -18,13 +18,13 @@ from zennit_ext.plrp.masks import mass_threshold_mask
 
 __all__ = ["select_units", "Paths", "NeuronGraph"]
 
-MODES = ("std", "topk", "mass")
+SELECTIONS = ("std", "topk", "mass")
 
 
 def select_units(
     scores: torch.Tensor,
     c: float = 1.0,
-    mode: str = "std",
+    selection: str = "std",
     k: int | None = None,
     mass: float | None = None,
 ) -> torch.Tensor:
@@ -35,9 +35,9 @@ def select_units(
     scores : torch.Tensor
         (batch, n) unit scores (e.g. spatially summed relevance).
     c : float
-        ``mode='std'``: keep ``score ≥ mean − c·σ`` per sample (population σ; σ = 0 keeps
+        ``selection='std'``: keep ``score ≥ mean − c·σ`` per sample (population σ; σ = 0 keeps
         every unit). The paper's value is 1; negative ``c`` keeps units above the mean.
-    mode : {'std', 'topk', 'mass'}
+    selection : {'std', 'topk', 'mass'}
         'topk' keeps the ``k`` highest scores (ties to the lower index); 'mass' keeps the
         largest scores holding at least ``mass`` of each sign's mass
         (:func:`zennit_ext.plrp.masks.mass_threshold_mask` with ``p = 1 − mass``).
@@ -54,22 +54,22 @@ def select_units(
     if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(f"scores must be a (batch, n) tensor, got {shape}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     check_finite("scores", scores)
-    if mode == "std":
+    if selection == "std":
         c = real_number("c", c)
         mean = scores.mean(1, keepdim=True)
         std = scores.std(1, correction=0, keepdim=True)
         return (scores >= mean - c * std) | (std == 0)
-    if mode == "topk":
+    if selection == "topk":
         n = scores.shape[1]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-            raise ValueError(f"k must be an int in [1, {n}] for mode='topk', got {k!r}")
+            raise ValueError(f"k must be an int in [1, {n}] for selection='topk', got {k!r}")
         order = scores.sort(dim=1, descending=True, stable=True).indices[:, :k]
         return torch.zeros_like(scores, dtype=torch.bool).scatter(1, order, True)
     if mass is None or not 0.0 < real_number("mass", mass) <= 1.0:
-        raise ValueError(f"mass must be a fraction in (0, 1] for mode='mass', got {mass!r}")
+        raise ValueError(f"mass must be a fraction in (0, 1] for selection='mass', got {mass!r}")
     return mass_threshold_mask(scores, p=1.0 - float(mass))
 
 

@@ -269,16 +269,7 @@ def _hoyer_gains(values: torch.Tensor) -> torch.Tensor:
 
     ``m`` is the support size of ``v0``; one entry (``m = 1``) is maximally sparse: gain 0.
     The ratio ``‖v‖₁/‖v‖₂`` is evaluated in float64 from suffix sums of ``c`` and ``c²``.
-
-    Parameters
-    ----------
-    values : torch.Tensor
-        (..., n) float64, non-negative, sorted ascending.
-
-    Returns
-    -------
-    torch.Tensor
-        (..., n − 1) float64 gains.
+    Arguments and result as in :func:`_gini_gains`.
     """
     l1 = _suffix_sum(values)
     ratio = l1 / _suffix_sum(values * values).sqrt()
@@ -293,16 +284,7 @@ def _l0_gains(values: torch.Tensor) -> torch.Tensor:
 
     Each step zeroes one of the ``m`` support entries: ``Δs = 1/m`` and the gain is
     ``||v0||_1 / (m c_k)``; gain ≥ 1 prunes exactly the entries at most the support's mean.
-
-    Parameters
-    ----------
-    values : torch.Tensor
-        (..., n) float64, non-negative, sorted ascending.
-
-    Returns
-    -------
-    torch.Tensor
-        (..., n − 1) float64 gains.
+    Arguments and result as in :func:`_gini_gains`.
     """
     support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
     return values.sum(-1, keepdim=True) / (support * values[..., :-1])
