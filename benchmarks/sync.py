@@ -78,12 +78,13 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(
-    n_train=512,
+    n_train=384,
     n_test=200,
     epochs=2,
     seeds=(0,),
+    data=("hard",),
     sweep_epochs=None,
-    landscape_images=100,
+    landscape_images=64,
     landscape_grid=5,
     prune_fractions=(0.0, 0.25, 0.5, 0.75, 0.9),
 )
@@ -752,7 +753,8 @@ def run(report: Report, quick: bool, progress: bool, settings: Settings | None =
     report : Report
         Filled in place.
     quick : bool
-        :data:`QUICK` settings (512 / 200 images, 2 epochs, 1 seed, no sweeps).
+        :data:`QUICK` settings (384 / 200 images of the hard data, 2 epochs, 1 seed, no
+        sweeps).
     progress : bool
         Progress bars.
     settings : Settings, optional

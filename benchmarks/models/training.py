@@ -204,12 +204,17 @@ def _table(loader_name: str, **kwargs: Any) -> Callable[[bool], tuple]:
         from benchmarks import data as datasets
 
         splits = getattr(datasets, loader_name)(**kwargs)
-        return tuple((s.x, s.y) for s in (splits.train, splits.val, splits.test))
+        train = splits.train
+        if quick:  # every k-th row: about _TABLE_QUICK_ROWS rows spanning the whole period
+            train = train.subset(slice(None, None, max(len(train) // _TABLE_QUICK_ROWS, 1)))
+        return tuple((s.x, s.y) for s in (train, splits.val, splits.test))
 
     return data
 
 
 _SYNXAI = {"epochs": 50, "lr": 5e-4, "batch_size": 256, "patience": 5}
+_SYNXAI_QUICK = {**_SYNXAI, "epochs": 10}
+_TABLE_QUICK_ROWS = 4000
 _DNA_QUICK = {"epochs": 20, "lr": 3e-3, "batch_size": 64, "patience": 3}
 _DNA_FULL = {"epochs": 40, "lr": 3e-3, "batch_size": 64, "patience": 5}
 _RECIPES = {
@@ -241,16 +246,16 @@ _RECIPES = {
         lambda: MNISTMLP(bias=False), _mnist, {"epochs": 3}, {"epochs": 12}
     ),
     "mnist_mlp2_nobias": _Recipe(NRMTable2MLP, _mnist, {"epochs": 3}, {"epochs": 12}),
-    "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), {**_SYNXAI, "epochs": 15}, _SYNXAI),
+    "fish_mlp": _Recipe(SynergyMLP, _table("load_fish"), _SYNXAI_QUICK, _SYNXAI),
     # the fish table at SynXAI's share of positives (21.6 %) instead of about half
     "fish_mlp_rare": _Recipe(
         SynergyMLP,
         _table("load_fish", positive_rate=SYNXAI_POSITIVE_RATE),
-        {**_SYNXAI, "epochs": 15},
+        _SYNXAI_QUICK,
         _SYNXAI,
     ),
     "storms_mlp": _Recipe(
-        lambda: SynergyMLP(in_features=8), _table("load_storms"), {**_SYNXAI, "epochs": 15}, _SYNXAI
+        lambda: SynergyMLP(in_features=8), _table("load_storms"), _SYNXAI_QUICK, _SYNXAI
     ),
 }
 MODEL_NAMES = tuple(_RECIPES)
