@@ -2,7 +2,7 @@
 
 from benchmarks.models.architectures import DNACNN, MNISTMLP, SynergyMLP, VGGSmall
 from benchmarks.models.pretrained import imagenet_classes, load_efficientnet_lite0, load_photos
-from benchmarks.models.training import MODEL_NAMES, evaluate, fit, get_trained
+from benchmarks.models.training import MODEL_NAMES, evaluate, fit, get_trained, trained_info
 
 __all__ = [
     "DNACNN",
@@ -16,4 +16,5 @@ __all__ = [
     "imagenet_classes",
     "load_efficientnet_lite0",
     "load_photos",
+    "trained_info",
 ]

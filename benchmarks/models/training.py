@@ -19,7 +19,7 @@ from benchmarks.cache import cache_dir
 from benchmarks.data.tabular import SYNXAI_POSITIVE_RATE
 from benchmarks.models.architectures import DNACNN, MNISTMLP, NRMTable2MLP, SynergyMLP, VGGSmall
 
-__all__ = ["fit", "evaluate", "get_trained", "MODEL_NAMES"]
+__all__ = ["fit", "evaluate", "get_trained", "trained_info", "MODEL_NAMES"]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
@@ -288,11 +288,8 @@ def get_trained(
         Test ``accuracy`` (and ``roc_auc`` for binary tasks), ``epochs``, ``train_time_s``,
         sizes, ``seed``, ``quick``; ``cached`` says whether it was loaded from disk.
     """
-    if name not in _RECIPES:
-        raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
-    recipe = _RECIPES[name]
-    folder = cache_dir("models")
-    stem = folder / f"{name}-{'quick' if quick else 'full'}-s{seed}"
+    recipe = _RECIPES[_check_name(name)]
+    stem = _stem(name, quick, seed)
     torch.manual_seed(seed)
     model = recipe.build()
     if stem.with_suffix(".pt").exists() and stem.with_suffix(".json").exists():
@@ -310,6 +307,27 @@ def get_trained(
     _atomic(lambda path: torch.save(model.state_dict(), path), stem.with_suffix(".pt"))
     _atomic(lambda path: Path(path).write_text(json.dumps(info)), stem.with_suffix(".json"))
     return model, {**info, "cached": False}
+
+
+def trained_info(name: str, quick: bool = False, seed: int = 0) -> dict[str, Any] | None:
+    """The ``info`` of :func:`get_trained` if that model is in the cache, else ``None``.
+
+    Reads only the small JSON beside the checkpoint: nothing is trained or loaded.
+    """
+    path = _stem(_check_name(name), quick, seed).with_suffix(".json")
+    if not (path.exists() and path.with_suffix(".pt").exists()):
+        return None
+    return {**json.loads(path.read_text()), "cached": True}
+
+
+def _check_name(name: str) -> str:
+    if name not in _RECIPES:
+        raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
+    return name
+
+
+def _stem(name: str, quick: bool, seed: int) -> Path:
+    return cache_dir("models") / f"{name}-{'quick' if quick else 'full'}-s{seed}"
 
 
 def _atomic(write: Callable[[str], Any], path: os.PathLike) -> None:
