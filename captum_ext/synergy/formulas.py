@@ -12,10 +12,15 @@ __all__ = [
     "synergistic_importance",
     "synergistic_importance_from_mean",
     "synergy_ranking",
+    "pair_labels",
     "MODES",
+    "SYNERGISTIC",
+    "REDUNDANT",
+    "INDEPENDENT",
 ]
 
 MODES = ("abs_mean", "signed")
+SYNERGISTIC, INDEPENDENT, REDUNDANT = 1, 0, -1
 
 
 def score_difference(p: torch.Tensor, p_masked: torch.Tensor, mode: str) -> torch.Tensor:
@@ -114,3 +119,41 @@ def synergy_ranking(synergy: torch.Tensor) -> torch.Tensor:
         (n,) R_i.
     """
     return synergy.clamp(min=0).sum(1)
+
+
+def pair_labels(
+    synergy: torch.Tensor, importance: torch.Tensor, rtol: float = 0.05, atol: float = 0.0
+) -> torch.Tensor:
+    """SynXAI's pair classes: synergistic (Δ_ij > Δ_i + Δ_j), redundant (<), independent (≈).
+
+    The paper leaves "≈" open; here a pair is independent when
+    ``|S_ij| ≤ rtol · (|Δ_i| + |Δ_j|) + atol`` — S within a share of the units' own effects.
+
+    Parameters
+    ----------
+    synergy : torch.Tensor
+        (n, n) S_ij = Δ_ij − Δ_i − Δ_j.
+    importance : torch.Tensor
+        (n,) Δ_i.
+    rtol, atol : float
+        Relative and absolute width of the independent band (≥ 0).
+
+    Returns
+    -------
+    torch.Tensor
+        (n, n) int8: :data:`SYNERGISTIC` (1), :data:`INDEPENDENT` (0) or :data:`REDUNDANT`
+        (−1); symmetric, the diagonal 0.
+    """
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not real_number(name, value) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if synergy.dim() != 2 or synergy.shape != (len(importance), len(importance)):
+        raise ValueError(
+            f"synergy must be (n, n) with n = len(importance) = {len(importance)}, "
+            f"got {tuple(synergy.shape)}"
+        )
+    size = importance.abs().double()
+    band = rtol * (size[:, None] + size[None, :]) + atol
+    value = synergy.double()
+    labels = torch.where(value > band, SYNERGISTIC, torch.where(value < -band, REDUNDANT, 0))
+    return labels.fill_diagonal_(INDEPENDENT).to(torch.int8)

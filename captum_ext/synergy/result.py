@@ -105,3 +105,25 @@ class SynergyResult:
         values = self.synergy[i, j]
         order = values.argsort(descending=True, stable=True)[:k]
         return torch.stack([i[order], j[order]], dim=1), values[order]
+
+    def pair_labels(self, rtol: float = 0.05, atol: float = 0.0) -> Tensor:
+        """(n, n) int8 SynXAI pair classes: 1 synergistic, 0 independent, −1 redundant.
+
+        See :func:`captum_ext.synergy.formulas.pair_labels` for the independent band
+        ``|S_ij| ≤ rtol · (|Δ_i| + |Δ_j|) + atol``.
+        """
+        return scores.pair_labels(self.synergy, self.importance, rtol, atol)
+
+    def label_counts(self, rtol: float = 0.05, atol: float = 0.0) -> dict[str, int]:
+        """Number of pairs i < j per class: ``{'synergistic', 'independent', 'redundant'}``."""
+        labels = self.pair_labels(rtol, atol)
+        i, j = torch.triu_indices(self.n, self.n, offset=1, device=labels.device)
+        upper = labels[i, j]
+        return {
+            name: int((upper == value).sum())
+            for name, value in (
+                ("synergistic", scores.SYNERGISTIC),
+                ("independent", scores.INDEPENDENT),
+                ("redundant", scores.REDUNDANT),
+            )
+        }
