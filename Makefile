@@ -81,3 +81,10 @@ test-zennit1: $(Z1STAMP) data
 clean:
 	rm -rf $(VENV) $(Z1VENV) .cache reports .pytest_cache .ruff_cache .mypy_cache .hypothesis \
 		build dist *.egg-info docs/_build docs/api .mutation mutants
+
+# side environment for the zennit-crp anchor of `python -m benchmarks atlas` (zennit 0.4.6 and
+# zennit-crp 0.6.0 from PyPI, the torch/torchvision of the main venv); the suite skips the
+# anchor with a message without it
+crp-env:
+	$(PY) -m venv .venv-crp
+	.venv-crp/bin/python -m pip install -q "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')" "torchvision==$$($(BIN)/python -c 'import torchvision; print(torchvision.__version__.split("+")[0])')" zennit==0.4.6 zennit-crp==0.6.0

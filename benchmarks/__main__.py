@@ -1,4 +1,4 @@
-"""``python -m benchmarks {plrp,nrm,synergy,sync,paths,all} [--quick] [--out DIR]``.
+"""``python -m benchmarks {plrp,nrm,synergy,sync,paths,atlas,zoo,tour,all} [--quick] [--out DIR]``.
 
 Each suite is a module ``benchmarks.<suite>`` with one entry point
 ``run(report: Report, quick: bool, progress: bool) -> None`` that fills the report.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.report import Report
 
-SUITES = ("plrp", "nrm", "synergy", "sync", "paths")
+SUITES = ("plrp", "nrm", "synergy", "sync", "paths", "atlas", "zoo")
 
 
 def _available(name: str) -> bool:

@@ -50,14 +50,16 @@ CORE_MODULES = (
 )
 
 # The tests each package's mutants run against: its own and the bad-input table of both.
-# Excluded: the notebooks, the Captum replays and the PLRP runs on ResNet-18/EfficientNet
-# (minutes per mutant; the small-network tests reach the same code).
+# Excluded: the notebooks, the Captum replays, the PLRP runs on ResNet-18/EfficientNet and the
+# torchvision zoo of the canonizers (minutes per mutant; the small-network tests reach the same
+# code).
 TEST_SELECTION = {
     "zennit_ext": [
         "tests/zennit_ext",
         "tests/test_bad_input.py",
         "--deselect=tests/zennit_ext/test_plrp.py::test_real_architectures",
         "--deselect=tests/zennit_ext/test_plrp.py::test_efficientnet_canonizer_keeps_function",
+        "--ignore=tests/zennit_ext/test_canonizers_zoo.py",
     ],
     "captum_ext": [
         "tests/captum_ext",

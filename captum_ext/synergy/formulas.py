@@ -154,6 +154,6 @@ def pair_labels(
         )
     size = importance.abs().double()
     band = rtol * (size[:, None] + size[None, :]) + atol
-    value = synergy.double()
-    labels = torch.where(value > band, SYNERGISTIC, torch.where(value < -band, REDUNDANT, 0))
+    values = synergy.double()
+    labels = torch.where(values > band, SYNERGISTIC, torch.where(values < -band, REDUNDANT, 0))
     return labels.fill_diagonal_(INDEPENDENT).to(torch.int8)

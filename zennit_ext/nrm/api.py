@@ -40,7 +40,8 @@ class NRM:
     ----------
     model : torch.nn.Module
         A feed-forward network; residual adds need a canonizer that makes them Zennit ``Sum``
-        modules. Its train/eval mode is not changed.
+        modules (the default canonizers do for torchvision's CNNs). Its train/eval mode is not
+        changed.
     layers : sequence of str
         Names (as in ``model.named_modules()``) of the layers whose output neurons may carry
         sets. They must lie on one path from input to output.
@@ -49,7 +50,10 @@ class NRM:
         convolutions, z⁺ on dense layers, flat on the first layer (use
         ``nrm_composite(low, high)`` for the box rule).
     canonizers : list, optional
-        Canonizers of the default composite (give them to ``composite`` otherwise).
+        Canonizers of the default composite (give them to ``composite`` otherwise). Default:
+        the canonizers the model needs, chosen when NRM registers its rules
+        (:class:`~zennit_ext.canonizers.auto.AutoCanonizer`, i.e. ``'auto'``: every
+        torchvision CNN family); ``[]``: none.
     on_violation : {'raise', 'warn'}
         What a negative column sum at a neuron carrying relevance (eq. 15) does, and a checked
         pass that does not conserve relevance (``reached + Σ stopped`` not 1 up to rounding).
@@ -75,7 +79,7 @@ class NRM:
         model: nn.Module,
         layers: Sequence[str],
         composite: Composite | None = None,
-        canonizers: list | None = None,
+        canonizers: list | str | None = None,
         on_violation: str = "raise",
         messages_per_pass: int = 64,
         show_progress: bool = False,
@@ -103,8 +107,9 @@ class NRM:
         self.model = model
         self.layers = list(dict.fromkeys(layers))
         self.modules = {name: modules[name] for name in self.layers}
-        base = composite if composite is not None else nrm_composite(canonizers=canonizers)
-        self.composite = NormalizedComposite(base, on_violation=on_violation)
+        if composite is None:
+            composite = nrm_composite(canonizers="auto" if canonizers is None else canonizers)
+        self.composite = NormalizedComposite(composite, on_violation=on_violation)
         self.messages_per_pass = messages_per_pass
         self.show_progress = show_progress
         self.fast = fast

@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from zennit_ext._checks import check_finite, parse_target
+from zennit_ext.nrm._locate import locate_imbalance
 from zennit_ext.nrm.fastpaths import close, rule_segment
 from zennit_ext.nrm.rules import NormalizedComposite, NormalizedHook, PositiveSumError
 from zennit_ext.nrm.sets import Level, reduce_units, set_mask, unit_count, unit_masks
@@ -56,7 +57,9 @@ class ConservationError(ValueError):
     """The checked pass does not conserve relevance: ``reached + Σ stopped`` is not 1.
 
     A step of the forward pass that no module hook sees changed the relevance (e.g. a residual
-    add ``x + f(x)`` in ``forward``, a scaling, a mean, a detached branch).
+    add ``x + f(x)`` in ``forward``, a scaling, a mean, a detached branch). The message names
+    the module whose forward first (in backward order) creates or loses relevance outside its
+    submodules and, for a known block type, the canonizer that fixes it.
     """
 
 
@@ -279,12 +282,18 @@ class Session:
             f"{float(self.imbalance[i]):+.3g} (tolerance {float(self.tolerance[i]):.1g})"
             for i in samples
         )
-        return (
+        text = (
             f"relevance is not conserved: reached + Σ stopped − 1 is {found} in samples "
             f"{samples}; a step of forward() that no module hook sees changes the relevance "
-            "(e.g. a residual add x + f(x), a scaling, a mean, a detached branch): make it a "
-            "module with a rule (e.g. zennit's Sum through a canonizer)"
+            "(e.g. a residual add x + f(x), a scaling, a mean, a detached branch)"
         )
+        try:  # one more forward and backward pass, probing every module call
+            located = locate_imbalance(self)
+        except Exception as error:  # the location is a hint: never hide the imbalance
+            return f"{text}: make it a module with a rule (locating it failed: {error!r})"
+        if located is None:
+            return f"{text}: make it a module with a rule (e.g. zennit's Sum through a canonizer)"
+        return f"{text}; {located.text()}"
 
     def close(self) -> None:
         """Remove the hooks and canonizers (the model is as before) and drop the graph."""

@@ -28,6 +28,11 @@ from zennit.types import Activation, AvgPool, Convolution
 from zennit.types import Linear as AnyLinear
 
 from zennit_ext._rules import RuleWrappingComposite, StatefulHook, mixin_hook
+from zennit_ext.canonizers.auto import AutoCanonizer
+from zennit_ext.canonizers.merge import kept_batch_norms
+from zennit_ext.layers import MatMul, Multiply
+from zennit_ext.nrm.products import NormalizedProductRule
+from zennit_ext.rules import ProductRule
 
 __all__ = ["NormalizedHook", "NormalizedComposite", "nrm_composite", "PositiveSumError"]
 
@@ -272,7 +277,9 @@ class NormalizedComposite(RuleWrappingComposite):
     ------
     ValueError
         On register, if a module with parameters of its own (e.g. a BatchNorm that no
-        canonizer merged) gets no ``BasicHook`` rule: its gradient would not be normalized.
+        canonizer merged or kept) or a product module (:class:`~zennit_ext.layers.Multiply`,
+        :class:`~zennit_ext.layers.MatMul`) gets no rule: its gradient would not be
+        normalized.
     """
 
     def __init__(self, base: Composite, on_violation: str = "raise") -> None:
@@ -283,19 +290,28 @@ class NormalizedComposite(RuleWrappingComposite):
         super().__init__(base)
 
     def wrap_rule(self, ctx: dict, name: str, module: nn.Module, template: Hook) -> Hook:
-        """``BasicHook`` rules get normalized; others (e.g. ``Pass``) are kept."""
+        """``BasicHook`` rules get normalized, a ``ProductRule`` on a ``Multiply`` becomes
+        :class:`~zennit_ext.nrm.products.NormalizedProductRule`; others (e.g. ``Pass``) are
+        kept."""
         if isinstance(template, BasicHook):
             template = mixin_hook(template, NormalizedHook, layer_name=name)
+        elif isinstance(template, ProductRule) and isinstance(module, Multiply):
+            template = NormalizedProductRule(template.shares)
         self.hooked[name] = template
         return template
 
     def fallback_rule(self, name: str, module: nn.Module) -> Hook | None:
-        """``Pass`` for a BatchNorm a canonizer merged into its linear layer.
+        """``Pass`` for a BatchNorm a canonizer merged into its linear layer or declared kept.
 
         A merged BatchNorm is the identity up to ``1/sqrt(1 + eps)`` (zennit 0.5 keeps ``eps``);
-        its plain gradient would scale the message by that factor, so it passes instead.
+        its plain gradient would scale the message by that factor, so it passes instead. A
+        BatchNorm that no linear layer precedes (DenseNet's BN–ReLU–conv order) cannot be
+        merged; a canonizer declares it with
+        :class:`~zennit_ext.canonizers.merge.KeepBatchNorm`, and it passes the message as in
+        Zennit's composites.
         """
-        if _is_merged_norm(module):
+        kept = any(norm is module for norm in kept_batch_norms(self.handles))
+        if kept or _is_merged_norm(module):
             self.hooked[name] = Pass()
             return self.hooked[name]
         return None
@@ -305,7 +321,8 @@ class NormalizedComposite(RuleWrappingComposite):
         self.hooked = {}
 
     def check_registered(self, module: nn.Module) -> None:
-        """Raise ValueError if a module with parameters of its own has no rule."""
+        """Raise ValueError if a module with parameters of its own, or a product module, has
+        no rule."""
         bare = [
             name
             for name, child in module.named_modules()
@@ -316,6 +333,17 @@ class NormalizedComposite(RuleWrappingComposite):
                 f"modules {bare} have parameters but no rule, so NRM cannot normalize "
                 "their propagation; merge them with a canonizer (e.g. zennit's "
                 "SequentialMergeBatchNorm) or give them a rule in the composite"
+            )
+        products = [
+            name
+            for name, child in module.named_modules()
+            if isinstance(child, Multiply | MatMul) and name not in self.hooked
+        ]
+        if products:
+            raise ValueError(
+                f"product modules {products} have no rule, so their gradient would scale the "
+                "relevance by the other factor; give them zennit_ext.rules.ProductRule in the "
+                "composite (nrm_composite does for Multiply)"
             )
 
 
@@ -334,10 +362,16 @@ def nrm_composite(
     low: float | torch.Tensor | None = None,
     high: float | torch.Tensor | None = None,
     gamma: float | None = 0.25,
-    canonizers: list | None = None,
+    canonizers: list | str | None = None,
 ) -> Composite:
     """The paper's default rules (§4.4): γ on convolutions, z⁺ on dense layers, and on the
-    first layer the box rule (with input bounds) or the flat rule (without).
+    first layer the box rule (with input bounds) or the flat rule (without); residual
+    ``Sum`` modules and average pooling get the ``Norm`` rule, activations ``Pass``, and a
+    :class:`~zennit_ext.layers.Multiply` (a squeeze-and-excitation gate, activation first)
+    ``ProductRule((1, 0))``: the gate is held constant, which
+    :class:`NormalizedComposite` makes
+    :class:`~zennit_ext.nrm.products.NormalizedProductRule` (the activation receives the
+    message unchanged).
 
     γ keeps the column sums positive (eq. 15) only where the convolutions see non-negative
     inputs (ReLU networks). Networks whose convolutions read signed activations, such as the
@@ -350,8 +384,10 @@ def nrm_composite(
         Bounds of the input, both or neither.
     gamma : float or None
         γ of the convolution rule; None puts z⁺ on convolutions.
-    canonizers : list of zennit canonizers, optional
-        Applied while the composite is registered.
+    canonizers : list of zennit canonizers, 'auto' or None
+        Applied while the composite is registered; ``'auto'``:
+        :class:`~zennit_ext.canonizers.auto.AutoCanonizer` (those the model needs, chosen
+        when registered); None: none.
 
     Returns
     -------
@@ -361,11 +397,16 @@ def nrm_composite(
     """
     if (low is None) != (high is None):
         raise ValueError(f"give both low and high or neither, got low={low!r}, high={high!r}")
+    if isinstance(canonizers, str):
+        if canonizers != "auto":
+            raise ValueError(f"canonizers must be a list, 'auto' or None, got {canonizers!r}")
+        canonizers = [AutoCanonizer()]
     first = Flat() if low is None else ZBox(low=low, high=high)
     layer_map = [
         (Activation, Pass()),
         (Sum, Norm()),
         (AvgPool, Norm()),
+        (Multiply, ProductRule((1.0, 0.0))),
         (Convolution, ZPlus() if gamma is None else Gamma(gamma=gamma)),
         (nn.Linear, ZPlus()),
     ]

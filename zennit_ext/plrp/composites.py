@@ -24,6 +24,7 @@ from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, register_composi
 from zennit.core import BasicHook, Composite, Hook
 from zennit.types import Linear
 
+from zennit_ext._lxt import check_no_lxt_patch
 from zennit_ext._rules import BatchCheck, RuleWrappingComposite, StatefulHook, mixin_hook
 from zennit_ext.plrp.masks import (
     check_fraction,
@@ -243,7 +244,12 @@ class _PLRPComposite(RuleWrappingComposite):
         return pruned_hook(template, spec, self.variant, name, self.recorder)
 
     def register(self, module: nn.Module) -> None:
-        """Register the wrapped rules, then the checks of the model's inputs and outputs."""
+        """Register the wrapped rules, then the checks of the model's inputs and outputs.
+
+        Refuses (RuntimeError) while LXT's global patch of Zennit's ``BasicHook`` is active:
+        PLRP would prune the patched backward's relevance ÷ input, silently.
+        """
+        check_no_lxt_patch(type(self).__name__)
         super().register(module)
         self.batch_check.register(module)
 
