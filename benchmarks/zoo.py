@@ -220,8 +220,8 @@ def run(report: Report, quick: bool, progress: bool) -> None:
         "Coverage",
         _matrix(rows, methods),
         note=f"{len(entries) - len(skipped)} models at {64 if quick else 224}² "
-        f"(MaxViT 224², Inception v3 ≥ 75²); valid = runs, finite, and for zennit/attnlrp/"
-        f"cp_lrp/nrm a conservation error ≤ {TOLERANCE:g}."
+        "(quick ViT-B/16 32², MaxViT 224², Inception v3 ≥ 75²); valid = runs, finite, and "
+        f"for zennit/attnlrp/cp_lrp/nrm a conservation error ≤ {TOLERANCE:g}."
         + (f" Skipped: {', '.join(skipped)}." if skipped else ""),
         key="coverage",
     )
