@@ -89,7 +89,7 @@ def test_attnlrp_relevance_is_finite():
     assert torch.isfinite(relevance).all() and (relevance.sum((1, 2, 3)) != 0).all()
 
 
-@pytest.mark.slow  # maxvit_t needs 224² inputs: about 10 s per forward pass on 2 cores
+@pytest.mark.zoo  # maxvit_t needs 224² inputs: about 10 s per forward pass on 2 cores
 def test_composites_without_arguments_accept_maxvit_t():
     torch.manual_seed(0)
     model = torchvision.models.maxvit_t().eval()

@@ -115,7 +115,7 @@ def test_attnlrp_relevance_is_finite_and_of_the_right_size(v2):
     assert torch.isfinite(relevance).all() and ((total > 0.2) & (total < 2)).all(), total
 
 
-@pytest.mark.slow  # 28 M parameters: building and three passes take 5-20 s each on 2 cores
+@pytest.mark.zoo  # 28 M parameters: building and three passes take 5-20 s each on 2 cores
 @pytest.mark.parametrize("name", ["swin_t", "swin_v2_t"])
 def test_composites_without_arguments_accept_torchvision_swin(name):
     torch.manual_seed(0)
