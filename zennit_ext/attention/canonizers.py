@@ -20,12 +20,10 @@ canonizers, for the block types a model has.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 from torch import nn
-from zennit.canonizers import AttributeCanonizer, Canonizer
 from zennit.layer import Sum
 
 from zennit_ext.attention.modules import (
@@ -34,7 +32,7 @@ from zennit_ext.attention.modules import (
     explicit_attention_forward,
     shared_linear,
 )
-from zennit_ext.canonizers.core import CanonizerGroup, remove_all
+from zennit_ext.canonizers.core import AtomicAttributeCanonizer, CanonizerGroup
 from zennit_ext.layers import Scale
 
 __all__ = [
@@ -50,36 +48,11 @@ def is_canonized(module: nn.Module) -> bool:
     return "forward" in vars(module)
 
 
-class _BlockCanonizer(AttributeCanonizer):
-    """An AttributeCanonizer whose ``apply`` undoes what it did when a block fails."""
-
-    def __init__(self, attribute_map: Callable[[str, nn.Module], dict | None]) -> None:
-        super().__init__(attribute_map)
-
-    def apply(self, root_module: nn.Module) -> list[Canonizer]:
-        """Canonize every matching block; on error, restore those done so far and raise."""
-        instances: list[Canonizer] = []
-        try:
-            for name, module in root_module.named_modules():
-                attributes = self.attribute_map(name, module)
-                if attributes is not None:
-                    instance = self.copy()
-                    instance.register(module, attributes)
-                    instances.append(instance)
-        except BaseException:
-            remove_all(instances)
-            raise
-        return instances
-
-    def copy(self) -> _BlockCanonizer:
-        return type(self)()  # type: ignore[call-arg]
-
-
 def _trained_like(module: nn.Module, reference: nn.Module) -> nn.Module:
     return module.train(reference.training)
 
 
-class MultiheadAttentionCanonizer(_BlockCanonizer):
+class MultiheadAttentionCanonizer(AtomicAttributeCanonizer):
     """``nn.MultiheadAttention`` as explicit modules (outputs unchanged).
 
     Attaches ``canonizer_q``, ``canonizer_k``, ``canonizer_v`` (``nn.Linear`` sharing the
@@ -138,7 +111,7 @@ def _vit_types() -> tuple[type, type, type]:
     return VisionTransformer, Encoder, EncoderBlock
 
 
-class _ViTBlocksCanonizer(_BlockCanonizer):
+class _ViTBlocksCanonizer(AtomicAttributeCanonizer):
     """torchvision ViT: residual adds and position embedding through ``Sum`` modules."""
 
     def __init__(self) -> None:
@@ -197,7 +170,7 @@ class ViTCanonizer(CanonizerGroup):
         super().__init__((MultiheadAttentionCanonizer(), _ViTBlocksCanonizer()))
 
 
-class _CNBlockCanonizer(_BlockCanonizer):
+class _CNBlockCanonizer(AtomicAttributeCanonizer):
     def __init__(self) -> None:
         super().__init__(self._attribute_map)
 

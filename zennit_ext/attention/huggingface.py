@@ -40,8 +40,9 @@ import torch
 from torch import nn
 from zennit.layer import Sum
 
-from zennit_ext.attention.canonizers import _BlockCanonizer, _trained_like
+from zennit_ext.attention.canonizers import _trained_like
 from zennit_ext.attention.modules import AttentionScores, AttentionWeighting
+from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["HFActivation", "HuggingFaceCanonizer", "Logits"]
 
@@ -273,7 +274,7 @@ def _attention_attributes(module: Any) -> dict[str, Any]:
     return attributes
 
 
-class HuggingFaceCanonizer(_BlockCanonizer):
+class HuggingFaceCanonizer(AtomicAttributeCanonizer):
     """transformers' BERT and ViT: explicit eager attention, ``Sum`` residuals and embeddings.
 
     See the module docstring for what each block gets. Outputs are unchanged up to rounding

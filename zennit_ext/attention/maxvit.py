@@ -28,8 +28,9 @@ import torch
 from torch import nn
 from zennit.layer import Sum
 
-from zennit_ext.attention.canonizers import _BlockCanonizer, _trained_like
+from zennit_ext.attention.canonizers import _trained_like
 from zennit_ext.attention.modules import AttentionScores, AttentionWeighting
+from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["MaxViTCanonizer"]
 
@@ -84,7 +85,7 @@ def relative_attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.merge(out)
 
 
-class MaxViTCanonizer(_BlockCanonizer):
+class MaxViTCanonizer(AtomicAttributeCanonizer):
     """torchvision's MaxViT: ``Sum`` residuals and explicit relative-position attention.
 
     Attaches ``canonizer_sum`` to every ``MBConv``; ``canonizer_sum_attention`` and

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from zennit.layer import Sum
 
-from zennit_ext.attention.canonizers import _BlockCanonizer, _trained_like
+from zennit_ext.attention.canonizers import _trained_like
 from zennit_ext.attention.modules import AttentionScores, AttentionWeighting, shared_linear
+from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["CosineNormalize", "SwinCanonizer", "shift_mask"]
 
@@ -213,7 +214,7 @@ def _attention_attributes(module: Any, v2: bool) -> dict[str, Any]:
     return attributes
 
 
-class SwinCanonizer(_BlockCanonizer):
+class SwinCanonizer(AtomicAttributeCanonizer):
     """torchvision's Swin Transformer V1 and V2: explicit windowed attention, ``Sum`` residuals.
 
     Attaches to every ``ShiftedWindowAttention(V2)`` the projections ``canonizer_q/k/v``

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from torch import nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, CompositeCanonizer
 
-__all__ = ["ForwardCanonizer", "CanonizerGroup", "remove_all"]
+__all__ = ["AtomicAttributeCanonizer", "ForwardCanonizer", "CanonizerGroup", "remove_all"]
 
 
 def remove_all(instances: Sequence[Canonizer]) -> None:
@@ -29,7 +29,43 @@ def remove_all(instances: Sequence[Canonizer]) -> None:
         instance.remove()
 
 
-class ForwardCanonizer(AttributeCanonizer):
+class AtomicAttributeCanonizer(AttributeCanonizer):
+    """Zennit's :class:`~zennit.canonizers.AttributeCanonizer`, all or nothing: if registering
+    one block fails, the blocks done so far are restored before the error propagates.
+    Subclasses take no constructor arguments (``copy`` builds a fresh instance)."""
+
+    def apply(self, root_module: nn.Module) -> list[Canonizer]:
+        """Change every matching block; on error, undo the blocks done so far and raise.
+
+        Parameters
+        ----------
+        root_module : torch.nn.Module
+            The model.
+
+        Returns
+        -------
+        list of Canonizer
+            One applied instance per changed block (``remove`` restores it).
+        """
+        instances: list[Canonizer] = []
+        try:
+            for name, module in list(root_module.named_modules()):
+                attributes = self.attribute_map(name, module)
+                if attributes is not None:
+                    instance = self.copy()
+                    instance.register(module, attributes)
+                    instances.append(instance)
+        except BaseException:
+            remove_all(instances)
+            raise
+        return instances
+
+    def copy(self) -> AtomicAttributeCanonizer:
+        """A fresh canonizer of the same class."""
+        return type(self)()  # subclasses take no arguments
+
+
+class ForwardCanonizer(AtomicAttributeCanonizer):
     """Overload ``method`` of every instance of ``block_types`` and attach modules to it.
 
     Subclasses set :attr:`block_types` (and :attr:`method`, default ``'forward'``), write the
@@ -79,36 +115,6 @@ class ForwardCanonizer(AttributeCanonizer):
                 f"attributes {taken}; expected a block that no other canonizer changed"
             )
         return {cls.method: cls.forward.__get__(module), **attached}
-
-    def apply(self, root_module: nn.Module) -> list[Canonizer]:
-        """Overload every matching block; on error, undo the blocks done so far and raise.
-
-        Parameters
-        ----------
-        root_module : torch.nn.Module
-            The model.
-
-        Returns
-        -------
-        list of Canonizer
-            One applied instance per changed block (``remove`` restores it).
-        """
-        instances: list[Canonizer] = []
-        try:
-            for name, module in list(root_module.named_modules()):
-                attributes = self.attribute_map(name, module)
-                if attributes is not None:
-                    instance = self.copy()
-                    instance.register(module, attributes)
-                    instances.append(instance)
-        except BaseException:
-            remove_all(instances)
-            raise
-        return instances
-
-    def copy(self) -> ForwardCanonizer:
-        """A fresh canonizer of the same class."""
-        return type(self)()
 
 
 class CanonizerGroup(CompositeCanonizer):
