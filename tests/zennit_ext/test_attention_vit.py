@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from attention_common import assert_same, snapshot
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.composites import COMPOSITES
@@ -58,24 +59,6 @@ def explain(model, composite, x, target=(0, 1, 2)):
     with Gradient(model, composite) as attributor:
         output, relevance = attributor(x, torch.eye(5, dtype=x.dtype)[list(target)])
     return output, relevance
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "modules": [(n, id(m), type(m)) for n, m in model.named_modules()],
-        "parameters": [(n, id(p), p.detach().clone()) for n, p in model.named_parameters()],
-        "attributes": [(n, sorted(vars(m))) for n, m in model.named_modules()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()),
-        "training": [m.training for m in model.modules()],
-    }
-
-
-def assert_same(before: dict, after: dict) -> None:
-    assert before["modules"] == after["modules"]
-    assert before["attributes"] == after["attributes"]
-    assert before["hooks"] == after["hooks"] and before["training"] == after["training"]
-    for (n0, i0, p0), (n1, i1, p1) in zip(before["parameters"], after["parameters"], strict=True):
-        assert (n0, i0) == (n1, i1) and torch.equal(p0, p1), n0
 
 
 @pytest.mark.parametrize("build", [small_vit, small_convnext])
