@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import torch
 from torch import nn
 from zennit.attribution import Gradient
@@ -64,3 +65,23 @@ def check_outputs_and_restoration(model: nn.Module, method, x: torch.Tensor) -> 
     assert_same(before, snapshot(model))
     assert torch.equal(model(x), reference)
     return difference
+
+
+def check_restored_after_failure(
+    monkeypatch, model: nn.Module, x: torch.Tensor, canonizer: type, failing: str, composite
+) -> None:
+    """Make ``canonizer`` raise at module ``failing`` while ``composite`` registers: the error
+    propagates and the model is left exactly as it was (objects, attributes, outputs)."""
+    before, reference = snapshot(model), model(x)
+    original = canonizer._attribute_map
+
+    def failing_map(name, module):
+        if name == failing:
+            raise RuntimeError("failing on purpose")
+        return original(name, module)
+
+    monkeypatch.setattr(canonizer, "_attribute_map", staticmethod(failing_map))
+    with pytest.raises(RuntimeError, match="on purpose"):
+        composite.register(model)
+    assert_same(before, snapshot(model))
+    assert torch.equal(model(x), reference)

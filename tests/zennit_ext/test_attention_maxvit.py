@@ -8,11 +8,10 @@ import torch
 import torchvision
 from attention_common import (
     TINY,
-    assert_same,
     check_outputs_and_restoration,
+    check_restored_after_failure,
     explain,
     relative_difference,
-    snapshot,
     zero_parameters,
 )
 from torch import nn
@@ -58,19 +57,9 @@ def test_canonized_outputs_equal_and_the_model_is_restored(method):
 
 def test_the_model_is_restored_after_an_error_midway(monkeypatch):
     model, x = small_maxvit(), images()
-    before, reference = snapshot(model), model(x)
-    original = MaxViTCanonizer._attribute_map
-
-    def failing(name, module):
-        if name == "blocks.1.layers.0.layers.grid_attention":
-            raise RuntimeError("failing on purpose")
-        return original(name, module)
-
-    monkeypatch.setattr(MaxViTCanonizer, "_attribute_map", staticmethod(failing))
-    with pytest.raises(RuntimeError, match="on purpose"):
-        CPLRP().register(model)
-    assert_same(before, snapshot(model))
-    assert torch.equal(model(x), reference)
+    check_restored_after_failure(
+        monkeypatch, model, x, MaxViTCanonizer, "blocks.1.layers.0.layers.grid_attention", CPLRP()
+    )
 
 
 def test_cp_lrp_conserves_relevance_without_biases():

@@ -8,11 +8,10 @@ import torch
 import torchvision
 from attention_common import (
     TINY,
-    assert_same,
     check_outputs_and_restoration,
+    check_restored_after_failure,
     explain,
     relative_difference,
-    snapshot,
     zero_parameters,
 )
 from torch import nn
@@ -83,19 +82,9 @@ def test_shift_mask_equals_torchvision():
 
 def test_the_model_is_restored_after_an_error_midway(monkeypatch):
     model, x = small_swin(v2=True), images(32)
-    before, reference = snapshot(model), model(x)
-    original = SwinCanonizer._attribute_map
-
-    def failing(name, module):
-        if name == "features.3.1.attn":
-            raise RuntimeError("failing on purpose")
-        return original(name, module)
-
-    monkeypatch.setattr(SwinCanonizer, "_attribute_map", staticmethod(failing))
-    with pytest.raises(RuntimeError, match="on purpose"):
-        AttnLRP().register(model)
-    assert_same(before, snapshot(model))
-    assert torch.equal(model(x), reference)
+    check_restored_after_failure(
+        monkeypatch, model, x, SwinCanonizer, "features.3.1.attn", AttnLRP()
+    )
 
 
 @pytest.mark.parametrize("v2", [False, True])
