@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from zennit_ext.plrp.masks import _GAINS as GAINS
 from zennit_ext.plrp.masks import (
     gini_index,
     mass_threshold_mask,
@@ -159,6 +160,19 @@ def test_sparsity_gain_matches_prefix_search(x, min_gain, measure):
     assume(all(abs(m) > 1e-9 for ms in margins for m in ms))
     keep = sparsity_gain_mask(torch.from_numpy(x), min_gain, measure).numpy()
     np.testing.assert_array_equal(keep, np.stack(expected))
+
+
+@pytest.mark.parametrize("measure", sorted(MEASURES))
+@pytest.mark.parametrize("n", [2, 3, 17])
+def test_every_step_gain_matches_the_brute_force_to_float64_precision(measure, n):
+    """The closed-form gains, not only the masks they decide: a gain computed with a float32
+    intermediate (e.g. the support size) is off by ~1e-8 and fails here."""
+    row = np.random.default_rng(n).uniform(0.1, 10.0, size=n)
+    _, margins = _gain_reference(row, 0.0, measure)  # min_gain 0: no step stops the search
+    values = torch.sort(torch.from_numpy(row)).values
+    got = GAINS[measure](values[None])[0]
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), margins, rtol=1e-11, atol=0)
 
 
 @settings(max_examples=100, deadline=None)

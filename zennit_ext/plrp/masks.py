@@ -260,7 +260,7 @@ def _gini_gains(values: torch.Tensor) -> torch.Tensor:
     """
     suffix = _suffix_sum(values)  # S_k
     after = suffix[..., 1:]  # S_{k+1}, k = 0 … n − 2
-    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+    support = (values > 0).sum(-1, keepdim=True)  # 0 only on all-zero rows: steps skipped
     return 2 * suffix[..., :1] * _suffix_sum(after) / (support * suffix[..., :-1] * after)
 
 
@@ -286,14 +286,14 @@ def _l0_gains(values: torch.Tensor) -> torch.Tensor:
     ``||v0||_1 / (m c_k)``; gain ≥ 1 prunes exactly the entries at most the support's mean.
     Arguments and result as in :func:`_gini_gains`.
     """
-    support = (values > 0).sum(-1, keepdim=True).clamp(min=1)
+    support = (values > 0).sum(-1, keepdim=True)
     return values.sum(-1, keepdim=True) / (support * values[..., :-1])
 
 
 _GAINS = {"gini": _gini_gains, "hoyer": _hoyer_gains, "l0": _l0_gains}
 
 
-def _gain_counts(values: torch.Tensor, min_gain: float, measure: str = "gini") -> torch.Tensor:
+def _gain_counts(values: torch.Tensor, min_gain: float, measure: str) -> torch.Tensor:
     """How many smallest entries to prune so that every pruning step has gain ≥ ``min_gain``.
 
     The gains are computed in float64 whatever the input dtype.
