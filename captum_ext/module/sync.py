@@ -187,6 +187,11 @@ class SynchronizationLoss(nn.Module):
     filter i is −Σ_{j ∈ Nb(i)} p log q = mean_{j ∈ Nb(i)} d_ij + log Σ_{j ≠ i} e^{−d_ij}
     (eq. 9, with ``1/|Nb(i)|`` on the pull term only). Filters without neighbours are skipped.
 
+    With ``include_self=True`` the neighbourhood is eq. 1's, ``{j : d_ij ≤ ε}``, which holds i
+    itself (d_ii = 0), and the softmax of eq. 8 runs over all j: every filter then has a term,
+    ``mean_{j ∈ Nb(i)} d_ij + log Σ_j e^{−d_ij}``, so a filter with no other neighbour is still
+    pushed away from the rest (the collapse-preventing force of eq. 9).
+
     Parameters
     ----------
     epsilon : float
@@ -198,6 +203,9 @@ class SynchronizationLoss(nn.Module):
     reduction : 'mean' or 'sum'
         'mean' averages over the (image, filter) pairs that have a neighbour (0 if none);
         'sum' is eq. 6 literally: the sum over filters, averaged over images.
+    include_self : bool
+        Count each filter in its own neighbourhood and softmax, as eq. 1 and eq. 8 write them
+        (default False: j ≠ i, and filters without neighbours get no term).
 
     Examples
     --------
@@ -206,7 +214,11 @@ class SynchronizationLoss(nn.Module):
     """
 
     def __init__(
-        self, epsilon: float = 0.03, coords: Coords = "unit", reduction: str = "mean"
+        self,
+        epsilon: float = 0.03,
+        coords: Coords = "unit",
+        reduction: str = "mean",
+        include_self: bool = False,
     ) -> None:
         super().__init__()
         if (
@@ -217,12 +229,18 @@ class SynchronizationLoss(nn.Module):
             raise ValueError(f"epsilon must be a finite float >= 0, got {epsilon!r}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if not isinstance(include_self, bool):
+            raise TypeError(f"include_self must be a bool, got {include_self!r}")
+        self.include_self = include_self
         self.epsilon = float(epsilon)
         self.coords = _check_coords(coords)
         self.reduction = reduction
 
     def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon}, coords={self.coords!r}, reduction={self.reduction!r}"
+        return (
+            f"epsilon={self.epsilon}, coords={self.coords!r}, reduction={self.reduction!r}, "
+            f"include_self={self.include_self}"
+        )
 
     def forward(self, maps: Tensor) -> Tensor:
         """Loss of (B, C, H, W) maps: a 0-d tensor on the maps' device and dtype."""
@@ -231,7 +249,7 @@ class SynchronizationLoss(nn.Module):
         if c == 1:  # no pairs: a zero that still backpropagates
             return ((rows.sum() + cols.sum()) * 0.0).to(maps.dtype)
         radius = self.epsilon * _side(h, w) * _cell_size(self.coords, h, w)
-        per_filter, count = _SyncTerms.apply(rows, cols, radius)
+        per_filter, count = _SyncTerms.apply(rows, cols, radius, self.include_self)
         if self.reduction == "sum":
             return (per_filter.sum() / b).to(maps.dtype)
         return (per_filter.sum() / (count > 0).sum().clamp(min=1)).to(maps.dtype)
@@ -241,7 +259,8 @@ class _SyncTerms(torch.autograd.Function):
     """Per-filter eq. 9 terms of (B, C) positions, with a hand-written backward.
 
     Forward: d_ij = ‖x̄_i − x̄_j‖, Nb(i) = {j ≠ i : d_ij ≤ radius}; the term of filter i is
-    Σ_{j ∈ Nb(i)} d_ij / |Nb(i)| + log Σ_{j ≠ i} e^{−d_ij}, or 0 when Nb(i) is empty.
+    Σ_{j ∈ Nb(i)} d_ij / |Nb(i)| + log Σ_{j ≠ i} e^{−d_ij}, or 0 when Nb(i) is empty. With
+    ``include_self`` both j-ranges hold i (d_ii = 0, u_ii = 0: the backward is unchanged).
     Backward: with G_ij = g_i (1[j ∈ Nb(i)] / |Nb(i)| − softmax_{j ≠ i}(−d_i)_j) and the unit
     vectors u_ij = (x̄_i − x̄_j) / d_ij (0 where d_ij = 0), the gradient of x̄_i is
     Σ_j (G_ij + G_ji) u_ij = Σ_j P_ij − Σ_j P_ji with P = G ∘ u, as u_ji = −u_ij. Five
@@ -250,16 +269,19 @@ class _SyncTerms(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, rows: Tensor, cols: Tensor, radius: float) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any, rows: Tensor, cols: Tensor, radius: float, include_self: bool
+    ) -> tuple[Tensor, Tensor]:
         dist = rows[:, :, None] - rows[:, None, :]
         scratch = cols[:, :, None] - cols[:, None, :]
         dist = dist.square_().add_(scratch.square_()).sqrt_()
         neighbours = dist <= radius
-        neighbours.diagonal(dim1=1, dim2=2).fill_(False)
+        neighbours.diagonal(dim1=1, dim2=2).fill_(include_self)
         count = neighbours.sum(-1)
         pull = torch.mul(dist, neighbours, out=scratch).sum(-1) / count.clamp(min=1)
         dist.clamp_(min=torch.finfo(dist.dtype).tiny)  # u_ij stays finite
-        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # j ≠ i in the push
+        if not include_self:
+            dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # j ≠ i in the push
         nearest = dist.amin(-1, keepdim=True)
         weights = torch.sub(nearest, dist, out=scratch).exp_()  # e^{−d_ij} / e^{−min_j d_ij}
         total = weights.sum(-1)
@@ -270,7 +292,7 @@ class _SyncTerms(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor, _grad_count: Any) -> tuple[Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor, _grad_count: Any) -> tuple[Tensor, Tensor, None, None]:
         rows, cols, dist, neighbours, weights, total, count = ctx.saved_tensors
         grad = torch.where(count > 0, grad, 0.0)
         coupling = torch.where(neighbours, (grad / count.clamp(min=1))[..., None], 0.0)
@@ -280,7 +302,7 @@ class _SyncTerms(torch.autograd.Function):
         for pos in (rows, cols):
             torch.sub(pos[:, :, None], pos[:, None, :], out=scratch).div_(dist).mul_(coupling)
             out.append(scratch.sum(-1) - scratch.sum(-2))
-        return out[0], out[1], None
+        return out[0], out[1], None, None
 
 
 class CapturedOutput:

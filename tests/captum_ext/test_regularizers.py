@@ -58,27 +58,31 @@ def ref_lac(maps, coords="cell", detach=True):
     return total / (b * c)
 
 
-def ref_sync(maps, epsilon=0.03, coords="unit", reduction="mean", form="eq6"):
+def ref_sync(maps, epsilon=0.03, coords="unit", reduction="mean", form="eq6", include_self=False):
     b, c, h, w = maps.shape
     step, side = _step(coords, h, w)
     pos = _positions(h, w, step, maps)
     total, pairs = 0.0, 0
     for n in range(b):
         xbar = [_center(maps[n, f].flatten(), pos)[1] for f in range(c)]
+
+        def d(i, j, xbar=xbar):  # d_ii = 0 as a constant: sqrt has no derivative at 0
+            return torch.zeros((), dtype=maps.dtype) if i == j else _dist(xbar[i], xbar[j])
+
         for i in range(c):
-            others = [j for j in range(c) if j != i]
+            others = [j for j in range(c) if include_self or j != i]  # eq. 1 holds i itself
             radius = epsilon * side * step
-            nb = [j for j in others if _dist(xbar[i].detach(), xbar[j].detach()) <= radius]
+            nb = [j for j in others if d(i, j).detach() <= radius]
             if not nb:
                 continue
             pairs += 1
-            denom = sum(torch.exp(-_dist(xbar[i], xbar[j])) for j in others)
+            denom = sum(torch.exp(-d(i, j)) for j in others)
             if form == "eq6":  # eq. 6-8
                 for j in nb:
-                    q = torch.exp(-_dist(xbar[i], xbar[j])) / denom
+                    q = torch.exp(-d(i, j)) / denom
                     total = total - torch.log(q) / len(nb)
             else:  # eq. 9: pull (1/|Nb| on it only) + log-sum-exp push
-                pull = sum(_dist(xbar[i], xbar[j]) for j in nb) / len(nb)
+                pull = sum(d(i, j) for j in nb) / len(nb)
                 total = total + pull + torch.log(denom)
     if reduction == "sum":
         return total / b
@@ -120,6 +124,37 @@ def test_sync_equals_loop_over_images_and_filters(coords, reduction, epsilon):
     maps = _maps((3, 6, 5, 6), scale=1.5)
     sync = SynchronizationLoss(epsilon=epsilon, coords=coords, reduction=reduction)
     _assert_close(sync(maps), ref_sync(maps, epsilon, coords, reduction), maps)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("epsilon", [0.0, 0.15, 0.6])
+@pytest.mark.parametrize("form", ["eq6", "eq9"])
+def test_sync_with_eq1_self_inclusion_equals_the_loop(reduction, epsilon, form):
+    maps = _maps((3, 6, 5, 6), seed=5, scale=1.5)
+    sync = SynchronizationLoss(epsilon=epsilon, reduction=reduction, include_self=True)
+    ref = ref_sync(maps, epsilon, "unit", reduction, form=form, include_self=True)
+    _assert_close(sync(maps), ref, maps)
+
+
+def test_self_inclusion_pushes_a_filter_without_neighbours_away():
+    """Two far filters: eq. 6 without i itself has no term; with it, both repel (loss > 0)."""
+    maps = _peaks([(0, 0), (6, 6)], height=3.0)  # x̄ 0.3 apart in unit coordinates
+    assert SynchronizationLoss(epsilon=0.1)(maps).item() == 0.0
+    loss = SynchronizationLoss(epsilon=0.1, reduction="sum", include_self=True)(maps)
+    # each filter: −log q(i|i) = log(1 + e^{−d}), its only neighbour being itself
+    assert loss.item() == pytest.approx(2 * math.log1p(math.exp(-_peak_distance(maps))))
+    # a gradient step moves the two x̄ apart
+    stepped = (maps - 0.5 * _grad(loss, maps)).detach()
+    assert _peak_distance(stepped) > _peak_distance(maps) + 1e-3
+
+
+def _peak_distance(maps):
+    """Distance of the two filters' x̄ in 'unit' coordinates, from the reference soft-argmax."""
+    _, _, h, w = maps.shape
+    step, _ = _step("unit", h, w)
+    pos = _positions(h, w, step, maps)
+    a, b = (_center(maps[0, f].detach().flatten(), pos)[1] for f in range(2))
+    return float(_dist(a, b))
 
 
 def test_sync_cases_cover_partial_neighbourhoods():
