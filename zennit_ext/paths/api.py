@@ -24,9 +24,7 @@ definitions**, all built on NRM ("Normalized relevance of neuron sets", see
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,16 +32,16 @@ from typing import Any
 import torch
 from torch import nn
 from zennit.core import Composite
-from zennit.types import Activation
 
-from zennit_ext._checks import check_finite, parse_target, real_number
+from zennit_ext._checks import parse_target, real_number
 from zennit_ext.nrm.api import NRM
+from zennit_ext.paths import views
 from zennit_ext.paths.graph import NeuronGraph, Paths, select_units
+from zennit_ext.paths.scores import RELEVANCES, lrp_unit_relevance, unit_sums
 
 __all__ = ["Threshold", "NeuronPaths"]
 
 SCORES = ("relevance", "activation")
-RECTIFIERS = (nn.ReLU, nn.ReLU6)
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,13 @@ class NeuronPaths:
     # ----------------------------------------------------------------------------- public API
 
     def graph(
-        self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"
+        self,
+        x: torch.Tensor,
+        target: Any,
+        c: float = 1.0,
+        score: str = "relevance",
+        *,
+        relevance: str = "nrm",
     ) -> NeuronGraph:
         """The neuron graph of ``x``: unit scores, kept units (``mean − c·σ``) and edges.
 
@@ -146,8 +150,14 @@ class NeuronPaths:
         c : float
             Threshold multiplier of :func:`select_units`.
         score : {'relevance', 'activation'}
-            What selects the kept units: NRM relevance (the paper's "difference of forward
-            and backward results", read as relevance) or the activation, summed over space.
+            What selects the kept units: relevance (the paper's "difference of forward and
+            backward results", read as relevance) or the activation, summed over space.
+        relevance : {'nrm', 'lrp'}
+            The unit relevance (node weights, and the selection with ``score='relevance'``):
+            NRM's marginal ``R(n_l = i)`` (default), or plain LRP relevance with the same
+            rules, as in the paper's Algorithm 1 (:func:`~zennit_ext.paths.scores.
+            lrp_unit_relevance`, one more forward and backward pass). The edges, and the
+            output node's edges, are NRM joint relevance either way.
 
         Returns
         -------
@@ -155,8 +165,9 @@ class NeuronPaths:
         """
         real_number("c", c)
         self._check_score(score)
+        lrp = self._lrp_scores(x, target, relevance)
         with self._explain(x, target) as (explanation, activation, _):
-            relevance = self._unit_relevance(explanation)
+            nrm = self._unit_relevance(explanation)
             edges = explanation.consecutive_edges(level="channel")
         pairs = list(zip(self.layers[:-1], self.layers[1:], strict=True))
         missing = [pair for pair in pairs if pair not in edges]
@@ -165,17 +176,28 @@ class NeuronPaths:
                 f"layers must be given bottom → top in forward order; NRM has no edges for "
                 f"{missing} (it has {list(edges)})"
             )
-        scores = relevance if score == "relevance" else activation
+        scores = nrm if score == "relevance" else activation
         kept = {name: select_units(scores[name], c) for name in self.layers}
-        return NeuronGraph(
-            self.layers,
-            relevance,
-            activation,
-            kept,
-            {pair: edges[pair] for pair in pairs},
-            float(c),
-            score,
+        graph = NeuronGraph(
+            self.layers, nrm, activation, kept, {p: edges[p] for p in pairs}, float(c), score
         )
+        return graph if lrp is None else graph.with_relevance(lrp, "lrp")
+
+    def unit_relevance(
+        self, x: torch.Tensor, target: Any, relevance: str = "nrm"
+    ) -> dict[str, torch.Tensor]:
+        """Spatially summed relevance of every unit, ``{layer: (batch, n_units)}``.
+
+        ``relevance='nrm'``: NRM's marginals ``R(n_l = i)`` (they sum to at most 1 per layer);
+        ``'lrp'``: plain LRP with the NRM composite's rules, unnormalized
+        (:func:`~zennit_ext.paths.scores.lrp_unit_relevance`).
+        """
+        self._check_relevance(relevance)
+        if relevance == "lrp":
+            base = self.nrm.composite.base
+            return lrp_unit_relevance(self.model, base, self.nrm.modules, x, target)
+        with self._explain(x, target) as (explanation, _, _):
+            return self._unit_relevance(explanation)
 
     def path_relevance(self, x: torch.Tensor, target: Any, paths: Paths) -> torch.Tensor:
         """Exact NRM joint relevance of each path (all walks through its L units), (batch, k)."""
@@ -194,13 +216,26 @@ class NeuronPaths:
             return explanation.heatmaps(conditions).sum(0)
 
     def restricted_heatmap(
-        self, x: torch.Tensor, target: Any, c: float = 1.0, score: str = "relevance"
+        self,
+        x: torch.Tensor,
+        target: Any,
+        c: float = 1.0,
+        score: str = "relevance",
+        *,
+        relevance: str = "nrm",
     ) -> torch.Tensor:
-        """NRM heatmap of the walks through kept units only (in every layer), like ``x``."""
+        """NRM heatmap of the walks through kept units only (in every layer), like ``x``.
+
+        The units are kept as in :meth:`graph` (``score``, ``relevance``).
+        """
         real_number("c", c)
         self._check_score(score)
+        lrp = self._lrp_scores(x, target, relevance)
         with self._explain(x, target) as (explanation, activation, shapes):
-            scores = self._unit_relevance(explanation) if score == "relevance" else activation
+            if score == "activation":
+                scores = activation
+            else:
+                scores = self._unit_relevance(explanation) if lrp is None else lrp
             kept = {name: select_units(scores[name], c) for name in self.layers}
             return explanation.heatmap(self._kept_sets(kept, shapes))
 
@@ -210,16 +245,19 @@ class NeuronPaths:
         target: Any,
         grid: Sequence[float] = (1, 0.5, 0, -0.5, -1, -1.5, -2),
         max_error: float = 0.05,
+        *,
+        relevance: str = "nrm",
     ) -> Threshold:
         """Error of the restricted heatmap against the full one over a grid of ``c``.
 
         Our definition (the paper tunes by "averaging MSE" without details). Per ``c`` and
-        sample, over the colour-summed pixels of the restricted heatmap ``H_c`` and the full
-        NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), ``SMAPE = mean 2|H_c − H| /
-        (|H_c| + |H|)`` with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of ``H_c``); and
-        the ratio of the class score with every unkept unit's output set to 0 to the class
-        score. ``chosen`` is the ``c`` with the smallest mean kept fraction whose mean nMSE is
-        ≤ ``max_error``.
+        sample, over the colour-summed pixels of the restricted heatmap ``H_c`` (the NRM
+        heatmap of the walks through the units kept by ``relevance``, see :meth:`graph`) and
+        the full NRM heatmap ``H``: nMSE = mean((H_c − H)²) / mean(H²), ``SMAPE = mean
+        2|H_c − H| / (|H_c| + |H|)`` with 0/0 := 0; the kept relevance ``R(S_Λ)`` (the sum of
+        ``H_c``); and the ratio of the class score with every unkept unit's output set to 0
+        to the class score. ``chosen`` is the ``c`` with the smallest mean kept fraction whose
+        mean nMSE is ≤ ``max_error``.
 
         Returns
         -------
@@ -232,9 +270,10 @@ class NeuronPaths:
             raise ValueError(f"grid must not repeat values, got {grid!r}")
         if real_number("max_error", max_error) <= 0:
             raise ValueError(f"max_error must be positive, got {max_error!r}")
+        lrp = self._lrp_scores(x, target, relevance)
         with self._explain(x, target) as (explanation, _, shapes):
-            relevance = self._unit_relevance(explanation)
-            kept = [{n: select_units(relevance[n], c) for n in self.layers} for c in grid]
+            scores = self._unit_relevance(explanation) if lrp is None else lrp
+            kept = [{n: select_units(scores[n], c) for n in self.layers} for c in grid]
             restricted = explanation.heatmaps([self._kept_sets(k, shapes) for k in kept])
             full = explanation.heatmap()
         plane, restricted_plane = _colour_sum(full, x.dim()), _colour_sum(restricted, x.dim())
@@ -244,7 +283,7 @@ class NeuronPaths:
         fraction = torch.stack(
             [torch.stack([k[n].to(x.dtype).mean(1) for n in self.layers], 1) for k in kept]
         )
-        scores = torch.stack([self._class_score(x, target, k) for k in kept])
+        class_scores = torch.stack([self._class_score(x, target, k) for k in kept])
         baseline = self._class_score(x, target, None)
         mean_nmse, mean_kept = nmse.mean(1), fraction.mean((1, 2))
         feasible = (mean_nmse <= max_error).nonzero()[:, 0]
@@ -258,7 +297,7 @@ class NeuronPaths:
             nmse,
             smape,
             restricted.flatten(2).sum(2),
-            scores / baseline,
+            class_scores / baseline,
             grid[index],
             bool(len(feasible)),
         )
@@ -272,11 +311,9 @@ class NeuronPaths:
     ) -> torch.Tensor:
         """Activation-based view of the paths' units: deconvolution (Zeiler & Fergus), like x.
 
-        Captum's ``NeuronDeconvolution`` on ``layer`` with the selector ``½ Σ a²`` over the
-        channels the paths visit in that layer: its gradient is the activation map itself on
-        those channels and 0 elsewhere, so the backward pass is Algorithm 3 of the paper (zero
-        the other maps, unpool with the max switches, rectify, transposed convolutions
-        without bias).
+        The paper's Algorithm 3 (:func:`zennit_ext.paths.views.deconvolution`): zero every
+        map of ``layer`` but the channels the paths visit there, unpool with the max
+        switches, rectify, transposed convolutions without bias, down to the pixels.
 
         Parameters
         ----------
@@ -295,30 +332,80 @@ class NeuronPaths:
         TypeError
             If the model has an activation module that is not one of ``rectifiers``.
         """
-        from captum.attr import NeuronDeconvolution
-
         layer = self.layers[-1] if layer is None else layer
         index = self._layer_index(layer)
-        check_finite("x", x)
         self._check_paths(paths, len(x))
-        rectifiers = tuple(rectifiers)
-        if not rectifiers or not all(r in RECTIFIERS for r in rectifiers):
-            raise ValueError(f"rectifiers must be a subset of {RECTIFIERS}, got {rectifiers!r}")
-        units = paths.units[:, :, index]
         module = self.nrm.modules[layer]
-        attribution = NeuronDeconvolution(self.model, module)
-        attribution.deconv = _deconvolution_class()(self.model, rectifiers)
+        return views.deconvolution(self.model, module, x, paths.units[:, :, index], rectifiers)
 
-        def selector(output: torch.Tensor) -> torch.Tensor:
-            mask = torch.zeros(output.shape[:2], dtype=output.dtype, device=output.device)
-            mask = mask.scatter(1, units.to(output.device), 1.0)
-            mask = mask.view(*mask.shape, *[1] * (output.dim() - 2))
-            return 0.5 * (output * mask).square().flatten(1).sum(1)
+    def reconstruct_block(
+        self,
+        x: torch.Tensor,
+        units: Paths | torch.Tensor,
+        layer: str | None = None,
+        rectifiers: Sequence[type[nn.Module]] = (nn.ReLU,),
+    ) -> torch.Tensor:
+        """The paper's Algorithm 2: the input of ``layer``'s block rebuilt from kept channels.
 
-        with _only_rectifiers_below(self.model, module, rectifiers), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-            warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require")
-            return attribution.attribute(x, selector)
+        ``layer`` (a ``Conv2d``), its rectifiers and the ``MaxPool2d`` right after them (if
+        any) form the block: pool its output with the switches, zero every channel but the
+        kept ones, unpool, transposed convolution with ``layer``'s weights
+        (:func:`zennit_ext.paths.views.block_reconstruction`). Unlike :meth:`deconvolution`
+        it stops at the block's input (the feature maps of the layer below), not the pixels.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (batch, C, H, W) inputs.
+        units : Paths or torch.Tensor
+            The paths (their channels in ``layer`` are kept), or a bool (batch, C_out) mask,
+            e.g. ``graph.kept[layer]``.
+        layer : str, optional
+            One of ``layers``; default the top one.
+        rectifiers : sequence of module classes
+            Rectifiers between the convolution and the pool, a subset of (nn.ReLU, nn.ReLU6).
+
+        Returns
+        -------
+        torch.Tensor
+            (batch, C_in, H_in, W_in), like ``layer``'s input.
+        """
+        layer = self.layers[-1] if layer is None else layer
+        index = self._layer_index(layer)
+        module = self.nrm.modules[layer]
+        if isinstance(units, Paths):
+            self._check_paths(units, len(x))
+            channels = getattr(module, "out_channels", None)
+            if not isinstance(channels, int):
+                raise TypeError(f"layer {layer!r} must be an nn.Conv2d, got {module!r}")
+            keep = torch.zeros(len(x), channels, dtype=torch.bool, device=x.device)
+            keep = keep.scatter(1, units.units[:, :, index].to(x.device), True)
+        elif isinstance(units, torch.Tensor):
+            keep = units
+        else:
+            raise TypeError(f"units must be a Paths or a bool tensor, got {type(units).__name__}")
+        return views.block_reconstruction(self.model, module, x, keep, rectifiers)
+
+    def activation_heatmap(self, x: torch.Tensor, paths: Paths) -> torch.Tensor:
+        """Activation-based k-path heatmap (the paper's Fig. 7; our definition), (batch, H, W).
+
+        Σ over the paths and their layers of the unit's activation map (the layer's output
+        channel), resized to the input's spatial size and divided by the layer's largest
+        absolute activation (:func:`zennit_ext.paths.views.activation_heatmap`). One forward
+        pass.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (batch, C, H, W) inputs.
+        paths : Paths
+            From :meth:`NeuronGraph.top_paths` of these inputs.
+        """
+        self._check_paths(paths, len(x))
+        if x.dim() != 4:
+            raise ValueError(f"x must be a (batch, C, H, W) image batch, got {tuple(x.shape)}")
+        outputs = views.layer_outputs(self.model, self.nrm.modules, x)
+        return views.activation_heatmap(outputs, paths.units, x.shape[-2:])
 
     # -------------------------------------------------------------------------- the machinery
 
@@ -331,7 +418,7 @@ class NeuronPaths:
         def capture(name: str) -> Callable[..., None]:
             def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
                 shapes[name] = output.shape
-                activation[name] = _unit_sums(output.detach())
+                activation[name] = unit_sums(output.detach())
 
             return hook
 
@@ -349,12 +436,22 @@ class NeuronPaths:
 
     def _unit_relevance(self, explanation: Any) -> dict[str, torch.Tensor]:
         relevance = explanation.layer_relevance()
-        return {name: _unit_sums(relevance[name]) for name in self.layers}
+        return {name: unit_sums(relevance[name]) for name in self.layers}
 
     @staticmethod
     def _check_score(score: str) -> None:
         if score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+
+    @staticmethod
+    def _check_relevance(relevance: str) -> None:
+        if relevance not in RELEVANCES:
+            raise ValueError(f"relevance must be one of {RELEVANCES}, got {relevance!r}")
+
+    def _lrp_scores(self, x: torch.Tensor, target: Any, relevance: str) -> dict | None:
+        """LRP unit relevance for ``relevance='lrp'`` (before NRM's hooks go on), else None."""
+        self._check_relevance(relevance)
+        return self.unit_relevance(x, target, "lrp") if relevance == "lrp" else None
 
     def _layer_index(self, layer: str) -> int:
         if layer not in self.layers:
@@ -417,62 +514,6 @@ class NeuronPaths:
         index = parse_target(target, len(output), output.shape).to(output.device)
         rows = torch.arange(len(output), device=output.device)
         return output[(rows, *index.t())].reshape(len(output))
-
-
-@functools.cache
-def _deconvolution_class() -> type:
-    """Captum's ``Deconvolution`` rectifying the backward pass of every given rectifier class
-    (Captum's own hooks ``nn.ReLU`` modules only)."""
-    from captum._utils.common import _register_backward_hook
-    from captum.attr import Deconvolution
-
-    class RectifierDeconvolution(Deconvolution):
-        def __init__(self, model: nn.Module, rectifiers: tuple[type[nn.Module], ...]) -> None:
-            super().__init__(model)
-            self.rectifiers = rectifiers
-
-        def _register_hooks(self, module: nn.Module) -> None:
-            if isinstance(module, self.rectifiers):
-                self.backward_hooks.extend(
-                    _register_backward_hook(module, self._backward_hook, self)
-                )
-
-    return RectifierDeconvolution
-
-
-@contextlib.contextmanager
-def _only_rectifiers_below(
-    model: nn.Module, layer: nn.Module, rectifiers: tuple[type[nn.Module], ...]
-) -> Iterator[None]:
-    """Raise TypeError when an activation module other than ``rectifiers`` runs before
-    ``layer`` in a forward pass inside the context (deconvolution cannot pass it)."""
-    reached: list[bool] = []
-
-    def check(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any) -> None:
-            if not reached:
-                raise TypeError(
-                    f"module {name!r} is a {type(module).__name__} below the explained layer, "
-                    f"not one of the rectifiers {[r.__name__ for r in rectifiers]}; pass "
-                    f"rectifiers=(nn.ReLU, nn.{type(module).__name__}) if it is a rectifier"
-                )
-
-        return hook
-
-    handles = [layer.register_forward_hook(lambda *args: reached.append(True))]
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, Activation) and not isinstance(module, rectifiers):
-                handles.append(module.register_forward_pre_hook(check(name)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _unit_sums(values: torch.Tensor) -> torch.Tensor:
-    """(batch, C, ...) → (batch, C): sum over the spatial axes."""
-    return values.flatten(2).sum(2) if values.dim() > 2 else values
 
 
 def _unit_mask(units: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -7,6 +7,7 @@ Pure tensor math on per-unit scores and dense edge tensors (no hooks, no model);
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,8 @@ class NeuronGraph:
     layers : tuple of str
         Layer names, bottom → top.
     relevance, activation : dict of str to torch.Tensor
-        Per layer (batch, n_units): NRM relevance and output activation, summed over space.
+        Per layer (batch, n_units): unit relevance (NRM's or LRP's, see ``relevance_kind``)
+        and output activation, summed over space.
     kept : dict of str to torch.Tensor
         Per layer bool (batch, n_units): units selected by :func:`select_units`.
     edges : dict of (str, str) to torch.Tensor
@@ -110,6 +112,11 @@ class NeuronGraph:
         The threshold multiplier used.
     score : str
         'relevance' or 'activation': what ``kept`` was selected on.
+    relevance_kind : str
+        'nrm' or 'lrp': what ``relevance`` holds (:meth:`with_relevance`).
+    output_edges : torch.Tensor, optional
+        (batch, n_top): weights of the output node's edges to the top layer's units; None:
+        the top layer's ``relevance`` (NRM's marginals give the edges a common scale).
     """
 
     layers: tuple[str, ...]
@@ -119,6 +126,41 @@ class NeuronGraph:
     edges: dict[tuple[str, str], torch.Tensor]
     c: float
     score: str
+    relevance_kind: str = "nrm"
+    output_edges: torch.Tensor | None = None
+
+    def top_edges(self) -> torch.Tensor:
+        """Weights of the output node's edges to the top layer's units, (batch, n_top)."""
+        return self.relevance[self.layers[-1]] if self.output_edges is None else self.output_edges
+
+    def with_relevance(self, relevance: dict[str, torch.Tensor], kind: str) -> NeuronGraph:
+        """This graph with other unit relevance (e.g. LRP's), reselected if selected on it.
+
+        The edges and the output node's edges (:meth:`top_edges`) stay as they are; with
+        ``score='relevance'`` the kept units are :func:`select_units` of the new relevance
+        at ``c``.
+
+        Parameters
+        ----------
+        relevance : dict of str to torch.Tensor
+            Per layer (batch, n_units), shaped like :attr:`relevance`.
+        kind : str
+            What it is ('lrp', 'nrm', …), stored as :attr:`relevance_kind`.
+        """
+        shapes = {n: tuple(v.shape) for n, v in self.relevance.items()}
+        given = {n: tuple(v.shape) for n, v in relevance.items()}
+        if given != shapes:
+            raise ValueError(f"relevance must have the shapes {shapes}, got {given}")
+        kept = self.kept
+        if self.score == "relevance":
+            kept = {name: select_units(relevance[name], self.c) for name in self.layers}
+        return dataclasses.replace(
+            self,
+            relevance=dict(relevance),
+            kept=kept,
+            relevance_kind=kind,
+            output_edges=self.top_edges(),
+        )
 
     def kept_fraction(self) -> torch.Tensor:
         """Fraction of kept units per layer, (batch, L)."""
@@ -129,10 +171,10 @@ class NeuronGraph:
     def top_paths(self, k: int = 5) -> Paths:
         """The ``k`` maximum-sum paths from the output down to ``layers[0]`` per sample.
 
-        A path visits one kept unit per layer; its score is the output edge (the top unit's
-        relevance) plus the ``L − 1`` edges between its units. Exact k-best dynamic
-        programming from the top layer down: each unit keeps its ``k`` best partial paths.
-        Ties go to the lower unit index, bottom layer first.
+        A path visits one kept unit per layer; its score is the output edge
+        (:meth:`top_edges`, the top unit's NRM relevance) plus the ``L − 1`` edges between
+        its units. Exact k-best dynamic programming from the top layer down: each unit keeps
+        its ``k`` best partial paths. Ties go to the lower unit index, bottom layer first.
 
         Raises
         ------
@@ -143,10 +185,10 @@ class NeuronGraph:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         top = self.layers[-1]
-        for name, values in [(top, self.relevance[top]), *self.edges.items()]:
+        for name, values in [(top, self.top_edges()), *self.edges.items()]:
             if not torch.isfinite(values).all():
                 raise ValueError(f"the graph has non-finite relevance or edges at {name!r}")
-        score = self._masked(self.relevance[top], top)[:, :, None]  # (batch, n_top, 1)
+        score = self._masked(self.top_edges(), top)[:, :, None]  # (batch, n_top, 1)
         pointers = []  # per layer from layers[-2] down: (batch, n, width) into (n_up, width_up)
         for lower, upper in zip(self.layers[-2::-1], self.layers[:0:-1], strict=True):
             candidates = self.edges[(lower, upper)][..., None] + score[:, None]  # (b, n, n_up, w)
@@ -210,7 +252,7 @@ class NeuronGraph:
                 )
         top = self.layers[-1]
         for unit in self.kept[top][sample].nonzero()[:, 0].tolist():
-            graph.add_edge("output", (top, unit), weight=float(self.relevance[top][sample, unit]))
+            graph.add_edge("output", (top, unit), weight=float(self.top_edges()[sample, unit]))
         for lower, upper in zip(self.layers[:-1], self.layers[1:], strict=True):
             weights = self.edges[(lower, upper)][sample]
             weights = weights.masked_fill(~self.kept[upper][sample][None], -math.inf)
@@ -233,5 +275,5 @@ class NeuronGraph:
 
     def _edge_weight(self, sample: int, source: Any, sink: tuple[str, int]) -> float:
         if source == "output":
-            return float(self.relevance[sink[0]][sample, sink[1]])
+            return float(self.top_edges()[sample, sink[1]])
         return float(self.edges[(sink[0], source[0])][sample, sink[1], source[1]])
