@@ -67,19 +67,25 @@ def beeswarm(attributions: np.ndarray, values: np.ndarray, names: list[str]) -> 
     return fig
 
 
-def waterfall(attribution: np.ndarray, names: list[str], base: float) -> plt.Figure:
-    """One row's Shapley values as a waterfall from the baseline score to the prediction."""
-    order = np.argsort(np.abs(attribution))[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1))
-    level = base
-    for row, feature in enumerate(order):
-        value = attribution[feature]
-        ax.barh(row, value, left=level, color="tab:red" if value > 0 else "tab:blue")
-        level += value
-    ax.set_yticks(range(len(order)), [names[f] for f in order], fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(base, color="grey", lw=0.5)
-    ax.set_xlabel(f"p: baseline {base:.3f} → prediction {level:.3f}")
+def waterfalls(attributions: dict[str, np.ndarray], names: list[str], base: float) -> plt.Figure:
+    """Rows' Shapley values as waterfalls from the baseline score to the prediction (3 a line)."""
+    columns = min(3, len(attributions))
+    lines = -(-len(attributions) // columns)
+    fig, axes = plt.subplots(
+        lines, columns, figsize=(4 * columns, (0.3 * len(names) + 1) * lines), squeeze=False
+    )
+    for ax, (title, attribution) in zip(axes.flat, attributions.items(), strict=False):
+        order = np.argsort(np.abs(attribution))[::-1]
+        level = base
+        for row, feature in enumerate(order):
+            value = attribution[feature]
+            ax.barh(row, value, left=level, color="tab:red" if value > 0 else "tab:blue")
+            level += value
+        ax.set_yticks(range(len(order)), [names[f] for f in order], fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(base, color="grey", lw=0.5)
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel(f"p: {base:.3f} → {level:.3f}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -129,5 +135,58 @@ def rows_at_scale(rows: list[dict]) -> plt.Figure:
         ax.set_xscale("log")
         ax.set_xlabel("rows")
         ax.set_ylabel(key)
+    fig.tight_layout()
+    return fig
+
+
+def interaction_comparison(
+    exact: np.ndarray, ours: np.ndarray, curves: dict, budget: int, error: float
+) -> plt.Figure:
+    """Left: ours against exact pair interactions; right: approximators' error by budget."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    i, j = np.triu_indices(len(exact), 1)
+    axes[0].scatter(exact[i, j], ours[i, j], s=8)
+    bound = float(np.abs(np.concatenate([exact[i, j], ours[i, j]])).max()) or 1.0
+    axes[0].plot([-bound, bound], [-bound, bound], color="grey", lw=0.5)
+    axes[0].set_xlabel("exact k-SII_ij (shapiq)")
+    axes[0].set_ylabel("ours: −S_ij")
+    for name, curve in curves.items():
+        axes[1].plot(curve["budget"], curve["error"], marker=".", label=name)
+    axes[1].scatter([budget], [error], color="black", zorder=3, label="ours (−S)")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("coalitions evaluated")
+    axes[1].set_ylabel("relative error vs exact k-SII")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: dict[str, list[float]], title: str) -> plt.Figure:
+    """SynXAI Fig. A.1: train and validation loss, validation accuracy per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.8))
+    epochs = np.arange(1, len(history["val_loss"]) + 1)
+    axes[0].plot(epochs, history["train_loss"], label="train loss")
+    axes[0].plot(epochs, history["val_loss"], label="val loss")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(epochs, history["val_accuracy"], color="tab:green")
+    axes[1].set_ylabel("val accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def lime_cases(cases: dict[str, np.ndarray], names: list[str]) -> plt.Figure:
+    """SynXAI Fig. A.8: LIME coefficients of a false-negative and a false-positive row."""
+    fig, axes = plt.subplots(1, len(cases), figsize=(3.6 * len(cases), 0.3 * len(names) + 1))
+    for ax, (title, coefficients) in zip(np.atleast_1d(axes), cases.items(), strict=True):
+        order = np.argsort(np.abs(coefficients))
+        colours = ["tab:red" if coefficients[f] > 0 else "tab:blue" for f in order]
+        ax.barh(range(len(order)), coefficients[order], color=colours)
+        ax.set_yticks(range(len(order)), [names[f] for f in order], fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.axvline(0, color="grey", lw=0.5)
     fig.tight_layout()
     return fig

@@ -19,7 +19,7 @@ from benchmarks.cache import cache_dir
 from benchmarks.data.tabular import SYNXAI_POSITIVE_RATE
 from benchmarks.models.architectures import DNACNN, MNISTMLP, NRMTable2MLP, SynergyMLP, VGGSmall
 
-__all__ = ["fit", "evaluate", "get_trained", "trained_info", "MODEL_NAMES"]
+__all__ = ["fit", "evaluate", "get_trained", "trained_info", "training_setup", "MODEL_NAMES"]
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict:
@@ -92,8 +92,10 @@ def fit(
     Returns
     -------
     dict
-        ``epochs`` run, ``train_time_s``, ``history`` of validation losses; with a
-        ``regularizer``, ``regularizer_history``: its mean value over each epoch's steps.
+        ``epochs`` run, ``train_time_s``, ``history`` of validation losses,
+        ``val_accuracy_history``, ``train_history`` (mean training loss of each epoch's steps,
+        regularizer included); with a ``regularizer``, ``regularizer_history``: its mean value
+        over each epoch's steps.
     """
     if patience is not None and val is None:
         raise ValueError("patience needs val data")
@@ -103,11 +105,12 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     best, best_state, waited, history, penalties = float("inf"), None, 0, [], []
+    train_history, val_accuracy = [], []
     start = time.perf_counter()
     bar = tqdm(range(epochs), desc=type(model).__name__, disable=None if progress else True)
     for _epoch in bar:
         model.train()
-        penalty_sum, steps = 0.0, 0
+        penalty_sum, steps, loss_sum, batches = 0.0, 0, 0.0, 0
         for index in torch.randperm(len(x), generator=generator).split(batch_size):
             out = model(x[index])
             if out.shape[1] == 1:
@@ -123,11 +126,15 @@ def fit(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            loss_sum, batches = loss_sum + float(loss.detach()), batches + 1
+        train_history.append(loss_sum / max(batches, 1))
         if regularizer is not None:
             penalties.append(penalty_sum / steps)
         if val is not None:
-            val_loss = evaluate(model, *val)["loss"]
+            scores = evaluate(model, *val)
+            val_loss = scores["loss"]
             history.append(val_loss)
+            val_accuracy.append(scores["accuracy"])
             bar.set_postfix(val_loss=f"{val_loss:.4f}")
             if val_loss < best - 1e-6:
                 best, waited = val_loss, 0
@@ -143,6 +150,8 @@ def fit(
         "epochs": len(history) or epochs,
         "train_time_s": time.perf_counter() - start,
         "history": history,
+        "val_accuracy_history": val_accuracy,
+        "train_history": train_history,
     }
     return log | ({"regularizer_history": penalties} if regularizer is not None else {})
 
@@ -307,6 +316,20 @@ def get_trained(
     _atomic(lambda path: torch.save(model.state_dict(), path), stem.with_suffix(".pt"))
     _atomic(lambda path: Path(path).write_text(json.dumps(info)), stem.with_suffix(".json"))
     return model, {**info, "cached": False}
+
+
+def training_setup(name: str, quick: bool = False) -> tuple[tuple, dict[str, Any]]:
+    """The data and :func:`fit` settings :func:`get_trained` uses for ``name`` (nothing cached).
+
+    Returns
+    -------
+    data : tuple
+        ``(train, val, test)``, each ``(x, y)``.
+    settings : dict
+        Keyword arguments of :func:`fit` (epochs, lr, batch_size, patience).
+    """
+    recipe = _RECIPES[_check_name(name)]
+    return recipe.data(quick), dict(recipe.quick if quick else recipe.full)
 
 
 def trained_info(name: str, quick: bool = False, seed: int = 0) -> dict[str, Any] | None:
