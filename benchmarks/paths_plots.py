@@ -54,6 +54,15 @@ def draw_graph(ax: plt.Axes, graph, layers: tuple[str, ...], title: str = "") ->
     ax.set_title(title, fontsize=8)
 
 
+def graphs(drawn: dict, layers: tuple[str, ...], title: str) -> plt.Figure:
+    """Fig. 3 once per unit selection: ``{kind: networkx graph}``, one panel per kind."""
+    fig, axes = plt.subplots(len(drawn), 1, figsize=(12, 4.2 * len(drawn)), squeeze=False)
+    for ax, (kind, graph) in zip(axes[:, 0], drawn.items(), strict=True):
+        draw_graph(ax, graph, layers, f"{title} {kind}")
+    fig.tight_layout()
+    return fig
+
+
 def _panel(ax: plt.Axes, panel: torch.Tensor, title: str) -> None:
     """An image (H, W, 3) in [0, 1] or a heatmap (H, W) on a symmetric colour scale."""
     panel = panel.detach().cpu().float()
@@ -131,8 +140,10 @@ def threshold_curves(
 
 def kept_per_layer(fractions: dict[str, tuple[list[str], np.ndarray]]) -> plt.Figure:
     """Kept fraction per layer at c = 1, one panel per model."""
-    fig, axes = plt.subplots(1, len(fractions), figsize=(6 * len(fractions), 2.8), squeeze=False)
-    for ax, (name, (layers, values)) in zip(axes[0], fractions.items(), strict=True):
+    columns = min(len(fractions), 2)
+    rows = -(-len(fractions) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 2.8 * rows), squeeze=False)
+    for ax, (name, (layers, values)) in zip(axes.flat, fractions.items(), strict=False):
         ax.bar(range(len(layers)), values, color="tab:green")
         ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
         ax.set_ylim(0, 1.05)
