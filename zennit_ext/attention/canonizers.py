@@ -7,9 +7,10 @@ the duration of a composite; outputs are unchanged and removal restores the mode
 - :class:`MultiheadAttentionCanonizer`: ``nn.MultiheadAttention`` (fused
   ``F.multi_head_attention_forward``) as explicit projections, scores, softmax, weighting;
 - :class:`ViTCanonizer`: torchvision's ViT, i.e. the attention above, the residual adds of
-  ``EncoderBlock`` as :class:`zennit.layer.Sum`, the position embedding added through a
-  ``Sum`` (it takes its proportional share, like a bias), the class token concatenated
-  (a parameter: its relevance is absorbed);
+  ``EncoderBlock`` as :class:`~zennit_ext.attention.modules.StreamSum`, the position
+  embedding added through an :class:`~zennit_ext.attention.modules.EmbeddingSum` (LRP: it
+  takes its proportional share, like a bias), the class token concatenated through a
+  :class:`~zennit_ext.attention.modules.TokenConcat` (a parameter: its relevance is absorbed);
 - :class:`ConvNeXtCanonizer`: ConvNeXt's ``CNBlock`` (layer scale as
   :class:`~zennit_ext.layers.Scale`, residual add as ``Sum``);
 - Swin, MaxViT and transformers' BERT/ViT: :mod:`.swin`, :mod:`.maxvit`, :mod:`.huggingface`;
@@ -24,11 +25,13 @@ from typing import Any, cast
 
 import torch
 from torch import nn
-from zennit.layer import Sum
 
 from zennit_ext.attention.modules import (
     AttentionScores,
     AttentionWeighting,
+    EmbeddingSum,
+    StreamSum,
+    TokenConcat,
     explicit_attention_forward,
     shared_linear,
 )
@@ -123,16 +126,19 @@ class _ViTBlocksCanonizer(AtomicAttributeCanonizer):
         if type(module) is block:
             return {
                 "forward": cls.block_forward.__get__(module),
-                "canonizer_sum_attention": Sum(),
-                "canonizer_sum_mlp": Sum(),
+                "canonizer_sum_attention": StreamSum(),
+                "canonizer_sum_mlp": StreamSum(),
             }
         if type(module) is encoder:
             return {
                 "forward": cls.encoder_forward.__get__(module),
-                "canonizer_sum_position": Sum(),
+                "canonizer_sum_position": EmbeddingSum(),
             }
         if type(module) is vit:
-            return {"forward": cls.vit_forward.__get__(module)}
+            return {
+                "forward": cls.vit_forward.__get__(module),
+                "canonizer_class_token": TokenConcat(),
+            }
         return None
 
     @staticmethod
@@ -157,7 +163,7 @@ class _ViTBlocksCanonizer(AtomicAttributeCanonizer):
         """``VisionTransformer.forward``: the class token (a parameter) is concatenated."""
         x = self._process_input(x)
         batch_class_token = self.class_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([batch_class_token, x], dim=1)
+        x = self.canonizer_class_token(x, batch_class_token)
         x = self.encoder(x)
         return self.heads(x[:, 0])
 
@@ -183,7 +189,7 @@ class _CNBlockCanonizer(AtomicAttributeCanonizer):
         return {
             "forward": cls.forward.__get__(module),
             "canonizer_scale": Scale(cast(nn.Parameter, module.layer_scale)),
-            "canonizer_sum": Sum(),
+            "canonizer_sum": StreamSum(),
         }
 
     @staticmethod

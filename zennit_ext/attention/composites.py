@@ -53,6 +53,7 @@ PASSIVE_NAMES = frozenset(
         "WindowPartition",
         "WindowDepartition",
         "SwapAxes",
+        "TokenConcat",
     }
 )
 

@@ -38,10 +38,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from zennit.layer import Sum
 
 from zennit_ext.attention.canonizers import _trained_like
-from zennit_ext.attention.modules import AttentionScores, AttentionWeighting
+from zennit_ext.attention.modules import (
+    AttentionScores,
+    AttentionWeighting,
+    EmbeddingSum,
+    StreamSum,
+    TokenConcat,
+)
 from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["HFActivation", "HuggingFaceCanonizer", "Logits"]
@@ -234,7 +239,7 @@ def vit_embeddings_forward(
     embeddings = self.patch_embeddings(
         pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
     )
-    embeddings = torch.cat([self.cls_token.expand(batch, -1, -1), embeddings], dim=1)
+    embeddings = self.canonizer_class_token(embeddings, self.cls_token.expand(batch, -1, -1))
     if interpolate_pos_encoding:
         position = self.interpolate_pos_encoding(embeddings, height, width)
     else:
@@ -308,5 +313,12 @@ class HuggingFaceCanonizer(AtomicAttributeCanonizer):
         }
         for key, forward in forwards.items():
             if type(module) in types[key]:
-                return {"forward": forward.__get__(module), "canonizer_sum": Sum()}
+                embeddings = key.endswith("embeddings")
+                attributes = {
+                    "forward": forward.__get__(module),
+                    "canonizer_sum": EmbeddingSum() if embeddings else StreamSum(),
+                }
+                if key == "vit_embeddings":
+                    attributes["canonizer_class_token"] = TokenConcat()
+                return attributes
         return None

@@ -29,7 +29,7 @@ from torch import nn
 from zennit.layer import Sum
 
 from zennit_ext.attention.canonizers import _trained_like
-from zennit_ext.attention.modules import AttentionScores, AttentionWeighting
+from zennit_ext.attention.modules import AttentionScores, AttentionWeighting, StreamSum
 from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["MaxViTCanonizer"]
@@ -111,8 +111,8 @@ class MaxViTCanonizer(AtomicAttributeCanonizer):
         if kind is partition:
             return {
                 "forward": partition_attention_forward.__get__(module),
-                "canonizer_sum_attention": Sum(),
-                "canonizer_sum_mlp": Sum(),
+                "canonizer_sum_attention": StreamSum(),
+                "canonizer_sum_mlp": StreamSum(),
             }
         if kind is attention:
             modules: dict[str, nn.Module] = {

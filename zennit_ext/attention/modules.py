@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from zennit.layer import Sum
 
 from zennit_ext.layers import MatMul
 
@@ -21,6 +22,9 @@ __all__ = [
     "AttentionProjection",
     "AttentionScores",
     "AttentionWeighting",
+    "EmbeddingSum",
+    "StreamSum",
+    "TokenConcat",
     "shared_linear",
     "explicit_attention_forward",
 ]
@@ -39,6 +43,39 @@ class AttentionWeighting(MatMul):
     Inputs ``A`` (N, H, L, S) and ``v`` (N, H, S, d); output (N, H, L, d). A distinct type so
     that a composite can hold ``A`` constant (CP-LRP) while other products share uniformly.
     """
+
+
+class StreamSum(Sum):
+    """A residual add of a transformer-style block (``x + f(x)`` on the signed stream).
+
+    Zennit's :class:`~zennit.layer.Sum` over the stacked terms (…, 2), a type of its own so
+    that NRM's composite can share its relevance by the terms' absolute contributions (both
+    terms are signed, where proportional shares exceed 1 and turn negative); LRP composites
+    treat it as any ``Sum``.
+    """
+
+
+class EmbeddingSum(Sum):
+    """The addition of position (and token-type) embeddings to a token stream.
+
+    Zennit's :class:`~zennit.layer.Sum` over the stacked terms (…, n), the stream first. LRP
+    composites share relevance proportionally (the embeddings absorb their share, like a bias);
+    NRM, which lets no bias absorb relevance, passes all of it to the stream.
+    """
+
+
+class TokenConcat(nn.Module):
+    """``torch.cat([token, x], dim=1)``: a learned token (ViT's class token) put before ``x``.
+
+    ``forward(x, token)`` with ``x`` (N, T, D) and ``token`` (N, k, D); output (N, k + T, D).
+    The stream ``x`` is the first argument, so a Zennit rule sees it as the module's input;
+    the relevance at the token's positions goes to the parameter (LRP: absorbed; NRM counts it
+    as stopped there).
+    """
+
+    def forward(self, x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The token's rows, then ``x``'s, along dim 1."""
+        return torch.cat([token, x], dim=1)
 
 
 class AttentionProjection(nn.Linear):

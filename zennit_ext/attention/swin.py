@@ -32,7 +32,12 @@ from torch import nn
 from zennit.layer import Sum
 
 from zennit_ext.attention.canonizers import _trained_like
-from zennit_ext.attention.modules import AttentionScores, AttentionWeighting, shared_linear
+from zennit_ext.attention.modules import (
+    AttentionScores,
+    AttentionWeighting,
+    StreamSum,
+    shared_linear,
+)
 from zennit_ext.canonizers.core import AtomicAttributeCanonizer
 
 __all__ = ["CosineNormalize", "SwinCanonizer", "shift_mask"]
@@ -242,7 +247,7 @@ class SwinCanonizer(AtomicAttributeCanonizer):
             return {
                 "forward": swin_block_forward.__get__(module),
                 "canonizer_post_norm": kind is types["block_v2"],
-                "canonizer_sum_attention": Sum(),
-                "canonizer_sum_mlp": Sum(),
+                "canonizer_sum_attention": StreamSum(),
+                "canonizer_sum_mlp": StreamSum(),
             }
         return None

@@ -20,13 +20,33 @@ from typing import Any, ClassVar
 from torch import nn
 from zennit.canonizers import AttributeCanonizer, Canonizer, CompositeCanonizer
 
-__all__ = ["AtomicAttributeCanonizer", "ForwardCanonizer", "CanonizerGroup", "remove_all"]
+__all__ = [
+    "AtomicAttributeCanonizer",
+    "ForwardCanonizer",
+    "CanonizerGroup",
+    "remove_all",
+    "attached_names",
+]
 
 
 def remove_all(instances: Sequence[Canonizer]) -> None:
     """Remove applied canonizer instances, last applied first."""
     for instance in reversed(instances):
         instance.remove()
+
+
+def attached_names(model: nn.Module, canonizers: Sequence[Canonizer]) -> set[str]:
+    """Names of ``model``'s modules while ``canonizers`` are applied (those they attach too).
+
+    The canonizers are applied and removed again (also on error): the model is unchanged.
+    """
+    instances: list[Canonizer] = []
+    try:
+        for canonizer in canonizers:
+            instances.extend(canonizer.apply(model))
+        return {name for name, _ in model.named_modules()}
+    finally:
+        remove_all(instances)
 
 
 class AtomicAttributeCanonizer(AttributeCanonizer):

@@ -28,7 +28,7 @@ from zennit_ext.layers import MatMul, Multiply
 if TYPE_CHECKING:
     from zennit_ext.nrm.engine import Session
 
-__all__ = ["Located", "locate_imbalance"]
+__all__ = ["Located", "locate_imbalance", "per_sample"]
 
 
 @dataclass
@@ -93,14 +93,24 @@ def _probe(value: Any, captured: list[torch.Tensor]) -> Any:
     return value
 
 
-def _masses(tensors: list[torch.Tensor], grads: dict[int, torch.Tensor | None]) -> tuple:
+def per_sample(values: torch.Tensor, batch: int) -> torch.Tensor:
+    """``values`` as (batch, rest): the first axis is the batch, or the batch times windows
+    (batch-major, as in windowed attention); a tensor without a batch axis is shared evenly."""
+    if values.dim() and values.shape[0] % batch == 0:
+        return values.reshape(batch, -1)
+    return (values.sum() / batch).expand(batch, 1)
+
+
+def _masses(
+    tensors: list[torch.Tensor], grads: dict[int, torch.Tensor | None], batch: int
+) -> tuple:
     """(Σ relevance, Σ |relevance|) of ``tensors``, each (batch,)."""
     total = absolute = torch.zeros(())
     for tensor in tensors:
         grad = grads.get(id(tensor))
         if grad is not None:
-            total = total + grad.flatten(1).sum(1)
-            absolute = absolute + grad.flatten(1).abs().sum(1)
+            total = total + per_sample(grad, batch).sum(1)
+            absolute = absolute + per_sample(grad.abs(), batch).sum(1)
     return total, absolute
 
 
@@ -152,9 +162,10 @@ def _own_imbalance(
     unclaimed = dict(session.report.stopped)  # a module called twice stops relevance once
     net, scales = [], []
     own: list[torch.Tensor] = []
+    batch = len(session.inputs)
     for call in calls:
-        inflow, inabs = _masses(call.inputs, grads)
-        outflow, outabs = _masses([] if call.output is None else [call.output], grads)
+        inflow, inabs = _masses(call.inputs, grads, batch)
+        outflow, outabs = _masses([] if call.output is None else [call.output], grads, batch)
         net.append(inflow - outflow)
         own.append(net[-1] + unclaimed.pop(call.name, 0.0))
         scales.append(torch.maximum(inabs, outabs))

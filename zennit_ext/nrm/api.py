@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from zennit.core import Composite
 
+from zennit_ext.canonizers.core import attached_names
 from zennit_ext.nrm import engine
 from zennit_ext.nrm.rules import NormalizedComposite, nrm_composite
 from zennit_ext.nrm.sets import Level, SetSpec
@@ -89,15 +90,20 @@ class NRM:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if isinstance(layers, str) or not layers:
             raise TypeError(f"layers must be a non-empty sequence of module names, got {layers!r}")
-        modules = dict(model.named_modules())
-        unknown = [name for name in layers if name not in modules or name == ""]
-        if unknown:
-            raise ValueError(
-                f"layers {unknown} are not modules of the model; "
-                f"expected names from model.named_modules(), e.g. {list(modules)[1:6]}"
-            )
         if composite is not None and canonizers is not None:
             raise ValueError("give canonizers to the composite, not to NRM, when composite= is set")
+        if composite is None:
+            composite = nrm_composite(canonizers="auto" if canonizers is None else canonizers)
+        modules = dict(model.named_modules())
+        unknown = [name for name in layers if name not in modules or name == ""]
+        if unknown and set(unknown) - {""} <= attached_names(model, composite.canonizers):
+            unknown = [name for name in unknown if name == ""]
+        if unknown:
+            raise ValueError(
+                f"layers {unknown} are not modules of the model (nor attached by its "
+                f"canonizers); expected names from model.named_modules(), e.g. "
+                f"{list(modules)[1:6]}"
+            )
         if (
             isinstance(messages_per_pass, bool)
             or not isinstance(messages_per_pass, int)
@@ -106,9 +112,8 @@ class NRM:
             raise ValueError(f"messages_per_pass must be a positive int, got {messages_per_pass!r}")
         self.model = model
         self.layers = list(dict.fromkeys(layers))
-        self.modules = {name: modules[name] for name in self.layers}
-        if composite is None:
-            composite = nrm_composite(canonizers="auto" if canonizers is None else canonizers)
+        # the model's own modules among the layers (not those canonizers attach while open)
+        self.modules = {name: modules[name] for name in self.layers if name in modules}
         self.composite = NormalizedComposite(composite, on_violation=on_violation)
         self.messages_per_pass = messages_per_pass
         self.show_progress = show_progress
@@ -257,7 +262,7 @@ class NRM:
             raise TypeError(
                 f"{argument} must be a mapping {{layer: set}}, got {type(sets).__name__}"
             )
-        outside = [name for name in sets if name not in self.modules]
+        outside = [name for name in sets if name not in self.layers]
         if outside:
             raise ValueError(f"{argument}: layers {outside} are not in NRM's layers {self.layers}")
 
@@ -333,7 +338,7 @@ class NRMExplanation:
         ----------
         sets : mapping of str to indices or boolean mask
             ``{layer: set}``; see :func:`zennit_ext.nrm.sets.set_mask`.
-        level : {'neuron', 'channel'}
+        level : {'neuron', 'channel', 'token', 'feature', 'head'}
             How integer indices are read.
 
         Returns
@@ -414,7 +419,7 @@ class NRMExplanation:
         ----------
         layer_a, layer_b : str
             Two of ``layers``, in either order; the result's axes follow the argument order.
-        level : {'neuron', 'channel'}, torch.Tensor, or mapping
+        level : {'neuron', 'channel', 'token', 'feature', 'head'}, torch.Tensor, or mapping
             Unit kind for both layers, or per layer ``{name: level}``; a tensor gives stacked
             boolean unit masks (n_units, batch or 1, ...), e.g. from
             :func:`~zennit_ext.nrm.sets.cluster_masks`.

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from zennit_ext._checks import check_finite, parse_target
-from zennit_ext.nrm._locate import locate_imbalance
+from zennit_ext.nrm._locate import locate_imbalance, per_sample
 from zennit_ext.nrm.fastpaths import close, rule_segment
 from zennit_ext.nrm.rules import NormalizedComposite, NormalizedHook, PositiveSumError
 from zennit_ext.nrm.sets import Level, reduce_units, set_mask, unit_count, unit_masks
@@ -51,6 +51,11 @@ __all__ = [
     "layer_relevance",
     "consecutive_edges",
 ]
+
+
+#: Largest rounding tolerance of the conservation check, as a share of the output relevance:
+#: beyond it a pass is reported ill-conditioned instead of passing unchecked.
+UNCHECKABLE = 0.05
 
 
 class ConservationError(ValueError):
@@ -129,8 +134,11 @@ class Session:
         (batch,): ``reached + Σ stopped − 1`` (0 up to rounding where relevance is conserved).
     tolerance : torch.Tensor
         (batch,): how far rounding may move ``imbalance`` from 0 (:meth:`_tolerance`).
+    ill_conditioned : torch.Tensor
+        (batch,) bool: samples whose tolerance exceeds :data:`UNCHECKABLE` (terms of both
+        signs cancel so much that rounding alone could hide an imbalance).
     unbalanced : torch.Tensor
-        (batch,) bool: samples whose ``|imbalance|`` exceeds the tolerance.
+        (batch,) bool: samples whose ``|imbalance|`` exceeds the tolerance, or ill-conditioned.
     """
 
     def __init__(
@@ -167,6 +175,8 @@ class Session:
         self._open = True
         composite.register(model)
         try:
+            # with the modules canonizers attached (their rules may stop relevance too)
+            self.modules = dict(model.named_modules())
             rules = {
                 hook.layer_name: hook
                 for hook in composite.hook_refs
@@ -237,15 +247,18 @@ class Session:
             message = self.messages[name]
             sums = hook.column_sums(self.modules[name], message.shape)
             carries = message != 0
-            stopped[name] = (message * (sums == 0)).flatten(1).sum(1)
-            violated = (carries & (sums < 0)).flatten(1).sum(1)
+            # per sample: a module inside windowed attention sees (batch · windows, ...)
+            batch = len(self.inputs)
+            stopped[name] = per_sample(message * (sums == 0), batch).sum(1)
+            violated = per_sample(carries & (sums < 0), batch).sum(1)
             if violated.any():
                 violations[name] = violated
         self.report = Report(stopped, self.heat.flatten(1).sum(1), violations)
         self.lost = any(bool((mass != 0).any()) for mass in stopped.values())
         self.imbalance = sum(stopped.values(), self.report.reached) - 1
         self.tolerance = self._tolerance()
-        self.unbalanced = self.imbalance.abs() > self.tolerance
+        self.ill_conditioned = self.tolerance > UNCHECKABLE
+        self.unbalanced = (self.imbalance.abs() > self.tolerance) | self.ill_conditioned
         if violations and self.composite.on_violation == "raise":
             raise PositiveSumError(self.violation_text(next(iter(violations))))
         if self.unbalanced.any() and self.composite.on_violation == "raise":
@@ -261,7 +274,10 @@ class Session:
         (~1e-7 at 10⁵ neurons per layer) and far below a relevance that a skip doubles.
         """
         masses = torch.stack(
-            [values.flatten(1).abs().sum(1) for values in (self.heat, *self.messages.values())]
+            [
+                per_sample(values.abs(), len(self.inputs)).sum(1)
+                for values in (self.heat, *self.messages.values())
+            ]
         )
         return torch.finfo(self.heat.dtype).eps ** 0.5 * masses.amax(0).clamp(min=1.0)
 
@@ -277,6 +293,8 @@ class Session:
 
     def imbalance_text(self) -> str:
         """What an unconserved checked pass means (the warning or the error)."""
+        if self.ill_conditioned.any():
+            return self._ill_conditioned_text()
         samples = self.unbalanced.nonzero()[:, 0].tolist()
         found = ", ".join(
             f"{float(self.imbalance[i]):+.3g} (tolerance {float(self.tolerance[i]):.1g})"
@@ -294,6 +312,19 @@ class Session:
         if located is None:
             return f"{text}: make it a module with a rule (e.g. zennit's Sum through a canonizer)"
         return f"{text}; {located.text()}"
+
+    def _ill_conditioned_text(self) -> str:
+        samples = self.ill_conditioned.nonzero()[:, 0].tolist()
+        eps = torch.finfo(self.heat.dtype).eps ** 0.5
+        found = ", ".join(f"{float(self.tolerance[i]) / eps:.3g}" for i in samples)
+        return (
+            f"relevance conservation cannot be checked: the absolute relevance mass of a layer "
+            f"reaches {found} × the output relevance in samples {samples} (shares of both signs "
+            f"cancel), so rounding alone could move reached + Σ stopped by more than "
+            f"{UNCHECKABLE:.0%} and the numbers would mean nothing; the rules are ill-conditioned "
+            "for this model: use rules whose shares are non-negative (z⁺ on every linear layer, "
+            "e.g. nrm_composite(gamma=None), NRM's default for transformers' blocks)"
+        )
 
     def close(self) -> None:
         """Remove the hooks and canonizers (the model is as before) and drop the graph."""
@@ -419,15 +450,34 @@ def output_relevance(output: torch.Tensor, target: Any) -> torch.Tensor:
 
 
 def propagate(session: Session, conditions: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Input relevance of the walks through each condition's masks, ``(n, *x.shape)``."""
-    names = session.descending({name for masks in conditions for name in masks})
+    """Input relevance of the walks through each condition's masks, ``(n, *x.shape)``.
+
+    Conditions on the same layers share passes. A layer a condition does not name constrains
+    nothing, so conditions on different layers are propagated apart: a mask of ones would
+    still restrict the walks to those through the layer, which is all of them only where the
+    layer is a cut of the network (not inside a residual branch).
+    """
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, masks in enumerate(conditions):
+        groups.setdefault(tuple(session.descending(set(masks))), []).append(index)
+    if len(groups) == 1:
+        return _propagate_through(session, next(iter(groups)), conditions)
+    out = session.heat.new_empty(len(conditions), *session.heat.shape)
+    for names, indices in groups.items():
+        out[indices] = _propagate_through(session, names, [conditions[i] for i in indices])
+    return out
+
+
+def _propagate_through(
+    session: Session, names: Sequence[str], conditions: list[dict[str, torch.Tensor]]
+) -> torch.Tensor:
+    """:func:`propagate` for conditions that all name exactly the layers ``names`` (top first)."""
     if not names:
         return session.heat[None].expand(len(conditions), *session.heat.shape)
-    ones = {name: torch.ones_like(session.outputs[name]) for name in names}
     results = []
     for chunk in session.chunks(len(conditions), session.messages_per_pass, "NRM conditions"):
         picked = [conditions[i] for i in chunk.tolist()]
-        masks = {name: torch.stack([c.get(name, ones[name]) for c in picked]) for name in names}
+        masks = {name: torch.stack([c[name] for c in picked]) for name in names}
         message = session.messages[names[0]][None] * masks[names[0]]
         for upper, name in itertools.pairwise(names):
             message = session.segment(upper, name, message) * masks[name]

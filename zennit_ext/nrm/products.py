@@ -1,4 +1,4 @@
-"""The column-normalized product rule of NRM for element-wise products (gates).
+"""The column-normalized product rules of NRM: element-wise gates and attention's ``A @ v``.
 
 NRM (Xiong et al., arXiv:2606.00557, eq. 17) divides every column of a rule's propagation
 matrix by its sum. For an element-wise product ``y = a * b`` (a squeeze-and-excitation gate
@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from zennit.core import Hook
 
 from zennit_ext.rules import ProductRule
 
-__all__ = ["NormalizedProductRule"]
+__all__ = ["NormalizedProductRule", "NormalizedWeightingRule"]
 
 
 class NormalizedProductRule(ProductRule):
@@ -53,3 +55,36 @@ class NormalizedProductRule(ProductRule):
     def copy(self) -> NormalizedProductRule:
         """A fresh hook with the same shares."""
         return NormalizedProductRule(self.shares)
+
+
+class NormalizedWeightingRule(Hook):
+    """Attention's weighting ``y = A @ v`` with ``A`` held constant (CP-LRP), column-normalized.
+
+    ``v`` receives every output's relevance in proportion to the absolute contributions:
+    ``R_{v_sd} = Σ_t A_ts |v_sd| / (Σ_s' A_ts' |v_s'd|) · R_td`` (``A`` is a softmax, ≥ 0),
+    so the shares lie in [0, 1] and sum to 1 per output; ``A`` receives nothing. Ali et al.,
+    "XAI for Transformers: Better Explanations through Conservative Propagation", ICML 2022
+    (arXiv:2202.07304), for the constant attention; NRM (arXiv:2606.00557, eq. 17) for the
+    normalization.
+    """
+
+    def forward(self, module: nn.Module, input: tuple, output: Any) -> None:
+        """Store ``A`` and ``v``."""
+        self.stored_tensors["input"] = input
+
+    def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
+        """0 for ``A``, the shared message for ``v``; each shaped like its factor."""
+        weights, values = (f.detach() for f in self.stored_tensors["input"])
+        magnitude = values.abs().requires_grad_()
+        with torch.enable_grad():
+            total = module.forward(weights, magnitude)
+            nonzero = total != 0
+            ratio = torch.where(
+                nonzero, grad_output[0] / torch.where(nonzero, total.detach(), 1.0), 0.0
+            )
+            (gradient,) = torch.autograd.grad(total, magnitude, ratio)
+        return (torch.zeros_like(weights), magnitude.detach() * gradient)
+
+    def copy(self) -> NormalizedWeightingRule:
+        """A fresh hook."""
+        return NormalizedWeightingRule()

@@ -28,11 +28,22 @@ from zennit.types import Activation, AvgPool, Convolution
 from zennit.types import Linear as AnyLinear
 
 from zennit_ext._rules import RuleWrappingComposite, StatefulHook, mixin_hook
+from zennit_ext.attention.canonizers import is_canonized
+from zennit_ext.attention.huggingface import HFActivation
+from zennit_ext.attention.modules import (
+    AttentionScores,
+    AttentionWeighting,
+    EmbeddingSum,
+    StreamSum,
+    TokenConcat,
+)
+from zennit_ext.attention.swin import CosineNormalize
 from zennit_ext.canonizers.auto import AutoCanonizer
 from zennit_ext.canonizers.merge import kept_batch_norms
-from zennit_ext.layers import MatMul, Multiply
-from zennit_ext.nrm.products import NormalizedProductRule
-from zennit_ext.rules import ProductRule
+from zennit_ext.layers import MatMul, Multiply, Scale
+from zennit_ext.nrm.products import NormalizedProductRule, NormalizedWeightingRule
+from zennit_ext.nrm.streams import AbsoluteShares, StreamOnly, TokenRoute
+from zennit_ext.rules import ProductRule, Stop
 
 __all__ = ["NormalizedHook", "NormalizedComposite", "nrm_composite", "PositiveSumError"]
 
@@ -326,7 +337,10 @@ class NormalizedComposite(RuleWrappingComposite):
         bare = [
             name
             for name, child in module.named_modules()
-            if any(True for _ in child.parameters(recurse=False)) and name not in self.hooked
+            if any(True for _ in child.parameters(recurse=False))
+            and name not in self.hooked
+            and not is_canonized(child)
+            and not isinstance(child, nn.Embedding)  # token ids in: relevance ends at its output
         ]
         if bare:
             raise ValueError(
@@ -356,6 +370,26 @@ def _is_merged_norm(module: nn.Module) -> bool:
         getattr(module, key) is not None and bool((getattr(module, key) == value).all())
         for key, value in values.items()
     )
+
+
+def _transformer_rules() -> list[tuple[type | tuple[type, ...], Hook | None]]:
+    """Rules of the modules the attention canonizers attach (see :mod:`.streams`).
+
+    Fused ``nn.MultiheadAttention`` (an activation to Zennit) gets none: its canonizer's
+    modules carry the rules. The softmax and the scores get no relevance (the weighting holds
+    ``A`` constant); LayerNorm, RMSNorm, layer scales, transformers' activations and Swin V2's
+    cosine normalization pass it.
+    """
+    norms = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+    return [
+        (nn.MultiheadAttention, None),
+        ((nn.Softmax, AttentionScores), Stop()),
+        (AttentionWeighting, NormalizedWeightingRule()),
+        (StreamSum, AbsoluteShares()),
+        (EmbeddingSum, StreamOnly()),
+        (TokenConcat, TokenRoute()),
+        ((*norms, Scale, HFActivation, CosineNormalize), Pass()),
+    ]
 
 
 def nrm_composite(
@@ -403,6 +437,7 @@ def nrm_composite(
         canonizers = [AutoCanonizer()]
     first = Flat() if low is None else ZBox(low=low, high=high)
     layer_map = [
+        *_transformer_rules(),
         (Activation, Pass()),
         (Sum, Norm()),
         (AvgPool, Norm()),

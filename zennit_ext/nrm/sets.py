@@ -13,17 +13,37 @@ import torch
 
 __all__ = ["set_mask", "unit_masks", "unit_count", "reduce_units", "cluster_masks", "Level"]
 
-LEVELS = ("neuron", "channel")
+LEVELS = ("neuron", "channel", "token", "feature", "head")
 
-# a level of a layer's units: 'neuron', 'channel', or a long tensor of cluster labels
+# the axis of one unit per index at each level but 'neuron', and the output rank it needs:
+# 'channel' (batch, C, ...), 'token' and 'feature' (batch, T, D) of a transformer block,
+# 'head' (batch, H, L, d) of an attention's weighting ``A @ v``
+_AXIS = {"channel": 1, "token": 1, "feature": -1, "head": 1}
+_RANK = {"token": 3, "feature": 3, "head": 4}
+
+# a level of a layer's units: one of LEVELS, or a long tensor of cluster labels
 Level = str | torch.Tensor
 
 SetSpec = torch.Tensor | Sequence[int] | int
 
 
-def _check_level(level: str) -> None:
+def _check_level(level: str, shape: torch.Size | None = None, name: str = "") -> None:
+    """Raise ValueError for an unknown level, or one the layer's output rank cannot have."""
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    rank = _RANK.get(level)
+    if shape is not None and rank is not None and len(shape) != rank:
+        raise ValueError(
+            f"level {level!r} needs a layer output of {rank} dimensions ("
+            + ("batch, T, D" if rank == 3 else "batch, H, L, d: an attention's weighting")
+            + f"), but layer {name!r} has shape {tuple(shape)}"
+        )
+
+
+def _units_axis(level: str, shape: Sequence[int]) -> int | None:
+    """The axis whose indices are the units at ``level`` (None: every neuron is one)."""
+    axis = _AXIS.get(level)
+    return None if axis is None else axis % len(shape)
 
 
 def set_mask(
@@ -44,8 +64,10 @@ def set_mask(
         to ``shape`` (per sample or per batch; e.g. (batch, 1, H, W) for spatial sets).
     shape : torch.Size
         The layer's output shape, (batch, ...).
-    level : {'neuron', 'channel'}
-        How integer indices are read; ignored for boolean masks.
+    level : {'neuron', 'channel', 'token', 'feature', 'head'}
+        How integer indices are read: flat neuron indices, or indices along the axis of
+        channels (batch, C, ...), tokens or features (batch, T, D), attention heads
+        (batch, H, L, d); ignored for boolean masks.
     name : str
         Layer name for error messages.
     dtype, device : optional
@@ -57,7 +79,7 @@ def set_mask(
     torch.Tensor
         Float mask, shape ``shape``.
     """
-    _check_level(level)
+    _check_level(level, shape, name)
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if isinstance(spec, torch.Tensor) and spec.dtype == torch.bool:
         try:
@@ -79,7 +101,7 @@ def set_mask(
             f"{index.dtype} of shape {tuple(index.shape)}"
         )
     index = index.reshape(-1).long()
-    size = shape[1] if level == "channel" else shape[1:].numel()
+    size = unit_count(level, shape)
     if index.min() < 0 or index.max() >= size:
         raise ValueError(
             f"set for layer {name!r} has {level} indices {index.tolist()} outside [0, {size}) "
@@ -92,17 +114,19 @@ def set_mask(
 
 def _unit_view(level: str, shape: torch.Size) -> tuple[int, ...]:
     """Shape that broadcasts a vector over a layer's units to the layer's (1, ...) shape."""
-    if level == "channel":
-        return (1, shape[1], *([1] * (len(shape) - 2)))
-    return (1, *shape[1:])
+    axis = _units_axis(level, shape)
+    if axis is None:
+        return (1, *shape[1:])
+    return tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
 
 
 def unit_count(level: str | torch.Tensor, shape: torch.Size) -> int:
     """Number of units of a layer with output ``shape`` at ``level`` (or stacked unit masks)."""
     if isinstance(level, torch.Tensor):
         return level.shape[0]
-    _check_level(level)
-    return shape[1] if level == "channel" else shape[1:].numel()
+    _check_level(level, shape)
+    axis = _units_axis(level, shape)
+    return shape[1:].numel() if axis is None else shape[axis]
 
 
 def unit_masks(
@@ -115,7 +139,7 @@ def unit_masks(
 
     Parameters
     ----------
-    level : {'neuron', 'channel'} or torch.Tensor
+    level : {'neuron', 'channel', 'token', 'feature', 'head'} or torch.Tensor
         Unit kind, or stacked boolean unit masks (n_units, batch or 1, ...) e.g. from
         :func:`cluster_masks`.
     shape : torch.Size
@@ -141,7 +165,7 @@ def reduce_units(values: torch.Tensor, level: str | torch.Tensor, ndim: int) -> 
     ----------
     values : torch.Tensor
         Per-neuron values with the layer's per-sample shape (``ndim`` dims) last.
-    level : {'neuron', 'channel'} or torch.Tensor
+    level : {'neuron', 'channel', 'token', 'feature', 'head'} or torch.Tensor
         Unit kind, or stacked unit masks ``(n_units, batch or 1, *layer)``.
     ndim : int
         Number of dims of one sample's layer output.
@@ -152,9 +176,11 @@ def reduce_units(values: torch.Tensor, level: str | torch.Tensor, ndim: int) -> 
         masks = torch.broadcast_to(level.to(values.dtype), full).flatten(start_dim=2)  # (n, B, D)
         return torch.einsum("...bd,nbd->...bn", flat, masks)
     _check_level(level)
-    if level == "channel" and ndim > 1:
-        return values.flatten(start_dim=values.dim() - ndim + 1).sum(-1)
-    return flat
+    if level == "neuron" or ndim == 1:
+        return flat
+    layer = values.shape[values.dim() - ndim :]
+    axis = values.dim() - ndim + (_units_axis(level, (0, *layer)) or 1) - 1
+    return values.movedim(axis, -1).flatten(start_dim=values.dim() - ndim, end_dim=-2).sum(-2)
 
 
 def cluster_masks(

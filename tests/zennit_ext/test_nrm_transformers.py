@@ -1,0 +1,211 @@
+"""NRM on transformers: Σ = 1 with biases, class token and position embedding; the laws at
+token, feature and head level; each transformer rule against a hand-computed case; an
+ill-conditioned composite is refused instead of passing unchecked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_common import assert_same, snapshot
+from test_attention_vit import bias_free, small_vit
+from torch import nn
+from zennit.composites import LayerMapComposite
+from zennit.rules import Epsilon
+
+from zennit_ext import CPLRP, NRM
+from zennit_ext.attention.modules import AttentionWeighting, EmbeddingSum, StreamSum
+from zennit_ext.canonizers.core import attached_names
+from zennit_ext.nrm import sets
+from zennit_ext.nrm.engine import ConservationError
+from zennit_ext.nrm.products import NormalizedWeightingRule
+from zennit_ext.nrm.streams import AbsoluteShares, StreamOnly
+
+BLOCK_0 = "encoder.layers.encoder_layer_0"
+BLOCK_1 = "encoder.layers.encoder_layer_1"
+MLP_1 = f"{BLOCK_1}.mlp.0"
+HEADS_1 = f"{BLOCK_1}.self_attention.canonizer_weighting"  # (batch, heads, tokens, d)
+CLASS_TOKEN = "canonizer_class_token"
+TOKENS, FEATURES, HEADS = 17, 16, 2
+
+
+def _images(dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)).to(dtype)
+
+
+def _vit(dtype: torch.dtype = torch.float64, free: bool = False) -> nn.Module:
+    model = small_vit()
+    with torch.no_grad():  # non-zero biases, class token and position embedding
+        for name, parameter in model.named_parameters():
+            if name.endswith(("bias", "class_token", "pos_embedding")):
+                parameter.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    return (bias_free(model) if free else model).to(dtype)
+
+
+# ---------------------------------------------------------------- Σ = 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sum_is_one_and_the_class_token_stops_what_it_takes(dtype):
+    model = _vit(dtype)
+    before = snapshot(model)
+    with NRM(model, [BLOCK_0, BLOCK_1]).explain(_images(dtype), [0, 1, 2]) as e:
+        reached, stopped = e.reached, e.stopped
+    total = reached + sum(stopped.values())
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=tol)
+    # relevance that flows into the class token's rows is counted there, nowhere else
+    assert set(name for name, mass in stopped.items() if mass.abs().max() > tol) == {CLASS_TOKEN}
+    assert (stopped[CLASS_TOKEN] > 0.01).all() and (reached > 0.01).all()
+    assert_same(before, snapshot(model))
+
+
+def test_bias_free_vit_reaches_the_input_whole():
+    with NRM(_vit(free=True), [BLOCK_0]).explain(_images(), [0, 1, 2]) as e:
+        torch.testing.assert_close(
+            e.reached, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12
+        )
+        # shares are non-negative everywhere: the heatmap's absolute mass is its sum
+        heat = e.heatmap()
+        torch.testing.assert_close(heat.abs().sum((1, 2, 3)), heat.sum((1, 2, 3)))
+
+
+# ---------------------------------------------------------------- the laws at the new levels
+
+
+@pytest.fixture(scope="module")
+def explained():
+    explanation = NRM(_vit(), [BLOCK_0, MLP_1, HEADS_1]).explain(_images(), [0, 1, 2])
+    yield explanation
+    explanation.close()
+
+
+@pytest.mark.parametrize(
+    ("layer", "level", "count"),
+    [(BLOCK_0, "token", TOKENS), (BLOCK_0, "feature", FEATURES), (HEADS_1, "head", HEADS)],
+)
+def test_units_of_a_level_add_up_to_the_whole_layer(explained, layer, level, count):
+    parts = torch.stack([explained.marginal(layer, [unit], level) for unit in range(count)])
+    whole = explained.marginal(layer, list(range(count)), level)
+    torch.testing.assert_close(parts.sum(0), whole, rtol=1e-10, atol=1e-12)
+    assert (parts >= -1e-12).all()  # non-negative shares: every unit's relevance is ≥ 0
+    # the whole residual stream after block 0 carries what reaches the input
+    if layer == BLOCK_0:
+        torch.testing.assert_close(whole, explained.reached, rtol=1e-10, atol=1e-12)
+
+
+def test_the_levels_select_the_axis_they_name(explained):
+    """A token set is a row of the (batch, T, D) output, a feature set a column, a head set a
+    slice of the weighting's (batch, H, T, d): checked against boolean masks built by hand."""
+    shape = explained.session.outputs[BLOCK_0].shape
+    rows = torch.zeros(shape, dtype=torch.bool)
+    rows[:, [3, 5]] = True
+    columns = torch.zeros(shape, dtype=torch.bool)
+    columns[..., [0, 7]] = True
+    for spec, level, mask in (([3, 5], "token", rows), ([0, 7], "feature", columns)):
+        torch.testing.assert_close(
+            explained.marginal(BLOCK_0, spec, level), explained.joint({BLOCK_0: mask})
+        )
+    head_shape = explained.session.outputs[HEADS_1].shape
+    assert head_shape[1] == HEADS
+    head = torch.zeros(head_shape, dtype=torch.bool)
+    head[:, 1] = True
+    torch.testing.assert_close(
+        explained.marginal(HEADS_1, [1], "head"), explained.joint({HEADS_1: head})
+    )
+
+
+def test_conditional_times_marginal_is_joint_across_blocks(explained):
+    given = {BLOCK_0: [0, 4]}
+    sets_1 = {MLP_1: [0]}  # the class token's row: the head reads only that token
+    conditional = explained.conditional(sets_1, given, level="token")
+    marginal = explained.marginal(BLOCK_0, [0, 4], "token")
+    joint = explained.joint({**given, **sets_1}, level="token")
+    torch.testing.assert_close(conditional * marginal, joint, rtol=1e-10, atol=1e-14)
+    assert (joint > 0).all() and (joint < marginal).all()
+    # the last block's MLP acts on each token alone: its other rows carry nothing
+    others = explained.marginal(MLP_1, list(range(1, TOKENS)), "token")
+    torch.testing.assert_close(others, torch.zeros_like(others), rtol=0, atol=1e-14)
+
+
+def test_a_level_needs_its_rank():
+    with pytest.raises(ValueError, match=r"level 'head' needs a layer output of 4 dimensions"):
+        sets.set_mask([0], torch.Size([2, 17, 16]), level="head", name="block")
+    with pytest.raises(ValueError, match=r"level 'token' needs a layer output of 3 dimensions"):
+        sets.set_mask([0], torch.Size([2, 8, 4, 4]), level="token", name="conv")
+
+
+def test_layers_that_canonizers_attach_are_accepted_and_the_model_left_alone():
+    model = _vit()
+    before = snapshot(model)
+    assert HEADS_1 not in dict(model.named_modules())
+    nrm = NRM(model, [HEADS_1])
+    assert HEADS_1 in attached_names(model, nrm.composite.canonizers)
+    assert_same(before, snapshot(model))
+    with pytest.raises(ValueError, match="not modules of the model"):
+        NRM(model, [f"{BLOCK_1}.self_attention.canonizer_nothing"])
+
+
+# ---------------------------------------------------------------- each rule by hand
+
+
+def _input_relevance(module: nn.Module, rule, inputs: tuple, relevance: torch.Tensor):
+    """Zennit's gradient through one module with ``rule``: the rule's input relevance."""
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    handles = rule.register(module)
+    try:
+        output = module(*leaves)
+        grads = torch.autograd.grad(output, leaves, relevance, allow_unused=True)
+    finally:
+        handles.remove()
+    return grads
+
+
+def test_absolute_shares_split_a_signed_sum_by_magnitude():
+    terms = torch.tensor([[[2.0, -1.0], [0.0, 0.0], [-3.0, 1.0]]], dtype=torch.float64)
+    relevance = torch.tensor([[6.0, 5.0, 8.0]], dtype=torch.float64)
+    (got,) = _input_relevance(StreamSum(), AbsoluteShares(), (terms,), relevance)
+    expected = torch.tensor([[[4.0, 2.0], [0.0, 0.0], [6.0, 2.0]]], dtype=torch.float64)
+    torch.testing.assert_close(got, expected)
+
+
+def test_stream_only_gives_the_embeddings_nothing():
+    terms = torch.tensor([[[2.0, -7.0, 1.0], [-1.0, 3.0, 0.5]]], dtype=torch.float64)
+    relevance = torch.tensor([[1.5, -2.0]], dtype=torch.float64)
+    (got,) = _input_relevance(EmbeddingSum(), StreamOnly(), (terms,), relevance)
+    expected = torch.tensor([[[1.5, 0.0, 0.0], [-2.0, 0.0, 0.0]]], dtype=torch.float64)
+    torch.testing.assert_close(got, expected)
+
+
+def test_weighting_gives_v_the_absolute_shares_and_the_weights_nothing():
+    weights = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]], dtype=torch.float64)  # (1, 1, 2, 2)
+    values = torch.tensor([[[[2.0], [-1.0]]]], dtype=torch.float64)  # (1, 1, 2, 1)
+    relevance = torch.tensor([[[[3.0], [6.0]]]], dtype=torch.float64)
+    grad_a, grad_v = _input_relevance(
+        AttentionWeighting(), NormalizedWeightingRule(), (weights, values), relevance
+    )
+    # output 0: contributions |.| 0.5 and 0.75 -> 3·0.4, 3·0.6; output 1: 1 and 0.5 -> 4, 2
+    expected = torch.tensor([[[[1.2 + 4.0], [1.8 + 2.0]]]], dtype=torch.float64)
+    torch.testing.assert_close(grad_v, expected)
+    assert not grad_a.any()
+
+
+# ---------------------------------------------------------------- ill-conditioned rules
+
+
+def test_a_composite_whose_shares_explode_is_refused_not_passed_unchecked():
+    """CP-LRP's ε-rule, normalized, divides by near-zero pre-activations of a signed stream:
+    absolute masses of 10²⁰ and more, where the rounding tolerance would hide any imbalance."""
+    composite = CPLRP(gamma=None, epsilon=1e-12)
+    with pytest.raises(ConservationError, match="conservation cannot be checked"):
+        NRM(_vit(free=True), [BLOCK_0], composite=composite).explain(_images(), 0)
+
+
+def test_the_checked_tolerance_never_exceeds_five_percent():
+    """A single ε-rule layer with a near-cancelling column: flagged, whatever Σ is."""
+    model = nn.Sequential(nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
+    x = torch.tensor([[1e9, 1e9 - 1.0]], dtype=torch.float64)
+    composite = LayerMapComposite([(nn.Linear, Epsilon(1e-12))])
+    with pytest.raises(ConservationError, match=r"e\+09 × the output relevance"):
+        NRM(model, ["0"], composite=composite).explain(x, 0)
