@@ -209,3 +209,35 @@ def test_the_checked_tolerance_never_exceeds_five_percent():
     composite = LayerMapComposite([(nn.Linear, Epsilon(1e-12))])
     with pytest.raises(ConservationError, match=r"e\+09 × the output relevance"):
         NRM(model, ["0"], composite=composite).explain(x, 0)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def test_hugging_face_bert_and_vit_conserve_with_all_their_biases():
+    pytest.importorskip("transformers")
+    from test_attention_hf import bert_input, pixels
+    from test_attention_hf import small_bert as hf_bert
+    from test_attention_hf import small_vit as hf_vit
+
+    from zennit_ext.attention.huggingface import Logits
+
+    bert, embeddings = bert_input(hf_bert())
+    vit = Logits(hf_vit(), "pixel_values")
+    cases = [
+        (bert, embeddings, "model.bert.encoder.layer.0.output", set()),
+        (
+            vit,
+            pixels(),
+            "model.vit.encoder.layer.0.output",
+            {"model.vit.embeddings." + CLASS_TOKEN},
+        ),
+    ]
+    for model, x, layer, stopping in cases:
+        with NRM(model, [layer]).explain(x, 0) as e:
+            total = e.reached + sum(e.stopped.values())
+            torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-12)
+            assert {n for n, mass in e.stopped.items() if mass.abs().max() > 1e-12} == stopping
+            tokens = e.session.outputs[layer].shape[1]
+            rows = torch.stack([e.marginal(layer, [t], "token") for t in range(tokens)])
+            torch.testing.assert_close(rows.sum(0), e.reached, rtol=1e-10, atol=1e-12)
