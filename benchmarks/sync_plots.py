@@ -11,7 +11,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional  # noqa: E402
 
-_COLOURS = {"baseline": "tab:grey", "+L_lac": "tab:orange", "+both": "tab:blue"}
+_COLOURS = {
+    "baseline": "tab:grey",
+    "+L_lac": "tab:orange",
+    "+both": "tab:blue",
+    "+both (eq. 6 sum)": "tab:green",
+    "+both (eq. 6 sum, eq. 1 self)": "tab:purple",
+}
 
 
 def _upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -76,7 +82,10 @@ def mean_maps(test, maps: dict[str, torch.Tensor], images: int = 5) -> plt.Figur
 
 
 def metric_pairs(curves: dict[str, dict[float, dict[str, float]]]) -> plt.Figure:
-    """Fig. 6 analogue: Stability, Purity, Diversity against Interp, φ sliding along a line."""
+    """Fig. 6: Stability, Purity, Diversity against Interp, one threshold sliding per line.
+
+    ``curves``: variant → threshold (φ on IoUs, or t on landmark distances) → scores.
+    """
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.1))
     for ax, metric in zip(axes, ("stability", "purity", "diversity"), strict=True):
         for variant, by_phi in curves.items():
@@ -91,25 +100,30 @@ def metric_pairs(curves: dict[str, dict[float, dict[str, float]]]) -> plt.Figure
             )
         ax.set_xlabel("Interp", fontsize=8)
         ax.set_ylabel(metric.capitalize(), fontsize=8)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     return fig
 
 
-def pruning(curves: dict[str, list[dict]]) -> plt.Figure:
-    """Fig. 9: accuracy vs fraction of filters pruned, mean ± sd over seeds per variant."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for variant, runs in curves.items():
-        fraction = np.asarray(runs[0]["fraction"])
-        accuracy = np.asarray([r["accuracy"] for r in runs])
-        mean = accuracy.mean(0)
-        ax.plot(fraction, mean, "o-", ms=3, color=_COLOURS.get(variant), label=variant)
-        if len(runs) > 1:
-            sd = accuracy.std(0, ddof=1)
-            ax.fill_between(fraction, mean - sd, mean + sd, color=_COLOURS.get(variant), alpha=0.2)
+def pruning(curves: dict[str, list[dict]], sequential: dict[str, list[dict]]) -> plt.Figure:
+    """Fig. 9: accuracy vs fraction of filters pruned, mean ± sd over seeds per variant.
+
+    ``curves``: the one-shot ranking (solid); ``sequential``: one by one, re-scored (dashed).
+    """
+    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    for runs_of, style, how in ((curves, "o-", "one shot"), (sequential, "s--", "sequential")):
+        for variant, runs in runs_of.items():
+            fraction = np.asarray(runs[0]["fraction"])
+            accuracy = np.asarray([r["accuracy"] for r in runs])
+            mean = accuracy.mean(0)
+            colour = _COLOURS.get(variant)
+            ax.plot(fraction, mean, style, ms=3, color=colour, label=f"{variant}, {how}")
+            if len(runs) > 1:
+                sd = accuracy.std(0, ddof=1)
+                ax.fill_between(fraction, mean - sd, mean + sd, color=colour, alpha=0.15)
     ax.set_xlabel("fraction of filters pruned (lowest Taylor score first)", fontsize=8)
     ax.set_ylabel("test accuracy", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=5, ncol=2)
     fig.tight_layout()
     return fig
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["SynergyMLP", "VGGSmall", "DNACNN", "MNISTMLP"]
+__all__ = ["SynergyMLP", "VGGSmall", "ResNetSmall", "DNACNN", "MNISTMLP"]
 
 
 def SynergyMLP(  # noqa: N802  (a constructor, named like the class it stands for)
@@ -95,6 +95,90 @@ class VGGSmall(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: conv3x3 → BN → ReLU → conv3x3 → BN, + shortcut, → ReLU."""
+
+    def __init__(self, channels: int, width: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels != width:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels, width, 1, stride, bias=False), nn.BatchNorm2d(width)
+            )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """A small ResNet for 64-px images: a stem and three residual stages of basic blocks.
+
+    A ResNet-18 in miniature ("Deep Residual Learning for Image Recognition", He et al.,
+    arXiv:1512.03385): stem conv3x3 → BN → ReLU at full size, then stages ``layer1`` …
+    ``layer3`` (stride 2 each, so 64 → 8 px), global average pooling and one linear layer.
+
+    Parameters
+    ----------
+    num_classes : int
+        Output logits.
+    in_channels : int
+        Image channels.
+    widths : sequence of int
+        Channels of the three stages (the last is the number of top filters).
+    blocks : int
+        Basic blocks per stage.
+
+    Notes
+    -----
+    Input (N, C, 64, 64) → (N, K). ``layer3``'s output (the last block's ``relu2``, after the
+    residual sum) is (N, widths[-1], 8, 8); ``head`` (pool → flatten → fc) maps it to the
+    logits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks: int = 1,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(),
+        )
+        channels = widths[0]
+        for i, width in enumerate(widths, start=1):
+            stage = [
+                _BasicBlock(channels if b == 0 else width, width, 2 if b == 0 else 1)
+                for b in range(blocks)
+            ]
+            self.add_module(f"layer{i}", nn.Sequential(*stage))
+            channels = width
+        self.head = nn.Sequential(
+            OrderedDict(
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(),
+                fc=nn.Linear(channels, num_classes),
+            )
+        )
+        self.stages = len(widths)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i in range(1, self.stages + 1):
+            x = self.get_submodule(f"layer{i}")(x)
+        return self.head(x)
 
 
 def DNACNN(  # noqa: N802

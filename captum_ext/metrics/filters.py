@@ -13,6 +13,10 @@ CSGCNN's evaluation code); the filter hits part k on image I when IoU_{f,k}^I > 
   spectral clustering of the filters' cosine similarities.
 - :func:`filter_metrics`: all of them as scalars; :data:`DIRECTION` says which way is better.
 
+The eq. 11–14 functions take any similarity Sim_{f,k}^I with NaN for absent parts, not only
+IoUs: on landmark data, :func:`captum_ext.metrics.landmarks.landmark_similarity` gives
+Sim = −distance, and ``interp(sim, -t)`` counts a hit where the distance is below t.
+
 IoUs are compared with φ in their own dtype (an IoU equal to φ is no hit in float32 as in
 float64); upsampled maps, IoUs, rates, entropies and their means are computed in float64 and
 returned in the input's dtype, so float32 input decides every tie as float64 does.
@@ -22,6 +26,7 @@ scikit-learn is imported inside the clustering functions.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -69,6 +74,26 @@ def _check_iou(iou: object) -> Tensor:
     return iou
 
 
+def check_masks(maps: Tensor, masks: object) -> Tensor:
+    """``masks`` if it is a bool (N, K, H, W) tensor with one entry per map, else an error.
+
+    Raises
+    ------
+    TypeError
+        Not a 4-D bool tensor.
+    ValueError
+        Not as many images as ``maps``.
+    """
+    if not isinstance(masks, Tensor) or masks.ndim != 4 or masks.dtype != torch.bool:
+        got = (masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks)
+        raise TypeError(f"masks must be a bool tensor (N, K, H, W), got {got}")
+    if len(masks) != len(maps):
+        raise ValueError(
+            f"maps and masks must hold the same images, got {len(maps)} and {len(masks)}"
+        )
+    return masks
+
+
 def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     """IoU of each filter's region with each part mask, per image.
 
@@ -95,17 +120,10 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     torch.Tensor
         (N, C, K) IoU in the maps' dtype on their device; NaN where image n has no part k.
     """
-    check_maps(maps)
-    if not isinstance(masks, Tensor) or masks.ndim != 4 or masks.dtype != torch.bool:
-        got = (masks.dtype, tuple(masks.shape)) if isinstance(masks, Tensor) else type(masks)
-        raise TypeError(f"masks must be a bool tensor (N, K, H, W), got {got}")
-    if len(masks) != len(maps):
-        raise ValueError(
-            f"maps and masks must hold the same images, got {len(maps)} and {len(masks)}"
-        )
+    check_masks(check_maps(maps), masks)
     if not 0.0 < top_rate <= 1.0:
         raise ValueError(f"top_rate must lie in (0, 1], got {top_rate!r}")
-    n, c, h, w = maps.shape
+    c = maps.shape[1]
     size = masks.shape[-2:]
     values = maps.detach().transpose(0, 1).reshape(c, -1)
     k = max(1, int(top_rate * values.shape[1]))
@@ -116,16 +134,10 @@ def part_iou(maps: Tensor, masks: Tensor, top_rate: float = 0.3) -> Tensor:
     above = torch.nextafter(threshold, torch.full_like(threshold, float("inf")))
     threshold = torch.where(minimum, above, threshold)[:, None, None]
     area = masks.flatten(2).sum(-1)  # (N, K)
-    rows, cols = (
-        _linear_interpolation(m, big, maps.device) for m, big in zip((h, w), size, strict=True)
-    )
-    step = max(1, _CHUNK // (c * size[0] * size[1]))
     out = []
-    for start in range(0, n, step):
-        # bilinear upsampling (align_corners=False) is separable: rows @ map @ colsᵀ
-        up = rows @ maps[start : start + step].detach().to(torch.float64) @ cols.T
+    for start, up in upsampled_chunks(maps, (size[0], size[1])):
         region = up.sub_(threshold).heaviside_(up.new_ones(())).flatten(2)  # 1[up ≥ t]
-        part = masks[start : start + step].to(device=maps.device, dtype=torch.float64)
+        part = masks[start : start + len(up)].to(device=maps.device, dtype=torch.float64)
         part = part.flatten(2)
         part = torch.cat([part, part.new_ones(len(part), 1, part.shape[-1])], 1)  # + image
         inter = region @ part.transpose(1, 2)  # (n, C, K + 1); the last column is |region|
@@ -140,6 +152,34 @@ def _linear_interpolation(small: int, big: int, device: torch.device) -> Tensor:
     """(big, small) float64 matrix of 1-D linear upsampling with align_corners=False."""
     eye = torch.eye(small, device=device, dtype=torch.float64)[:, None, :]
     return F.interpolate(eye, size=big, mode="linear", align_corners=False)[:, 0, :].T
+
+
+def upsampled_chunks(maps: Tensor, size: tuple[int, int]) -> Iterator[tuple[int, Tensor]]:
+    """The maps upsampled bilinearly (align_corners=False) to ``size``, in float64, by chunks.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (N, C, h, w) activations (detached here).
+    size : (int, int)
+        (H, W) of the output.
+
+    Yields
+    ------
+    start : int
+        Index of the chunk's first image.
+    up : torch.Tensor
+        (n, C, H, W) float64 on the maps' device, n ≤ N images (about 64 MB a chunk). For
+        float32 maps and an integer scale factor the upsampling is exact.
+    """
+    n, c, h, w = maps.shape
+    rows, cols = (
+        _linear_interpolation(m, big, maps.device) for m, big in zip((h, w), size, strict=True)
+    )
+    step = max(1, _CHUNK // (c * size[0] * size[1]))
+    for start in range(0, n, step):
+        # bilinear upsampling (align_corners=False) is separable: rows @ map @ colsᵀ
+        yield start, rows @ maps[start : start + step].detach().to(torch.float64) @ cols.T
 
 
 def _hits(iou: Tensor, phi: float) -> Tensor:
