@@ -474,8 +474,11 @@ class NRMExplanation:
         """
         return engine.layer_relevance(self.session)
 
-    def consecutive_edges(self, level: Level = "channel") -> dict[tuple[str, str], torch.Tensor]:
-        """:meth:`pairwise` of every two adjacent NRM layers (forward order).
+    def consecutive_edges(
+        self, level: Level | Mapping[str, Level] = "channel"
+    ) -> dict[tuple[str, str], torch.Tensor]:
+        """:meth:`pairwise` of every two adjacent NRM layers (forward order), at one level or
+        a level per layer (``{layer: level}``).
 
         Returns
         -------

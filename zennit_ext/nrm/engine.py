@@ -584,8 +584,11 @@ def _split(session: Session, name: str, level: Level, messages: torch.Tensor) ->
     return (messages[:, None] * masks[None]).flatten(0, 1)
 
 
-def consecutive_edges(session: Session, level: Level) -> dict[tuple[str, str], torch.Tensor]:
-    """Joint relevance of every unit pair of adjacent set layers (in forward order).
+def consecutive_edges(
+    session: Session, level: Level | Mapping[str, Level]
+) -> dict[tuple[str, str], torch.Tensor]:
+    """Joint relevance of every unit pair of adjacent set layers (in forward order), at one
+    level or a level per layer.
 
     Returns
     -------
@@ -593,8 +596,11 @@ def consecutive_edges(session: Session, level: Level) -> dict[tuple[str, str], t
         ``{(lower, upper): (batch, n_lower, n_upper)}``, equal to ``pairwise(lower, upper)``.
     """
     ascending = sorted(session.layers, key=session.order.index)
+    levels = level if isinstance(level, Mapping) else dict.fromkeys(ascending, level)
     return {
-        (lower, upper): interactions(session, [upper, lower], {upper: level, lower: level})
+        (lower, upper): interactions(
+            session, [upper, lower], {upper: levels[upper], lower: levels[lower]}
+        )
         for lower, upper in itertools.pairwise(ascending)
     }
 

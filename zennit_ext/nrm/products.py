@@ -82,7 +82,10 @@ class NormalizedWeightingRule(Hook):
             ratio = torch.where(
                 nonzero, grad_output[0] / torch.where(nonzero, total.detach(), 1.0), 0.0
             )
-            (gradient,) = torch.autograd.grad(total, magnitude, ratio)
+            # differentiable in the message: NRM's reach differentiates the backward pass
+            (gradient,) = torch.autograd.grad(
+                total, magnitude, ratio, create_graph=ratio.requires_grad
+            )
         return (torch.zeros_like(weights), magnitude.detach() * gradient)
 
     def copy(self) -> NormalizedWeightingRule:

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["set_mask", "unit_masks", "unit_count", "reduce_units", "cluster_masks", "Level"]
+__all__ = [
+    "set_mask",
+    "unit_masks",
+    "unit_count",
+    "reduce_units",
+    "per_sample_mask",
+    "cluster_masks",
+    "Level",
+]
 
 LEVELS = ("neuron", "channel", "token", "feature", "head")
 
@@ -118,6 +126,28 @@ def _unit_view(level: str, shape: torch.Size) -> tuple[int, ...]:
     if axis is None:
         return (1, *shape[1:])
     return tuple(shape[i] if i == axis else 1 for i in range(len(shape)))
+
+
+def per_sample_mask(selected: torch.Tensor, level: str, shape: torch.Size) -> torch.Tensor:
+    """Units selected per sample, as a mask broadcastable to a layer's output ``shape``.
+
+    Parameters
+    ----------
+    selected : torch.Tensor
+        (batch, n_units), bool or 0/1, with ``n_units = unit_count(level, shape)``.
+    level : str
+        One of :data:`LEVELS`.
+    shape : torch.Size
+        The layer's output shape, (batch, ...).
+
+    Returns
+    -------
+    torch.Tensor
+        ``selected`` viewed as (batch, ...) with 1 on every axis but the units'.
+    """
+    _check_level(level, shape)
+    view = _unit_view(level, shape)
+    return selected.reshape(len(selected), *view[1:])
 
 
 def unit_count(level: str | torch.Tensor, shape: torch.Size) -> int:

@@ -24,9 +24,7 @@ definitions**, all built on NRM ("Normalized relevance of neuron sets", see
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,46 +33,15 @@ from zennit.core import Composite
 
 from zennit_ext._checks import parse_target, real_number
 from zennit_ext.nrm.api import NRM
+from zennit_ext.nrm.sets import per_sample_mask, unit_count
 from zennit_ext.paths import views
 from zennit_ext.paths.graph import NeuronGraph, Paths, select_units
 from zennit_ext.paths.scores import RELEVANCES, lrp_unit_relevance, unit_sums
+from zennit_ext.paths.threshold import Threshold, tune_threshold
 
-__all__ = ["Threshold", "NeuronPaths"]
+__all__ = ["Threshold", "NeuronPaths"]  # Threshold lives in .threshold
 
 SCORES = ("relevance", "activation")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """Curves of :meth:`NeuronPaths.tune_threshold` over the grid of ``c`` (our definition).
-
-    Attributes
-    ----------
-    grid : tuple of float
-        The multipliers ``c``.
-    kept_fraction : torch.Tensor
-        (n_c, batch, L): kept units per layer.
-    nmse, smape : torch.Tensor
-        (n_c, batch): errors of the restricted heatmap against the full one.
-    kept_relevance : torch.Tensor
-        (n_c, batch): joint relevance ``R(S_Λ)`` of the kept units of all layers.
-    score_ratio : torch.Tensor
-        (n_c, batch): class score with the unkept units zeroed over the class score.
-    chosen : float
-        The ``c`` with the smallest mean kept fraction among those with mean nMSE ≤
-        ``max_error``; if none, the ``c`` with the smallest mean nMSE (``met`` False).
-    met : bool
-        Whether ``chosen`` meets ``max_error``.
-    """
-
-    grid: tuple[float, ...]
-    kept_fraction: torch.Tensor
-    nmse: torch.Tensor
-    smape: torch.Tensor
-    kept_relevance: torch.Tensor
-    score_ratio: torch.Tensor
-    chosen: float
-    met: bool
 
 
 class NeuronPaths:
@@ -88,8 +55,13 @@ class NeuronPaths:
     model : torch.nn.Module
         A feed-forward network (as for :class:`~zennit_ext.NRM`).
     layers : sequence of str
-        Layers whose units form the graph, bottom → top (names from ``model.named_modules()``).
-        Units are channels of (batch, C, ...) outputs and neurons of (batch, n) outputs.
+        Layers whose units form the graph, bottom → top (names from ``model.named_modules()``,
+        or of modules the canonizers attach, as for :class:`~zennit_ext.NRM`).
+    level : str or mapping of str to str
+        The units of every layer, or ``{layer: level}``: ``'channel'`` (default: channels of
+        (batch, C, ...) outputs, neurons of (batch, n) outputs), ``'token'`` or
+        ``'feature'`` of a transformer block's (batch, T, D) output (e.g. MLP neurons),
+        ``'head'`` of an attention's weighting output (see :data:`zennit_ext.nrm.sets.LEVELS`).
     composite, canonizers, on_violation, messages_per_pass, show_progress, fast
         Every option of :class:`~zennit_ext.NRM`, with its default, passed on to the NRM
         built here.
@@ -108,6 +80,7 @@ class NeuronPaths:
         layers: Sequence[str],
         composite: Composite | None = None,
         canonizers: list | None = None,
+        level: str | Mapping[str, str] = "channel",
         on_violation: str = "raise",
         messages_per_pass: int = 64,
         show_progress: bool = False,
@@ -127,6 +100,7 @@ class NeuronPaths:
             raise ValueError(f"layers must be distinct, got {list(layers)!r}")
         self.model = model
         self.layers = tuple(self.nrm.layers)
+        self.levels = _levels(level, self.layers)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -168,7 +142,7 @@ class NeuronPaths:
         lrp = self._lrp_scores(x, target, relevance)
         with self._explain(x, target) as (explanation, activation, _):
             nrm = self._unit_relevance(explanation)
-            edges = explanation.consecutive_edges(level="channel")
+            edges = explanation.consecutive_edges(level=self.levels)
         pairs = list(zip(self.layers[:-1], self.layers[1:], strict=True))
         missing = [pair for pair in pairs if pair not in edges]
         if missing:
@@ -195,7 +169,8 @@ class NeuronPaths:
         self._check_relevance(relevance)
         if relevance == "lrp":
             base = self.nrm.composite.base
-            return lrp_unit_relevance(self.model, base, self.nrm.modules, x, target)
+            self._check_own_modules("relevance='lrp'")
+            return lrp_unit_relevance(self.model, base, self.nrm.modules, x, target, self.levels)
         with self._explain(x, target) as (explanation, _, _):
             return self._unit_relevance(explanation)
 
@@ -263,44 +238,7 @@ class NeuronPaths:
         -------
         Threshold
         """
-        if isinstance(grid, str | bytes) or not isinstance(grid, Sequence) or not grid:
-            raise ValueError(f"grid must be a non-empty sequence of numbers, got {grid!r}")
-        grid = tuple(real_number("grid values", value) for value in grid)
-        if len(set(grid)) != len(grid):
-            raise ValueError(f"grid must not repeat values, got {grid!r}")
-        if real_number("max_error", max_error) <= 0:
-            raise ValueError(f"max_error must be positive, got {max_error!r}")
-        lrp = self._lrp_scores(x, target, relevance)
-        with self._explain(x, target) as (explanation, _, shapes):
-            scores = self._unit_relevance(explanation) if lrp is None else lrp
-            kept = [{n: select_units(scores[n], c) for n in self.layers} for c in grid]
-            restricted = explanation.heatmaps([self._kept_sets(k, shapes) for k in kept])
-            full = explanation.heatmap()
-        plane, restricted_plane = _colour_sum(full, x.dim()), _colour_sum(restricted, x.dim())
-        difference = restricted_plane - plane
-        nmse = _ratio(difference.square().mean(-1), plane.square().mean(-1))
-        smape = _ratio(2 * difference.abs(), restricted_plane.abs() + plane.abs()).mean(-1)
-        fraction = torch.stack(
-            [torch.stack([k[n].to(x.dtype).mean(1) for n in self.layers], 1) for k in kept]
-        )
-        class_scores = torch.stack([self._class_score(x, target, k) for k in kept])
-        baseline = self._class_score(x, target, None)
-        mean_nmse, mean_kept = nmse.mean(1), fraction.mean((1, 2))
-        feasible = (mean_nmse <= max_error).nonzero()[:, 0]
-        if len(feasible):
-            index = int(feasible[mean_kept[feasible].argmin()])
-        else:
-            index = int(mean_nmse.argmin())
-        return Threshold(
-            grid,
-            fraction,
-            nmse,
-            smape,
-            restricted.flatten(2).sum(2),
-            class_scores / baseline,
-            grid[index],
-            bool(len(feasible)),
-        )
+        return tune_threshold(self, x, target, grid, max_error, relevance)
 
     def deconvolution(
         self,
@@ -335,6 +273,7 @@ class NeuronPaths:
         layer = self.layers[-1] if layer is None else layer
         index = self._layer_index(layer)
         self._check_paths(paths, len(x))
+        self._check_channels("deconvolution")
         module = self.nrm.modules[layer]
         return views.deconvolution(self.model, module, x, paths.units[:, :, index], rectifiers)
 
@@ -372,6 +311,7 @@ class NeuronPaths:
         """
         layer = self.layers[-1] if layer is None else layer
         index = self._layer_index(layer)
+        self._check_channels("reconstruct_block")
         module = self.nrm.modules[layer]
         if isinstance(units, Paths):
             self._check_paths(units, len(x))
@@ -402,6 +342,7 @@ class NeuronPaths:
             From :meth:`NeuronGraph.top_paths` of these inputs.
         """
         self._check_paths(paths, len(x))
+        self._check_channels("activation_heatmap")
         if x.dim() != 4:
             raise ValueError(f"x must be a (batch, C, H, W) image batch, got {tuple(x.shape)}")
         outputs = views.layer_outputs(self.model, self.nrm.modules, x)
@@ -411,32 +352,18 @@ class NeuronPaths:
 
     @contextlib.contextmanager
     def _explain(self, x: torch.Tensor, target: Any) -> Iterator[tuple]:
-        """One NRM explanation, with the layers' spatially summed outputs and output shapes."""
-        activation: dict[str, torch.Tensor] = {}
-        shapes: dict[str, torch.Size] = {}
-
-        def capture(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
-                shapes[name] = output.shape
-                activation[name] = unit_sums(output.detach())
-
-            return hook
-
-        handles = [
-            self.nrm.modules[name].register_forward_hook(capture(name)) for name in self.layers
-        ]
-        try:
-            with self.nrm.explain(x, target) as explanation:
-                for handle in handles:
-                    handle.remove()
-                yield explanation, activation, shapes
-        finally:
-            for handle in handles:
-                handle.remove()
+        """One NRM explanation, with the layers' outputs summed per unit and their shapes."""
+        with self.nrm.explain(x, target) as explanation:
+            outputs = explanation.session.outputs
+            shapes = {name: outputs[name].shape for name in self.layers}
+            activation = {
+                name: unit_sums(outputs[name].detach(), self.levels[name]) for name in self.layers
+            }
+            yield explanation, activation, shapes
 
     def _unit_relevance(self, explanation: Any) -> dict[str, torch.Tensor]:
         relevance = explanation.layer_relevance()
-        return {name: unit_sums(relevance[name]) for name in self.layers}
+        return {name: unit_sums(relevance[name], self.levels[name]) for name in self.layers}
 
     @staticmethod
     def _check_score(score: str) -> None:
@@ -474,30 +401,53 @@ class NeuronPaths:
         for rank in range(paths.units.shape[1]):
             conditions.append(
                 {
-                    name: _unit_mask(paths.units[:, rank, depth], shapes[name])
+                    name: self._one_unit(paths.units[:, rank, depth], name, shapes[name])
                     for depth, name in enumerate(self.layers)
                 }
             )
         return conditions
 
-    @staticmethod
-    def _kept_sets(kept: Mapping[str, torch.Tensor], shapes: Mapping) -> dict:
+    def _one_unit(self, units: torch.Tensor, name: str, shape: torch.Size) -> torch.Tensor:
+        """Bool mask of one unit per sample (``units``: (batch,)), broadcastable to ``shape``."""
+        count = unit_count(self.levels[name], shape)
+        selected = torch.zeros(len(units), count, dtype=torch.bool, device=units.device)
+        selected[torch.arange(len(units), device=units.device), units] = True
+        return per_sample_mask(selected, self.levels[name], shape)
+
+    def _kept_sets(self, kept: Mapping[str, torch.Tensor], shapes: Mapping) -> dict:
         return {
-            name: mask.view(*mask.shape, *[1] * (len(shapes[name]) - 2))
+            name: per_sample_mask(mask, self.levels[name], shapes[name])
             for name, mask in kept.items()
         }
+
+    def _check_own_modules(self, what: str) -> None:
+        """Raise if a layer is a module the canonizers attach (it exists only while open)."""
+        attached = [name for name in self.layers if name not in self.nrm.modules]
+        if attached:
+            raise ValueError(
+                f"{what} needs the model's own modules; layers {attached} are attached by "
+                "canonizers"
+            )
+
+    def _check_channels(self, what: str) -> None:
+        """Raise unless every layer's units are channels (the image views need them)."""
+        others = {n: level for n, level in self.levels.items() if level != "channel"}
+        if others:
+            raise ValueError(f"{what} needs level 'channel' on every layer, got {others}")
 
     def _class_score(self, x: torch.Tensor, target: Any, kept: Mapping | None) -> torch.Tensor:
         """Class score per sample, (batch,), with the unkept units' outputs set to 0."""
 
         def zero_unkept(name: str, keep: torch.Tensor) -> Callable[..., torch.Tensor]:
             def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-                mask = keep.to(output.dtype)
-                return output * mask.view(*mask.shape, *[1] * (output.dim() - 2))
+                mask = per_sample_mask(keep.to(output.dtype), self.levels[name], output.shape)
+                return output * mask
 
             return hook
 
         handles = []
+        if kept is not None:
+            self._check_own_modules("zeroing the unkept units")
         try:
             if kept is not None:
                 handles = [
@@ -516,23 +466,13 @@ class NeuronPaths:
         return output[(rows, *index.t())].reshape(len(output))
 
 
-def _unit_mask(units: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Bool (batch, C, 1, ...): one unit per sample, broadcastable to ``shape``."""
-    mask = torch.zeros(shape[:2], dtype=torch.bool, device=units.device)
-    mask[torch.arange(len(units), device=units.device), units] = True
-    return mask.view(*mask.shape, *[1] * (len(shape) - 2))
-
-
-def _colour_sum(heatmap: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Per sample pixels: (..., batch, C, H, W) → (..., batch, H·W) for images (``ndim`` 4),
-    else the sample's values flattened."""
-    if ndim == 4:
-        return heatmap.sum(-3).flatten(-2)
-    return heatmap.flatten(heatmap.dim() - ndim + 1)
-
-
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """numerator / denominator with 0/0 := 0 (and x/0 := inf for x > 0)."""
-    safe = torch.where(denominator != 0, denominator, 1.0)
-    zero_case = torch.where(numerator == 0, 0.0, math.inf).to(numerator.dtype)
-    return torch.where(denominator != 0, numerator / safe, zero_case)
+def _levels(level: str | Mapping[str, str], layers: Sequence[str]) -> dict[str, str]:
+    """``{layer: level}`` for every layer, from one level or a mapping over all of them."""
+    if isinstance(level, str):
+        return dict.fromkeys(layers, level)
+    if not isinstance(level, Mapping) or set(level) != set(layers):
+        raise ValueError(
+            f"level must be a level or a mapping with one level per layer {list(layers)}, "
+            f"got {level!r}"
+        )
+    return {name: level[name] for name in layers}

@@ -22,6 +22,7 @@ from zennit.core import Composite, Hook
 from zennit_ext._checks import check_finite
 from zennit_ext._rules import RuleWrappingComposite
 from zennit_ext.nrm.engine import output_relevance
+from zennit_ext.nrm.sets import reduce_units
 
 __all__ = ["RELEVANCES", "lrp_unit_relevance", "unit_sums"]
 
@@ -35,9 +36,10 @@ class _PlainComposite(RuleWrappingComposite):
         return template
 
 
-def unit_sums(values: torch.Tensor) -> torch.Tensor:
-    """(batch, C, ...) → (batch, C): sum over the spatial axes."""
-    return values.flatten(2).sum(2) if values.dim() > 2 else values
+def unit_sums(values: torch.Tensor, level: str = "channel") -> torch.Tensor:
+    """(batch, ...) → (batch, n_units): the values summed per unit at ``level`` (channels of
+    (batch, C, ...) by default; see :data:`zennit_ext.nrm.sets.LEVELS`)."""
+    return reduce_units(values, level, values.dim() - 1)
 
 
 def lrp_unit_relevance(
@@ -46,8 +48,9 @@ def lrp_unit_relevance(
     modules: Mapping[str, nn.Module],
     x: torch.Tensor,
     target: Any,
+    levels: Mapping[str, str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Plain LRP relevance at the outputs of ``modules``, summed over space per unit.
+    """Plain LRP relevance at the outputs of ``modules``, summed per unit.
 
     One forward and one backward pass with ``composite`` registered (its canonizers applied,
     everything removed afterwards, also on error). The output relevance is NRM's ``r̃``
@@ -69,6 +72,8 @@ def lrp_unit_relevance(
         (batch, ...) inputs.
     target : int, tuple, list, torch.Tensor or None
         Captum's ``TargetType``, or a floating-point output relevance (batch, n_outputs).
+    levels : mapping of str to str, optional
+        The unit level of each layer (default ``'channel'``).
 
     Returns
     -------
@@ -109,4 +114,5 @@ def lrp_unit_relevance(
     unused = [name for name, grad in zip(modules, grads, strict=True) if grad is None]
     if unused:
         raise ValueError(f"layers {unused} receive no relevance from the output")
-    return {name: unit_sums(grad) for name, grad in zip(modules, grads, strict=True)}
+    levels = dict.fromkeys(modules, "channel") if levels is None else levels
+    return {name: unit_sums(grad, levels[name]) for name, grad in zip(modules, grads, strict=True)}
