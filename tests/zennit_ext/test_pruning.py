@@ -190,6 +190,15 @@ def test_prefix_gini_matches_direct(x):
                 assert np.isnan(got[k])
 
 
+def test_prefix_gini_of_a_stack_of_batches_is_that_of_each_row():
+    """(..., n): the last axis is the vector, whatever the leading axes (here 2 × 3 rows)."""
+    rows = torch.sort(torch.rand(2, 3, 5, generator=torch.Generator().manual_seed(0)), -1).values
+    stacked = prefix_gini(rows.double())
+    flat = prefix_gini(rows.double().reshape(6, 5)).reshape(2, 3, 5)
+    torch.testing.assert_close(stacked, flat, rtol=0, atol=0)
+    assert stacked[..., 0].sub(torch.tensor(0.5)).abs().lt(0.5).all()  # a Gini index
+
+
 def test_gini_extremes():
     x = torch.tensor([[0.0, 0, 0, 5], [1, 1, 1, 1], [-2, 2, -2, 2]], dtype=torch.float64)
     torch.testing.assert_close(gini_index(x), torch.tensor([0.75, 0.0, 0.0], dtype=torch.float64))

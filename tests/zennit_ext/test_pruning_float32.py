@@ -119,9 +119,10 @@ def test_mass_threshold_mask_float32_with_many_ties(n, p):
     _assert_budget_spent_exactly(x32, keep32, p)
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 @pytest.mark.parametrize("kind", KINDS)
-def test_gini_index_float32_equals_float64_at_a_million_entries(kind):
-    x32 = _sample(kind, 10**6, seed=3).float()
+def test_gini_index_float32_equals_float64_at_a_million_entries(kind, device):
+    x32 = _sample(kind, 10**6, seed=3).float().to(device)
     expected = gini_index(x32.double())
     got = gini_index(x32)
     assert got.dtype == torch.float32
