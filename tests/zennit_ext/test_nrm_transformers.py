@@ -241,3 +241,52 @@ def test_hugging_face_bert_and_vit_conserve_with_all_their_biases():
             tokens = e.session.outputs[layer].shape[1]
             rows = torch.stack([e.marginal(layer, [t], "token") for t in range(tokens)])
             torch.testing.assert_close(rows.sum(0), e.reached, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- windows and layer scale
+
+
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_windows_count_per_sample(v2):
+    """Modules inside windowed attention see (batch · windows, ...): stops and tolerances are
+    summed back per sample; Σ = 1 per sample with every bias (shifted windows, 2 stages)."""
+    from test_attention_swin import images, small_swin
+
+    model = small_swin(v2)
+    stages = ["features.1", "features.3"]
+    x = images(32, n=3)  # 8² patches: windows of 4² tile them, patch merging needs no padding
+    with NRM(model, stages).explain(x, 0) as e:
+        total = e.reached + sum(e.stopped.values())
+        torch.testing.assert_close(total, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
+        assert e.session.tolerance.shape == (3,)
+        rows = [e.marginal(stages[0], [1, 5], "channel")[i] for i in range(3)]
+    alone = [
+        NRM(model, stages).marginal(x[i : i + 1], 0, stages[0], [1, 5], "channel") for i in range(3)
+    ]
+    torch.testing.assert_close(torch.stack(rows), torch.cat(alone))
+
+
+def test_swin_patch_merging_of_an_odd_map_is_refused_naming_it():
+    """An odd map is padded before patch merging; LayerNorm passes relevance to the padding
+    (its output there is the bias): NRM raises, naming the block, instead of losing it."""
+    from test_attention_swin import images, small_swin
+
+    with pytest.raises(ConservationError, match=r"in module 'features.2' \(PatchMerging\)"):
+        NRM(small_swin(False), ["features.1"]).explain(images(36), 0)
+
+
+def test_convnext_layer_scale_and_channels_last_norm_pass_relevance():
+    """Σ = 1 with biases; what stops, stops at z⁺ layers whose contributions are all ≤ 0."""
+    from test_attention_vit import small_convnext
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)).double()
+    with NRM(small_convnext(), ["features.1", "features.3"]).explain(x, 0) as e:
+        total = e.reached + sum(e.stopped.values())
+        torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64), atol=1e-12, rtol=0)
+        assert (e.reached > 0.99).all()
+        kinds = {
+            type(e.session.modules[name]).__name__
+            for name, mass in e.stopped.items()
+            if mass.abs().max() > 0
+        }
+        assert kinds <= {"Conv2d", "Linear"}
