@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -350,7 +351,20 @@ def _check_name(name: str) -> str:
 
 
 def _stem(name: str, quick: bool, seed: int) -> Path:
-    return cache_dir("models") / f"{name}-{'quick' if quick else 'full'}-s{seed}"
+    """Cache path of a trained model: its name, mode, seed and a digest of its recipe's
+    settings, so that a model trained under other settings is never loaded."""
+    digest = _recipe_digest(_RECIPES[name], quick)
+    return cache_dir("models") / f"{name}-{'quick' if quick else 'full'}-s{seed}-{digest}"
+
+
+def _recipe_digest(recipe: _Recipe, quick: bool) -> str:
+    """8 hex digits of the training settings and the data loader's plain parameters (its
+    sizes and options, read from the closure of :func:`_images`-style loaders)."""
+    cells = [cell.cell_contents for cell in recipe.data.__closure__ or ()]
+    plain = [c for c in cells if isinstance(c, int | float | str | bool | dict | tuple)]
+    settings = recipe.quick if quick else recipe.full
+    text = json.dumps({"settings": settings, "data": plain}, sort_keys=True, default=repr)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _atomic(write: Callable[[str], Any], path: os.PathLike) -> None:

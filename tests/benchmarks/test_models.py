@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -99,6 +101,13 @@ def test_get_trained_caches_and_reloads(tmp_path, monkeypatch):
     assert not again.training
     with pytest.raises(ValueError, match="name"):
         get_trained("resnet")
+    # a model trained under other settings is never loaded: the cache key holds them
+    from benchmarks.models import training
+
+    recipe = training._RECIPES["fish_mlp"]
+    other = dataclasses.replace(recipe, quick={**recipe.quick, "epochs": 1})
+    monkeypatch.setitem(training._RECIPES, "fish_mlp", other)
+    assert training.trained_info("fish_mlp", quick=True) is None
 
 
 def test_efficientnet_lite0_recognises_real_photos():
