@@ -14,7 +14,15 @@ import torch
 import torchvision
 from torch import nn
 
-__all__ = ["ZooEntry", "zoo_entries", "build", "parameter_count", "bias_free", "unit_layers"]
+__all__ = [
+    "ZooEntry",
+    "zoo_entries",
+    "build",
+    "example_input",
+    "parameter_count",
+    "bias_free",
+    "unit_layers",
+]
 
 # the quick suite: small models of the families that needed new canonizers or rules
 QUICK_MODELS = ("resnet18", "densenet121", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16")
@@ -58,12 +66,19 @@ class ZooEntry:
 def zoo_entries(quick: bool, names: tuple[str, ...] | None = None) -> list[ZooEntry]:
     """The models of the run: five at 64² (quick) or one per family at 224² (full); ``names``
     picks others (e.g. ``torchvision.models.list_models(module=torchvision.models)``)."""
-    names = names or (QUICK_MODELS if quick else FAMILY_MODELS)
+    from benchmarks.zoo_hf import HF_MODELS, hf_entries
+
+    if names is None:
+        names = QUICK_MODELS if quick else FAMILY_MODELS
+        hf = hf_entries(quick)  # Hugging Face BERT/ViT from configs, when transformers is there
+    else:
+        hf = [e for e in hf_entries(quick) if e.name in names]
+        names = tuple(n for n in names if n not in HF_MODELS)
     size = 64 if quick else 224
     sizes = {name: max(size, MIN_SIZE.get(name, size)) for name in names}
     if quick and "vit_b_16" in sizes:
         sizes["vit_b_16"] = 32  # 4 patches: the quick suite's budget (2 min on 2 cores)
-    return [ZooEntry(name, sizes[name]) for name in names]
+    return [ZooEntry(name, sizes[name]) for name in names] + hf
 
 
 def build(entry: ZooEntry, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
@@ -78,6 +93,10 @@ def build(entry: ZooEntry, dtype: torch.dtype = torch.float32, seed: int = 0) ->
     seed : int
         Seed of the weights and of the inputs used for the statistics.
     """
+    from benchmarks.zoo_hf import HF_MODELS, build_hf
+
+    if entry.name in HF_MODELS:
+        return build_hf(entry.name, entry.size, dtype, seed)
     torch.manual_seed(seed)
     model = torchvision.models.get_model(entry.name, **_kwargs(entry)).to(dtype)
     for module in model.modules():  # ViT zero-initializes its head: every logit would be 0
@@ -96,7 +115,12 @@ def build(entry: ZooEntry, dtype: torch.dtype = torch.float32, seed: int = 0) ->
 
 
 def parameter_count(entry: ZooEntry) -> int:
-    """Number of parameters, from torchvision's weight metadata (nothing is built)."""
+    """Number of parameters, from torchvision's weight metadata (nothing is built; the
+    Hugging Face models are built once and counted)."""
+    from benchmarks.zoo_hf import HF_MODELS
+
+    if entry.name in HF_MODELS:
+        return sum(p.numel() for p in build(entry).parameters())
     weights = torchvision.models.get_model_weights(entry.name)
     return int(next(iter(weights)).meta["num_params"])
 
@@ -110,12 +134,19 @@ def _kwargs(entry: ZooEntry) -> dict:
     return kwargs
 
 
-_ZEROED_PARAMETERS = ("class_token", "pos_embedding", "relative_position_bias_table")
+_ZEROED_PARAMETERS = ("class_token", "pos_embedding", "relative_position_bias_table", "cls_token")
+# Hugging Face's additive embeddings, matched on the end of the parameter name
+_ZEROED_SUFFIXES = (
+    "position_embeddings",
+    "position_embeddings.weight",
+    "token_type_embeddings.weight",
+)
 
 
 def bias_free(model: nn.Module) -> nn.Module:
     """A copy with every additive term set to 0: biases, BatchNorm means and shifts, LayerNorm
-    shifts, ViT's class token and position embedding, Swin's relative position bias.
+    shifts, ViT's class token and position embedding, Swin's relative position bias, BERT's
+    position and token-type embeddings.
 
     On such a copy every linear layer maps 0 to 0, so LRP's ε/z⁺ rules must conserve relevance.
     """
@@ -123,7 +154,7 @@ def bias_free(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, parameter in copied.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
-            if leaf == "bias" or leaf in _ZEROED_PARAMETERS:
+            if leaf == "bias" or leaf in _ZEROED_PARAMETERS or name.endswith(_ZEROED_SUFFIXES):
                 parameter.zero_()
         for module in copied.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -138,7 +169,18 @@ def unit_layers(model: nn.Module, count: int = 2) -> list[str]:
     mlps = [
         n
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and (n.endswith("mlp.0") or n.endswith("mlp.fc1"))
+        if isinstance(m, nn.Linear) and n.endswith(("mlp.0", "mlp.fc1", "intermediate.dense"))
     ]
     names = mlps if mlps else convs
     return names[-count:]
+
+
+def example_input(entry: ZooEntry, model: nn.Module, seed: int = 1) -> torch.Tensor:
+    """The zoo's one input for ``model``: (1, 3, size, size) N(0, 1) pixels, or for BERT the
+    embeddings of ``size`` random token ids (1, size, hidden); float32."""
+    from benchmarks.zoo_hf import HF_MODELS, hf_input
+
+    if entry.name in HF_MODELS:
+        return hf_input(entry.name, entry.size, model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 3, entry.size, entry.size, generator=generator)
