@@ -23,7 +23,7 @@ The Shapley interaction index of a pair is ``SII_ij(w) = Σ_{B⊇ij} m_w(B) / (|
 pairs, order-2 k-SII with k = 2 is SII), the Shapley–Taylor index of order 2 is
 ``STII_ij(w) = Σ_{B⊇ij} m_w(B) / C(|B|, 2)``. So S_ij is the first term of the masked game's
 indices, and minus the kept game's pair interaction with every coalition B ⊋ {i, j} weighted by
-1 instead of 1/(|B| − 1): S counts the higher-order interactions of a pair in full, the indices
+1 instead of ``1/(|B| − 1)``: S counts the higher-order interactions of a pair in full, the indices
 share them out. All of them coincide exactly when the game is 2-additive (no Möbius mass on
 three or more units); then, for both games, every order-≤2 index (k-SII, STII, FSII) equals
 the Möbius transform and

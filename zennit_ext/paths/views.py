@@ -186,7 +186,7 @@ def block_reconstruction(
 def activation_heatmap(
     outputs: Mapping[str, torch.Tensor], units: torch.Tensor, size: Sequence[int]
 ) -> torch.Tensor:
-    """Activation-based k-path heatmap (the paper's Fig. 7; our definition), (batch, *size).
+    """Activation-based k-path heatmap (the paper's Fig. 7; our definition), ``(batch, *size)``.
 
     For path ``p`` and layer ``l`` (bottom → top), the activation map ``a_l[u_pl]`` of its
     unit, resized bilinearly to ``size`` (a dense unit's value fills the map), is divided by
