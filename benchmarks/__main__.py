@@ -1,4 +1,6 @@
-"""``python -m benchmarks {plrp,nrm,synergy,sync,paths,atlas,zoo,tour,all} [--quick] [--out DIR]``.
+"""``python -m benchmarks SUITE [--quick] [--out DIR]``.
+
+SUITE is one of plrp, nrm, synergy, sync, paths, atlas, zoo, vit, tour, all.
 
 Each suite is a module ``benchmarks.<suite>`` with one entry point
 ``run(report: Report, quick: bool, progress: bool) -> None`` that fills the report.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.report import Report
 
-SUITES = ("plrp", "nrm", "synergy", "sync", "paths", "atlas", "zoo")
+SUITES = ("plrp", "nrm", "synergy", "sync", "paths", "atlas", "zoo", "vit")
 
 
 def _available(name: str) -> bool:

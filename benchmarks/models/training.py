@@ -19,6 +19,7 @@ from tqdm import tqdm
 from benchmarks.cache import cache_dir
 from benchmarks.data.tabular import SYNXAI_POSITIVE_RATE
 from benchmarks.models.architectures import DNACNN, MNISTMLP, NRMTable2MLP, SynergyMLP, VGGSmall
+from benchmarks.models.vit import parts_vit
 
 __all__ = ["fit", "evaluate", "get_trained", "trained_info", "training_setup", "MODEL_NAMES"]
 
@@ -194,6 +195,12 @@ def _parts(n: int, seed: int) -> Any:
     return load_parts(n=n, seed=seed)
 
 
+def _parts32(n: int, seed: int) -> Any:
+    from benchmarks.data import load_parts
+
+    return load_parts(n=n, seed=seed, size=32)
+
+
 def _dna(n: int, seed: int) -> Any:
     from benchmarks.data import load_dna
 
@@ -246,6 +253,19 @@ _RECIPES = {
         {"epochs": 2, "batch_size": 64},
         {"epochs": 8, "batch_size": 64},
     ),
+    # the transformers suite's ViT (64², 8×8 patches) and its quick 32² twin
+    "parts_vit": _Recipe(
+        parts_vit,
+        _images(_parts, 4000, 4000),
+        {"epochs": 20, "lr": 1e-3, "batch_size": 64, "patience": 4},
+        {"epochs": 20, "lr": 1e-3, "batch_size": 64, "patience": 4},
+    ),
+    "parts_vit_small": _Recipe(
+        lambda: parts_vit(image_size=32),
+        _images(_parts32, 768, 768),
+        {"epochs": 4, "lr": 2e-3, "batch_size": 32},
+        {"epochs": 4, "lr": 2e-3, "batch_size": 32},
+    ),
     "dna_cnn4": _Recipe(lambda: DNACNN(4), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "dna_cnn32": _Recipe(lambda: DNACNN(32), _images(_dna, 4000, 10000), _DNA_QUICK, _DNA_FULL),
     "dna_cnn32_local": _Recipe(
@@ -282,7 +302,8 @@ def get_trained(
         One of :data:`MODEL_NAMES`: 'shapes_cnn', 'cluttered_cnn', 'parts_cnn', 'dna_cnn4',
         'dna_cnn32', 'dna_cnn32_local' (local max-pooling, 8 windows of 29), 'mnist_mlp',
         'mnist_mlp_nobias', 'mnist_mlp2_nobias' (two hidden layers, NRM's Table 2), 'fish_mlp',
-        'fish_mlp_rare' (21.6 % positives), 'storms_mlp'.
+        'fish_mlp_rare' (21.6 % positives), 'storms_mlp', 'parts_vit' (a 4-block ViT on the
+        64² parts images), 'parts_vit_small' (the same at 32², a quick stand-in).
     quick : bool
         Small data and few epochs (seconds to a minute on 2 cores) instead of full training.
     progress : bool
