@@ -9,11 +9,12 @@ torchvision ViT trained on the part-annotated figures (:func:`benchmarks.data.lo
 explained with AttnLRP, CP-LRP, input × gradient (Captum), and PLRP-λ / PLRP-M over AttnLRP
 ("Sparse Explanations of Neural Networks Using Pruned Layer-Wise Relevance Propagation").
 
-Metrics (Quantus 0.6): region perturbation over the ViT's own patches (``RegionPerturbation``,
-Quantus' "black" baseline = the image's minimum, the class logit's drop), most relevant first (MoRF) and least relevant first (LeRF), with ties
-among equal patch relevance in a seeded random order; ``faith_delta`` = mean MoRF drop − mean
-LeRF drop (the area between the curves, the paper's ΔA_F); Gini (``Sparseness``) and relevance
-mass accuracy against the object mask (``RelevanceMassAccuracy``, positive relevance).
+Metrics (Quantus 0.6): region perturbation over the ViT's own patches
+(``RegionPerturbation``; Quantus' "black" baseline, the image's minimum; the drop of the class
+logit), most relevant first (MoRF) and least relevant first (LeRF), with ties among equal patch
+relevance in a seeded random order; ``faith_delta`` = mean MoRF drop − mean LeRF drop (the
+area between the curves, the paper's ΔA_F); Gini (``Sparseness``) and relevance mass accuracy
+against the object mask (``RelevanceMassAccuracy``, positive relevance).
 """
 
 from __future__ import annotations
