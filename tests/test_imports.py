@@ -1,7 +1,7 @@
 """Importing the plugins stays cheap and acyclic: each module loads only what it needs.
 
-Every module of both packages is imported alone in a fresh interpreter, and ``sys.modules``
-is checked afterwards:
+Every module of both packages is imported alone in a fresh interpreter (forked from one that
+has loaded only torch and torchvision), and ``sys.modules`` is checked afterwards:
 
 - nothing loads Quantus, matplotlib or scikit-learn beyond what its anchor (``captum.attr``
   for the Captum attributions) loads itself;
