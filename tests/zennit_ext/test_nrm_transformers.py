@@ -290,3 +290,17 @@ def test_convnext_layer_scale_and_channels_last_norm_pass_relevance():
             if mass.abs().max() > 0
         }
         assert kinds <= {"Conv2d", "Linear"}
+
+
+def test_a_non_finite_relevance_is_an_error_not_a_number():
+    """An ε-rule without stabilizer on an output that is exactly 0 gives 0/0: NaN relevance
+    must raise (NaN compares False with any tolerance), naming the samples."""
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    model = model.double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    x = torch.tensor([[1.0, -1.0], [2.0, 1.0]], dtype=torch.float64)  # sample 0: unit 0 is 0
+    composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
+    with pytest.raises(ConservationError, match=r"not finite \(NaN or ±inf\) in samples \[0\]"):
+        NRM(model, ["1"], composite=composite).explain(x, 0)

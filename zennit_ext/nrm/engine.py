@@ -258,7 +258,8 @@ class Session:
         self.imbalance = sum(stopped.values(), self.report.reached) - 1
         self.tolerance = self._tolerance()
         self.ill_conditioned = self.tolerance > UNCHECKABLE
-        self.unbalanced = (self.imbalance.abs() > self.tolerance) | self.ill_conditioned
+        # NaN compares False: anything not provably within the tolerance is unbalanced
+        self.unbalanced = ~(self.imbalance.abs() <= self.tolerance) | self.ill_conditioned
         if violations and self.composite.on_violation == "raise":
             raise PositiveSumError(self.violation_text(next(iter(violations))))
         if self.unbalanced.any() and self.composite.on_violation == "raise":
@@ -273,13 +274,17 @@ class Session:
         at least 1 (the output relevance). In float32 that is 3.5e-4, far above the rounding
         (~1e-7 at 10⁵ neurons per layer) and far below a relevance that a skip doubles.
         """
+        return torch.finfo(self.heat.dtype).eps ** 0.5 * self._largest_mass().clamp(min=1.0)
+
+    def _largest_mass(self) -> torch.Tensor:
+        """(batch,): the largest absolute relevance mass ``Σ|m|`` of a message or the heatmap."""
         masses = torch.stack(
             [
                 per_sample(values.abs(), len(self.inputs)).sum(1)
                 for values in (self.heat, *self.messages.values())
             ]
         )
-        return torch.finfo(self.heat.dtype).eps ** 0.5 * masses.amax(0).clamp(min=1.0)
+        return masses.nan_to_num(nan=float("inf")).amax(0)
 
     def violation_text(self, name: str) -> str:
         """What the report's violation at layer ``name`` means (the warning or the error)."""
@@ -293,6 +298,16 @@ class Session:
 
     def imbalance_text(self) -> str:
         """What an unconserved checked pass means (the warning or the error)."""
+        broken = ~torch.isfinite(self.imbalance)
+        if broken.any():
+            samples = broken.nonzero()[:, 0].tolist()
+            return (
+                f"relevance is not finite (NaN or ±inf) in samples {samples}: a rule of the "
+                "composite divides by zero or overflows (e.g. an ε- or z-rule without "
+                "stabilizer, or column sums beyond the dtype's range); "
+                "the layers' absolute relevance masses reach "
+                + ", ".join(f"{float(self._largest_mass()[i]):.3g}" for i in samples)
+            )
         if self.ill_conditioned.any():
             return self._ill_conditioned_text()
         samples = self.unbalanced.nonzero()[:, 0].tolist()
