@@ -169,7 +169,8 @@ def unit_layers(model: nn.Module, count: int = 2) -> list[str]:
     mlps = [
         n
         for n, m in model.named_modules()
-        if isinstance(m, nn.Linear) and n.endswith(("mlp.0", "mlp.fc1", "intermediate.dense"))
+        # ".mlp.0", not Swin V2's "cpb_mlp.0" (the position-bias MLP, off the input's path)
+        if isinstance(m, nn.Linear) and n.endswith((".mlp.0", ".mlp.fc1", "intermediate.dense"))
     ]
     names = mlps if mlps else convs
     return names[-count:]

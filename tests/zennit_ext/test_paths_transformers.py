@@ -96,3 +96,12 @@ def test_units_that_need_channels_or_own_modules_are_refused_clearly():
         tokens.deconvolution(x, top)
     with pytest.raises(ValueError, match="one level per layer"):
         NeuronPaths(_vit(), [BLOCK_0, BLOCK_1], level={BLOCK_0: "token"})
+
+
+def test_a_layer_off_the_inputs_path_is_named():
+    """Swin V2's position-bias MLP reads a fixed coordinate table, not the image."""
+    from test_attention_swin import images, small_swin
+
+    layers = ["features.3.1.attn.cpb_mlp.0", "features.3.1.mlp.0"]
+    with pytest.raises(ValueError, match=r"'features.3.1.attn.cpb_mlp.0' does not depend on"):
+        NeuronPaths(small_swin(True), layers).graph(images(32), 0)

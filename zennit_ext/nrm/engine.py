@@ -398,6 +398,12 @@ class Session:
         """Push messages ``(n, *upper shape)`` down to ``lower`` (None: the input) in one batched
         partial backward."""
         below = self.inputs if lower is None else self.outputs[lower]
+        if not below.requires_grad:
+            raise ValueError(
+                f"layer {lower!r} does not depend on the input x (its output carries no "
+                "gradient, e.g. a position-bias table or a detached branch): no walk from the "
+                f"output through {upper!r} passes it; choose layers on the input's path"
+            )
         (result,) = torch.autograd.grad(
             self.outputs[upper],
             below,
