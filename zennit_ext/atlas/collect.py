@@ -26,6 +26,7 @@ from torch import nn
 from zennit_ext._checks import check_finite
 from zennit_ext.atlas.merge import FixedSum, empty_topk, merge_topk
 from zennit_ext.nrm.api import NRM
+from zennit_ext.paths.views import layer_outputs
 
 __all__ = ["MODES", "AtlasState", "batch_statistics", "probe", "evaluating"]
 
@@ -52,7 +53,7 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
         pass of the model as it is (without the composite's canonizers, which may change a
         layer's output, e.g. a Conv2d with a merged BatchNorm).
     """
-    outputs = _outputs(nrm.model, nrm.modules, x)
+    outputs = layer_outputs(nrm.model, nrm.modules, x)
     with nrm.explain(x, y.to(x.device)) as explanation:
         relevance = explanation.layer_relevance()
     found = {}
@@ -117,28 +118,6 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for module, mode in zip(model.modules(), modes, strict=True):
             module.training = mode
-
-
-def _outputs(
-    model: nn.Module, modules: Mapping[str, nn.Module], x: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """The layers' outputs in one forward pass without gradients (hooks removed after)."""
-    outputs: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Callable[[nn.Module, object, torch.Tensor], None]:
-        def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
-            outputs[name] = output.detach()
-
-        return record
-
-    handles = [module.register_forward_hook(hook(name)) for name, module in modules.items()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return outputs
 
 
 def _spatial(values: torch.Tensor) -> torch.Tensor:
