@@ -14,6 +14,7 @@ import warnings
 
 import pytest
 import torch
+from test_attention_vit import small_vit
 from torch import nn
 from zennit.composites import LayerMapComposite
 from zennit.core import BasicHook
@@ -61,23 +62,6 @@ def apply_lxt_patch() -> None:
         warnings.simplefilter("ignore")
         lxt_efficient.monkey_patch(vision_transformer, verbose=False)
         lxt_efficient.monkey_patch_zennit(verbose=False)
-
-
-def small_vit() -> nn.Module:
-    import torchvision
-
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        num_classes=5,
-    )
-    nn.init.normal_(model.heads.head.weight, std=0.5)
-    return model.double().eval()
 
 
 def ours(model, x, target, gamma):
