@@ -5,17 +5,21 @@ shortcut, resuming a stopped fit, the store, bad input and model restoration."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from atlas_common import CLASSES, DUPLICATES, LAYERS, N, make_composite, make_data, make_model
+from random_modules import random_bn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import LayerMapComposite
 from zennit.rules import Epsilon, ZPlus
 
 from zennit_ext.atlas import ConceptAtlas
 from zennit_ext.nrm.api import NRM
+from zennit_ext.nrm.rules import nrm_composite
 
 MODES = ("actmax", "actmean", "relmax")
 K = 5
@@ -375,3 +379,57 @@ def test_figures_write_pngs(fitted, tmp_path):
     atlases[7].figure("5", [0, 3], data, k=3, path=tmp_path / "refs.png")
     class_graph_figure(atlases[7].class_graph(data, 0), k=3, path=tmp_path / "graph.png")
     assert (tmp_path / "refs.png").stat().st_size > 0 and (tmp_path / "graph.png").exists()
+
+
+@pytest.mark.parametrize("canonizers", [False, True])
+def test_activations_are_the_model_outputs_before_an_inplace_rectifier(canonizers):
+    """Without canonizers the activations come from NRM's own forward pass; with a BatchNorm
+    merged into the first convolution (its output then differs) from another one. Both record
+    a layer's output before the in-place ReLU after it rectifies it (negative maxima stay
+    negative), exactly as a plain forward hook on the model as it is sees it."""
+    torch.manual_seed(6)
+    norm = [random_bn(4, 3)] if canonizers else []
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            *norm,
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4, 5, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(5 * 36, 3),
+        )
+        .double()
+        .eval()
+    )
+    layers = ["0", str(len(norm) + 2)]
+    with torch.no_grad():
+        model[int(layers[1])].bias.fill_(-2.0)  # most of its maxima are negative
+    x = torch.randn(12, 3, 6, 6, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    expected = {}
+    handles = [
+        model[int(n)].register_forward_hook(
+            lambda m, a, o, n=n: expected.__setitem__(n, o.flatten(2).clone())
+        )
+        for n in layers
+    ]
+    with torch.no_grad():
+        model(x)
+    for handle in handles:
+        handle.remove()
+    composite = nrm_composite(
+        gamma=None, canonizers=[SequentialMergeBatchNorm()] if canonizers else None
+    )
+    with NRM(model, layers, composite=composite).explain(x[:1], 0) as explanation:
+        assert explanation.canonized == canonizers
+    atlas = ConceptAtlas(model, layers, composite=composite, top_k=12, on_violation="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        atlas.fit(TensorDataset(x, y), batch_size=5)
+    for name in layers:
+        for mode, reduce in (("actmax", lambda a: a.amax(2)), ("actmean", lambda a: a.mean(2))):
+            indices, values = atlas.top(name, mode)
+            reference = reduce(expected[name]).T.gather(1, indices)
+            assert torch.equal(values, reference), (name, mode)
+    assert (atlas.top(layers[1], "actmax")[1] < 0).any()

@@ -247,17 +247,38 @@ def test_normalized_composite_defaults():
     assert composite.on_violation == "raise" and composite.hooked == {}
 
 
-def test_normalized_scales_before_the_column_sums_is_refused():
+@pytest.mark.parametrize("module_name", list(MODULES))
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_column_sums_equal_the_columns_of_zennits_matrix(rule_name, module_name):
+    """The forward-mode column sums against Zennit's own backward, one unit message per
+    output neuron (brute force): Σ_j M̃[j, k] for every k, with signed inputs, so that every
+    term of γ, αβ and the box rule carries relevance."""
+    torch.manual_seed(3)
+    build, shape = MODULES[module_name]
+    module = build().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    if rule_name == "zbox":
+        x = x.clamp(-1, 1)
+    with torch.no_grad():
+        output = module(x)
+    expected = torch.zeros_like(output).flatten(1)
+    for k in range(expected.shape[1]):
+        unit = torch.zeros_like(expected)
+        unit[:, k] = 1.0
+        relevance = _relevance_by_zennit(RULES[rule_name](), module, x, unit.view_as(output))
+        expected[:, k] = relevance.flatten(1).sum(1)
+    hook, handles, _, output = _ours(RULES[rule_name](), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+    finally:
+        handles.remove()
+    torch.testing.assert_close(sums.flatten(1), expected, atol=1e-10, rtol=1e-8)
+
+
+def test_normalized_scales_divide_by_the_sums_and_pass_zero_columns():
     from zennit_ext.nrm.rules import _Linearized
 
-    linear = _Linearized([], [], [], [torch.ones(2)], [], [], [])
-    with pytest.raises(
-        RuntimeError,
-        match=r"^normalized_scales needs the column sums "
-        r"\(column_sums\) first$",
-    ):
-        linear.normalized_scales()
-    linear.sums = torch.tensor([2.0, 0.0])
+    linear = _Linearized([], [], [], [torch.ones(2)], [], [], [], torch.tensor([2.0, 0.0]))
     assert torch.equal(linear.normalized_scales()[0], torch.tensor([0.5, 0.0]))
 
 
@@ -283,3 +304,41 @@ def test_rule_layer_outputs_skip_the_layers_own_gradient():
                 node = node.next_functions[0][0]
             bridged[name] = type(node).__name__
     assert bridged == dict.fromkeys(["0", "3", "5"], "_BridgeBackward")
+
+
+class _NoJvp(torch.autograd.Function):
+    """The identity, with a backward and no forward-mode derivative."""
+
+    @staticmethod
+    def forward(ctx, input):
+        return input.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _LinearWithoutJvp(nn.Linear):
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(_NoJvp.apply(input))
+
+
+@pytest.mark.parametrize("rule_name", ["zplus", "epsilon", "zbox"])
+def test_column_sums_without_forward_mode_ad_fall_back_to_the_double_backward(rule_name):
+    """A layer whose forward has no jvp still gets exact column sums (brute force)."""
+    torch.manual_seed(4)
+    module = _LinearWithoutJvp(6, 5).double()
+    x = torch.randn(3, 6, dtype=torch.float64).clamp(-1, 1)
+    expected = torch.stack(
+        [
+            _relevance_by_zennit(RULES[rule_name](), module, x, unit.expand(3, 5)).sum(1)
+            for unit in torch.eye(5, dtype=torch.float64)
+        ],
+        1,
+    )
+    hook, handles, _, output = _ours(RULES[rule_name](), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+    finally:
+        handles.remove()
+    torch.testing.assert_close(sums, expected, atol=1e-10, rtol=1e-8)

@@ -50,15 +50,28 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
     -------
     dict
         Per layer the modes of :data:`MODES`. The activation is the layer's output in a forward
-        pass of the model as it is (without the composite's canonizers, which may change a
+        pass of the model as it is: read in NRM's own forward pass where no canonizer changed
+        the model, else from one more forward pass without them (a canonizer may change a
         layer's output, e.g. a Conv2d with a merged BatchNorm).
     """
-    outputs = layer_outputs(nrm.model, nrm.modules, x)
-    with nrm.explain(x, y.to(x.device)) as explanation:
-        relevance = explanation.layer_relevance()
+    activations: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(_summarizer(name, activations))
+        for name, module in nrm.modules.items()
+    ]
+    try:
+        with nrm.explain(x, y.to(x.device)) as explanation:
+            relevance = explanation.layer_relevance()
+            canonized = explanation.canonized
+    finally:
+        for handle in handles:
+            handle.remove()
+    if canonized:
+        outputs = layer_outputs(nrm.model, nrm.modules, x)
+        activations = {name: _spatial(output).to(torch.float64) for name, output in outputs.items()}
     found = {}
     for name in nrm.layers:
-        activation = _spatial(outputs[name]).to(torch.float64)
+        activation = activations[name]
         found[name] = {
             "actmax": activation.amax(2),
             "actmean": activation.mean(2),
@@ -67,6 +80,20 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
         for mode, values in found[name].items():
             check_finite(f"the {mode} statistics of layer {name!r}", values)
     return found
+
+
+def _summarizer(
+    name: str, activations: dict[str, torch.Tensor]
+) -> Callable[[nn.Module, object, object], None]:
+    """A forward hook keeping the layer's output as (B, units, positions) float64, a copy taken
+    when it is made (an in-place rectifier after the layer cannot change it); the last call of
+    the layer wins, as in :func:`~zennit_ext.paths.views.layer_outputs`."""
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            activations[name] = _spatial(output.detach()).to(torch.float64, copy=True)
+
+    return record
 
 
 def probe(

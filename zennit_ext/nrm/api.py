@@ -317,6 +317,13 @@ class NRMExplanation:
         return self._session
 
     @property
+    def canonized(self) -> bool:
+        """Whether a canonizer changed the model for this explanation: its layer outputs may
+        then differ from those of the model as it is (e.g. a convolution with a merged
+        BatchNorm)."""
+        return self._session.canonized
+
+    @property
     def stopped(self) -> dict[str, torch.Tensor]:
         """Relevance mass ending at neurons with zero column sum, ``{layer: (batch,)}``."""
         return self.report.stopped

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm import tqdm
+from zennit.canonizers import Canonizer
 
 from zennit_ext._checks import check_finite, parse_target
 from zennit_ext.nrm._locate import locate_imbalance, per_sample
@@ -175,6 +176,9 @@ class Session:
         self._open = True
         composite.register(model)
         try:
+            #: whether a canonizer changed the model (its layer outputs may then differ from
+            #: those of the model as it is, e.g. a convolution with a merged BatchNorm)
+            self.canonized = any(isinstance(handle, Canonizer) for handle in composite.handles)
             # with the modules canonizers attached (their rules may stop relevance too)
             self.modules = dict(model.named_modules())
             rules = {

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from zennit.composites import SpecialFirstLayerMapComposite
 from zennit.core import BasicHook, Composite, Hook, ParamMod
 from zennit.layer import Sum
@@ -63,14 +64,12 @@ class _Linearized:
     coefs: list[torch.Tensor]
     weights: list[torch.Tensor | None]
     biases: list[torch.Tensor | None]
-    sums: torch.Tensor | None = None
+    sums: torch.Tensor
     normalized: list[torch.Tensor] | None = None
 
     def normalized_scales(self) -> list[torch.Tensor]:
         """Scales divided by the column sums (0 where a sum is 0)."""
         if self.normalized is None:
-            if self.sums is None:
-                raise RuntimeError("normalized_scales needs the column sums (column_sums) first")
             nonzero = self.sums.ne(0)
             inverse = torch.where(nonzero, 1.0 / torch.where(nonzero, self.sums, 1.0), 0.0)
             self.normalized = [scale * inverse for scale in self.scales]
@@ -122,6 +121,18 @@ def _relevance(linear: _Linearized, message: torch.Tensor, normalize: bool) -> t
     return relevance
 
 
+def _sums_by_double_backward(linear: _Linearized) -> torch.Tensor:
+    """Column sums ``M̃ᵀ 1`` as the gradient of the total relevance for a probe message of
+    ones (exact: the rule is linear in the message), for modules whose forward has an
+    operation without forward-mode AD (e.g. a custom ``autograd.Function`` without ``jvp``)."""
+    with torch.enable_grad():
+        probe = torch.ones_like(linear.scales[0], requires_grad=True)
+        relevance = _relevance(linear, probe, normalize=False)
+        # _relevance always depends on the probe (also with no live term): the gradient exists
+        (sums,) = torch.autograd.grad(relevance.sum(), probe)
+    return sums.detach()
+
+
 class NormalizedHook(StatefulHook):
     """Mixin placed before a Zennit ``BasicHook`` rule: column-normalized propagation (eq. 17).
 
@@ -163,29 +174,48 @@ class NormalizedHook(StatefulHook):
     post_forward = _post_forward_kwargs if _POST_FORWARD_KWARGS else _post_forward_args
 
     def _terms(
-        self, module: nn.Module
+        self, module: nn.Module, plain: list[torch.Tensor], tangents: list[torch.Tensor | None]
     ) -> tuple[
-        list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None], list[torch.Tensor | None]
+        list[torch.Tensor],
+        list[torch.Tensor],
+        list[torch.Tensor | None],
+        list[torch.Tensor | None],
+        list[torch.Tensor | None],
     ]:
-        """The rule's modified inputs (requiring grad), outputs, and the parameter-modified
-        weights and biases (None where the module has none), recomputed as Zennit does."""
-        first, *args = self.stored_tensors["input"]
+        """The rule's terms recomputed as Zennit does, from the modified inputs ``plain``.
+
+        Returns the inputs (leaves requiring grad), the outputs, the directional derivatives
+        ``J_i t_i`` of each output for the given tangents ``t_i`` (forward-mode AD in the same
+        forward pass; None where the tangent is None), and the parameter-modified weights and
+        biases (None where the module has none).
+        """
+        args = self.stored_tensors["input"][1:]
         kwargs = self.stored_tensors.get("kwargs", {})  # zennit >= 1.0 keeps keyword arguments
         inputs: list[torch.Tensor] = []
         outputs: list[torch.Tensor] = []
+        derivatives: list[torch.Tensor | None] = []
         weights: list[torch.Tensor | None] = []
         biases: list[torch.Tensor | None] = []
-        for in_mod, param_mod, out_mod in zip(
-            self.input_modifiers, self.param_modifiers, self.output_modifiers, strict=True
+        for value, tangent, param_mod, out_mod in zip(
+            plain, tangents, self.param_modifiers, self.output_modifiers, strict=True
         ):
-            input = in_mod(first.detach()).requires_grad_()  # a fresh leaf, no copy
-            with ParamMod.ensure(param_mod)(module) as modified, torch.autograd.enable_grad():
-                outputs.append(out_mod(modified.forward(input, *args, **kwargs)))
+            input = value.detach().requires_grad_()  # a fresh leaf, no copy
+            with (
+                ParamMod.ensure(param_mod)(module) as modified,
+                torch.autograd.enable_grad(),
+                forward_ad.dual_level(),
+            ):
+                dual = input if tangent is None else forward_ad.make_dual(input, tangent)
+                output, derivative = forward_ad.unpack_dual(
+                    out_mod(modified.forward(dual, *args, **kwargs))
+                )
                 for store, key in ((weights, "weight"), (biases, "bias")):
-                    value = getattr(modified, key, None)
-                    store.append(value.detach() if isinstance(value, torch.Tensor) else None)
+                    found = getattr(modified, key, None)
+                    store.append(found.detach() if isinstance(found, torch.Tensor) else None)
             inputs.append(input)
-        return inputs, outputs, weights, biases
+            outputs.append(output)
+            derivatives.append(None if derivative is None else derivative.detach())
+        return inputs, outputs, derivatives, weights, biases
 
     def linearized(self, module: nn.Module, shape: torch.Size) -> _Linearized:
         """The rule as a linear map of the message, for the stored input (cached per forward).
@@ -194,16 +224,14 @@ class NormalizedHook(StatefulHook):
         gradients (this is checked), so ``R_in = Σ_i c_i ⊙ J_iᵀ (s_i ⊙ m)`` with per-term
         scales ``s_i = mapper(1)_i`` and coefficients ``c_i = reducer(inputs, e_i)``. Terms with
         ``s_i = 0`` or ``c_i = 0`` (e.g. negative inputs after a ReLU, γ's unused branch) are
-        dropped, so a batch of messages costs one vector-Jacobian product per live term.
+        dropped, so a batch of messages costs one vector-Jacobian product per live term. The
+        column sums of the matrix, ``Σ_i s_i ⊙ J_i c_i``, come from the same forward pass
+        (forward-mode AD along ``c_i``).
         """
         first = self.stored_tensors["input"][0]
         if getattr(self, "_linear_key", None) is first:
             return self._linear
-        inputs, outputs, weights, biases = self._terms(module)
-        ones = torch.ones((), dtype=first.dtype, device=first.device).expand(shape)
-        scales = [s.detach() for s in _as_list(self.gradient_mapper(ones, outputs))]
-        negated = _as_list(self.gradient_mapper(-ones, outputs))
-        plain = [input.detach() for input in inputs]
+        plain = [in_mod(first.detach()) for in_mod in self.input_modifiers]
         # unit and zero gradients as broadcast views: no full-size tensors are filled
         one, zero = first.new_ones(()), first.new_zeros(())
         units = [
@@ -211,16 +239,41 @@ class NormalizedHook(StatefulHook):
             for i in range(len(plain))
         ]
         coefs = [self.reducer(plain, unit).expand_as(plain[0]) for unit in units]
-        together = self.reducer(plain, [one.expand_as(x) for x in plain])
-        linear = all(torch.equal(-s, n.detach()) for s, n in zip(scales, negated, strict=True))
-        if not linear or not torch.allclose(together, sum(coefs)):
+        # additivity on the first sample (reducers are elementwise): reducer(Σ e_i) = Σ c_i
+        together = self.reducer([x[:1] for x in plain], [one.expand_as(x[:1]) for x in plain])
+        carrying = [bool(c.any()) for c in coefs]
+        tangents = [
+            c.expand_as(x).contiguous() if carries else None
+            for c, x, carries in zip(coefs, plain, carrying, strict=True)
+        ]
+        try:
+            inputs, outputs, derivatives, weights, biases = self._terms(module, plain, tangents)
+            forward_mode = True
+        except (NotImplementedError, RuntimeError):  # an operation without forward-mode AD
+            inputs, outputs, derivatives, weights, biases = self._terms(
+                module, plain, [None] * len(plain)
+            )
+            forward_mode = False
+        ones = torch.ones((), dtype=first.dtype, device=first.device).expand(shape)
+        scales = [s.detach() for s in _as_list(self.gradient_mapper(ones, outputs))]
+        # homogeneity on the first sample (mappers are elementwise): mapper(-1) = -mapper(1)
+        negated = _as_list(self.gradient_mapper(-ones[:1], [o[:1] for o in outputs]))
+        linear = all(torch.equal(-s[:1], n.detach()) for s, n in zip(scales, negated, strict=True))
+        if not linear or not torch.allclose(together, sum(c[:1] for c in coefs)):
             raise TypeError(
                 f"the rule of layer {self.layer_name!r} ({type(self).__bases__[1].__name__}) is "
                 "not linear in the relevance; NRM needs LRP rules (z+, gamma, epsilon, box, ...)"
             )
-        live = [i for i in range(len(inputs)) if scales[i].any() and coefs[i].any()]
+        live = [i for i in range(len(inputs)) if carrying[i] and scales[i].any()]
+        sums = torch.zeros_like(scales[0])
+        for i in live:
+            derivative = derivatives[i]
+            if derivative is not None:  # None: the output does not depend on the input
+                sums = sums + scales[i] * derivative
         self._linear_key = first
-        self._linear = _Linearized(inputs, outputs, live, scales, coefs, weights, biases)
+        self._linear = _Linearized(inputs, outputs, live, scales, coefs, weights, biases, sums)
+        if not forward_mode:
+            self._linear.sums = _sums_by_double_backward(self._linear)
         return self._linear
 
     def rule_backward(
@@ -239,8 +292,8 @@ class NormalizedHook(StatefulHook):
     def column_sums(self, module: nn.Module, shape: torch.Size) -> torch.Tensor:
         """Column sums ``Σ_j M̃[j, k]`` of the rule for the stored input, cached per forward.
 
-        Exact because the rule is linear in the message: the gradient of the total input
-        relevance with respect to a probe message of ones.
+        Exact because the rule is linear in the message: ``M̃ᵀ 1 = Σ_i s_i ⊙ J_i c_i``, the
+        directional derivatives of :meth:`linearized`'s forward pass.
 
         Parameters
         ----------
@@ -255,16 +308,7 @@ class NormalizedHook(StatefulHook):
             Shape ``shape``: the relevance the layer's input receives per unit of relevance at
             each output neuron.
         """
-        linear = self.linearized(module, shape)
-        if linear.sums is None:
-            with torch.enable_grad():
-                probe = torch.ones_like(linear.scales[0], requires_grad=True)
-                relevance = _relevance(linear, probe, normalize=False)
-                # _relevance always depends on the probe (also with no live term), so the
-                # gradient exists
-                (sums,) = torch.autograd.grad(relevance.sum(), probe)
-            linear.sums = sums.detach()
-        return linear.sums
+        return self.linearized(module, shape).sums
 
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> tuple:
         """Relevance of the layer's input under the column-normalized rule."""
