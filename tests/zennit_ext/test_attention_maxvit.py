@@ -14,6 +14,7 @@ from attention_common import (
     relative_difference,
     zero_parameters,
 )
+from random_modules import random_bn
 from torch import nn
 from torchvision.models.maxvit import MaxVit
 
@@ -92,3 +93,64 @@ def test_composites_without_arguments_accept_maxvit_t():
         finally:
             composite.remove()
     assert torch.equal(model(x), reference)
+
+
+def _random_batch_norms(model: nn.Module) -> nn.Module:
+    """Every BatchNorm with non-trivial statistics and affine parameters (a fresh model's are
+    the identity, which would hide an unmerged or wrongly merged one)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for seed, norm in enumerate(norms):
+        found = random_bn(norm.num_features, seed).double()
+        norm.load_state_dict(found.state_dict())
+    return model
+
+
+def test_batch_norms_are_merged_or_kept_with_unchanged_outputs():
+    from zennit_ext.canonizers.auto import AutoCanonizer
+    from zennit_ext.canonizers.merge import kept_batch_norms
+
+    model, x = _random_batch_norms(small_maxvit()), images()
+    reference = model(x)
+    handles = AutoCanonizer().apply(model)
+    try:
+        torch.testing.assert_close(model(x), reference, atol=1e-12, rtol=1e-10)
+        kept = kept_batch_norms(_flatten(handles))
+        names = {module: name for name, module in model.named_modules()}
+        assert sorted(names[m] for m in kept) == [
+            "blocks.0.layers.0.layers.MBconv.layers.pre_norm",
+            "blocks.1.layers.0.layers.MBconv.layers.pre_norm",
+        ]
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(model(x), reference)
+
+
+def _flatten(handles):
+    from zennit.canonizers import CompositeCanonizer
+
+    from zennit_ext.canonizers.core import CanonizerGroup
+
+    out = []
+    for handle in handles:
+        if isinstance(handle, CompositeCanonizer | CanonizerGroup):
+            out += _flatten(getattr(handle, "canonizers", []))
+        out.append(handle)
+    return out
+
+
+def test_nrm_with_auto_canonizers_conserves_on_maxvit():
+    """NRM with 'auto' canonizers: every BatchNorm merged or kept, Σ = 1 per sample with the
+    biases, the BatchNorm shifts and the position bias in place (z⁺ on the convolutions: they
+    read GELU outputs of both signs, where γ's column sums can be negative)."""
+    from zennit_ext import NRM
+    from zennit_ext.nrm.rules import nrm_composite
+
+    model = _random_batch_norms(small_maxvit())
+    layers = ["blocks.0.layers.0.layers.MBconv.layers.conv_b.0", "blocks.1.layers.0"]
+    composite = nrm_composite(gamma=None, canonizers="auto")
+    with NRM(model, layers, composite=composite).explain(images(), [0, 3]) as explanation:
+        total = explanation.reached + sum(explanation.stopped.values())
+        marginal = explanation.layer_relevance()
+    torch.testing.assert_close(total, torch.ones(2).double(), atol=1e-10, rtol=0)
+    assert all(torch.isfinite(r).all() and r.abs().sum() > 0 for r in marginal.values())

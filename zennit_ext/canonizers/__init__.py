@@ -42,6 +42,7 @@ from zennit_ext.canonizers.torchvision import (
     EfficientNetCanonizer,
     GoogLeNetCanonizer,
     InceptionCanonizer,
+    MaxViTBatchNormCanonizer,
     MNASNetCanonizer,
     MobileNetV2Canonizer,
     MobileNetV3Canonizer,
@@ -78,4 +79,5 @@ __all__ = [
     "auto_canonizers",
     "canonizer_for",
     "unsupported_modules",
+    "MaxViTBatchNormCanonizer",
 ]

@@ -58,6 +58,7 @@ from zennit_ext.canonizers.torchvision import (
     EfficientNetCanonizer,
     GoogLeNetCanonizer,
     InceptionCanonizer,
+    MaxViTBatchNormCanonizer,
     MNASNetCanonizer,
     MobileNetV2Canonizer,
     MobileNetV3Canonizer,
@@ -92,6 +93,7 @@ AUTO_CANONIZERS: list[tuple[Match, Callable[[], Canonizer]]] = [
     ((EfficientNet, MBConv, FusedMBConv), EfficientNetCanonizer),
     ((RegNet, ResBottleneckBlock), RegNetCanonizer),
     (ShuffleNetV2, ShuffleNetV2Canonizer),
+    (MaxVitMBConv, MaxViTBatchNormCanonizer),
     (SqueezeExcitation, SqueezeExcitationCanonizer),
     (is_lite_mbconv, EfficientNetLiteCanonizer),
 ]

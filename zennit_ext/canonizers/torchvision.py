@@ -37,6 +37,7 @@ from torchvision.models.googlenet import BasicConv2d as GoogLeNetConv
 from torchvision.models.googlenet import GoogLeNet
 from torchvision.models.inception import BasicConv2d as InceptionConv
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
+from torchvision.models.maxvit import MBConv as MaxViTMBConv
 from torchvision.models.mnasnet import MNASNet
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -75,6 +76,7 @@ __all__ = [
     "EfficientNetCanonizer",
     "RegNetCanonizer",
     "ShuffleNetV2Canonizer",
+    "MaxViTBatchNormCanonizer",
 ]
 
 # torchvision's transform_input: ImageNet normalization undone, then (x - 0.5) / 0.5
@@ -382,3 +384,16 @@ class ShuffleNetV2Canonizer(CanonizerGroup):
 
     def __init__(self) -> None:
         super().__init__((GlobalPoolCanonizer(), AdjacentMergeBatchNorm()))
+
+
+class MaxViTBatchNormCanonizer(CanonizerGroup):
+    """MaxViT's BatchNorms: those right after a convolution (the stem, each MBConv's
+    ``conv_a`` and ``conv_b``) merged, each MBConv's ``pre_norm`` (before its first
+    convolution, no linear layer precedes it) kept. The attention and the residual adds are
+    :class:`~zennit_ext.attention.maxvit.MaxViTCanonizer`'s, the gates
+    ``SqueezeExcitationCanonizer``'s (``'auto'`` applies all three)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            (AdjacentMergeBatchNorm(), KeepBatchNorm(((MaxViTMBConv, "layers.pre_norm"),)))
+        )
