@@ -342,3 +342,24 @@ def test_column_sums_without_forward_mode_ad_fall_back_to_the_double_backward(ru
     finally:
         handles.remove()
     torch.testing.assert_close(sums, expected, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("rule_name", ["zplus", "epsilon"])
+def test_a_column_whose_normalized_scale_overflows_passes_nothing(rule_name):
+    """Input 0 is 1e-310 (an underflowed activation): its column sum s·z ≈ 1e6 · 1e-310 is
+    tiny but not 0, and the normalized scale s / sum ≈ 1e310 does not fit float64 (the message
+    times it is inf, inf · 1e-310 NaN). That column passes nothing (its sum reads 0, so NRM
+    reports the relevance as stopped); the other column is untouched."""
+    module = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        module.weight.copy_(torch.eye(2, dtype=torch.float64))
+    x = torch.tensor([[1e-310, 1.0]], dtype=torch.float64)
+    hook, handles, inputs, output = _ours(RULES[rule_name](), module, x)
+    try:
+        sums = hook.column_sums(module, output.shape)
+        message = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
+        relevance = hook.rule_backward(module, (inputs,), message, normalize=True)[0]
+    finally:
+        handles.remove()
+    assert sums[0, 0] == 0 and sums[0, 1] > 0.99
+    torch.testing.assert_close(relevance, torch.tensor([[0.0, 0.25]], dtype=torch.float64))

@@ -121,6 +121,23 @@ def _relevance(linear: _Linearized, message: torch.Tensor, normalize: bool) -> t
     return relevance
 
 
+def _representable(sums: torch.Tensor, scales: list[torch.Tensor]) -> torch.Tensor:
+    """``sums`` with 0 where a normalized scale ``s_i / sums`` is not finite in the dtype.
+
+    A column sum can be tiny but not 0 where a layer's inputs underflowed (SiLU of −700 is
+    about 1e-304 in float64), while the rule's scale ``s_i = 1 / stabilize(z)`` is large: the
+    normalized shares are finite in exact arithmetic, but the message times ``s_i / sums``
+    overflows and ``inf · 0`` makes NaN. Such a column passes nothing (like a zero column sum:
+    NRM reports its relevance as stopped at the layer, so ``reached + Σ stopped = 1`` holds).
+    """
+    if not scales:
+        return sums
+    nonzero = sums.ne(0)
+    safe = torch.where(nonzero, sums, torch.ones_like(sums))
+    finite = torch.stack([torch.isfinite(scale / safe) for scale in scales]).all(0)
+    return torch.where(finite, sums, torch.zeros_like(sums))
+
+
 def _sums_by_double_backward(linear: _Linearized) -> torch.Tensor:
     """Column sums ``M̃ᵀ 1`` as the gradient of the total relevance for a probe message of
     ones (exact: the rule is linear in the message), for modules whose forward has an
@@ -270,10 +287,12 @@ class NormalizedHook(StatefulHook):
             derivative = derivatives[i]
             if derivative is not None:  # None: the output does not depend on the input
                 sums = sums + scales[i] * derivative
+        sums = _representable(sums, [scales[i] for i in live])
         self._linear_key = first
         self._linear = _Linearized(inputs, outputs, live, scales, coefs, weights, biases, sums)
         if not forward_mode:
-            self._linear.sums = _sums_by_double_backward(self._linear)
+            by_vjp = _sums_by_double_backward(self._linear)
+            self._linear.sums = _representable(by_vjp, [scales[i] for i in live])
         return self._linear
 
     def rule_backward(
