@@ -163,8 +163,9 @@ def bias_free(model: nn.Module) -> nn.Module:
 
 
 def unit_layers(model: nn.Module, count: int = 2) -> list[str]:
-    """The last ``count`` convolutions (CNNs) or MLP input projections (transformers): the
-    layers whose units NRM, paths and synergy explain in the zoo run."""
+    """The last ``count`` convolutions (CNNs), Inception blocks (GoogLeNet, Inception v3) or
+    MLP input projections (transformers): the layers whose units NRM, paths and synergy
+    explain in the zoo run."""
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     mlps = [
         n
@@ -172,7 +173,10 @@ def unit_layers(model: nn.Module, count: int = 2) -> list[str]:
         # ".mlp.0", not Swin V2's "cpb_mlp.0" (the position-bias MLP, off the input's path)
         if isinstance(m, nn.Linear) and n.endswith((".mlp.0", ".mlp.fc1", "intermediate.dense"))
     ]
-    names = mlps if mlps else convs
+    # GoogLeNet / Inception: the last convolutions lie in parallel branches of one block,
+    # not on one path (NeuronPaths needs that); their blocks' outputs do
+    blocks = [n for n, m in model.named_children() if type(m).__name__.startswith("Inception")]
+    names = mlps if mlps else blocks if convs and ".branch" in convs[-1] else convs
     return names[-count:]
 
 

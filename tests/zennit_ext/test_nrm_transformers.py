@@ -266,13 +266,21 @@ def test_swin_windows_count_per_sample(v2):
     torch.testing.assert_close(torch.stack(rows), torch.cat(alone))
 
 
-def test_swin_patch_merging_of_an_odd_map_is_refused_naming_it():
-    """An odd map is padded before patch merging; LayerNorm passes relevance to the padding
-    (its output there is the bias): NRM raises, naming the block, instead of losing it."""
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_patch_merging_of_an_odd_map_stops_at_the_padding(v2):
+    """A 36² image gives a 9² patch map: patch merging pads it to 10². V1 normalizes before
+    its reduction, so the padded entries are nonzero there and LayerNorm's pass rule sends
+    relevance to them: it stops at the GridPad (reported), and Σ = 1 holds per sample with
+    every bias. V2's reduction reads the zeros first: nothing reaches the padding."""
     from test_attention_swin import images, small_swin
 
-    with pytest.raises(ConservationError, match=r"in module 'features.2' \(PatchMerging\)"):
-        NRM(small_swin(False), ["features.1"]).explain(images(36), 0)
+    model = small_swin(v2)
+    with NRM(model, ["features.1", "features.3"]).explain(images(36), [0, 2]) as e:
+        total = e.reached + sum(e.stopped.values())
+        torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
+        padding = e.stopped["features.2.canonizer_pad"]
+        assert (padding > 0).all() if not v2 else (padding == 0).all()
+        assert (e.reached > 0.5).all()
 
 
 def test_convnext_layer_scale_and_channels_last_norm_pass_relevance():

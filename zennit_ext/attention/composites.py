@@ -54,6 +54,7 @@ PASSIVE_NAMES = frozenset(
         "WindowDepartition",
         "SwapAxes",
         "TokenConcat",
+        "GridPad",
     }
 )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from zennit.layer import Sum
 
@@ -25,6 +26,7 @@ __all__ = [
     "EmbeddingSum",
     "StreamSum",
     "TokenConcat",
+    "GridPad",
     "shared_linear",
     "explicit_attention_forward",
 ]
@@ -76,6 +78,20 @@ class TokenConcat(nn.Module):
     def forward(self, x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """The token's rows, then ``x``'s, along dim 1."""
         return torch.cat([token, x], dim=1)
+
+
+class GridPad(nn.Module):
+    """Zero padding of a (…, H, W, C) map to even H and W (Swin's patch merging).
+
+    Relevance at a copied entry goes back to it; the padded entries have no input entry, so
+    NRM counts the relevance that reaches them as stopped at this module (LRP rules that
+    weigh by the input give them none).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(…, H, W, C) → (…, H + H mod 2, W + W mod 2, C), zeros appended."""
+        height, width = x.shape[-3:-1]
+        return F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
 
 
 class AttentionProjection(nn.Linear):

@@ -17,8 +17,9 @@ composite is registered, :class:`SwinCanonizer` overloads the ``forward`` of
   scores outside any module, so its share stays with the scores, as torchvision computes it;
 - ``SwinTransformerBlock`` and ``SwinTransformerBlockV2``: both residual adds become ``Sum``.
 
-``PatchMerging``/``PatchMergingV2`` need nothing: zero padding, strided slices and a
-concatenation (reshuffles) followed by ``LayerNorm`` and ``Linear`` modules.
+- ``PatchMerging`` and ``PatchMergingV2``: the zero padding of an odd map through a
+  :class:`~zennit_ext.attention.modules.GridPad` (NRM counts the relevance that reaches the
+  padding as stopped there); the strided slices and the concatenation stay reshuffles.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from zennit_ext.attention.canonizers import _trained_like
 from zennit_ext.attention.modules import (
     AttentionScores,
     AttentionWeighting,
+    GridPad,
     StreamSum,
     shared_linear,
 )
@@ -79,6 +81,8 @@ def _swin_types() -> dict[str, type]:
         "attention_v2": swin.ShiftedWindowAttentionV2,
         "block": swin.SwinTransformerBlock,
         "block_v2": swin.SwinTransformerBlockV2,
+        "merging": swin.PatchMerging,
+        "merging_v2": swin.PatchMergingV2,
     }
 
 
@@ -189,6 +193,22 @@ def swin_block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return self.canonizer_sum_mlp(torch.stack([x, self.stochastic_depth(y)], dim=-1))
 
 
+def patch_merging_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``PatchMerging(V2).forward`` with the zero padding of odd maps through
+    ``canonizer_pad`` (a :class:`GridPad`); (…, H, W, C) in, (…, ⌈H/2⌉, ⌈W/2⌉, 2C) out.
+
+    V1 normalizes before its reduction, so padded entries are nonzero there and a rule that
+    passes relevance elementwise (NRM's on ``LayerNorm``) sends some back to the padding: the
+    module makes that visible (NRM reports it as stopped) instead of losing it in ``F.pad``.
+    """
+    x = self.canonizer_pad(x)
+    parts = (x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :])
+    x = torch.cat([*parts, x[..., 1::2, 1::2, :]], -1)  # (…, H/2, W/2, 4C)
+    if self.canonizer_norm_first:
+        return self.reduction(self.norm(x))
+    return self.norm(self.reduction(x))
+
+
 def _attention_attributes(module: Any, v2: bool) -> dict[str, Any]:
     channels = module.proj.in_features
     weight, bias = module.qkv.weight, module.qkv.bias
@@ -227,7 +247,8 @@ class SwinCanonizer(AtomicAttributeCanonizer):
     relative position bias), ``canonizer_softmax``, ``canonizer_attention_dropout``,
     ``canonizer_weighting`` and ``canonizer_dropout`` (V2 also ``canonizer_normalize_q/k``,
     :class:`CosineNormalize`); the output projection is the attention's own ``proj``. Every
-    ``SwinTransformerBlock(V2)`` gets ``canonizer_sum_attention`` and ``canonizer_sum_mlp``.
+    ``SwinTransformerBlock(V2)`` gets ``canonizer_sum_attention`` and ``canonizer_sum_mlp``,
+    every ``PatchMerging(V2)`` ``canonizer_pad`` (:func:`patch_merging_forward`).
     Outputs are unchanged (up to rounding: the ``1/√d`` and the logit scale multiply after
     respectively before the product); removal restores the model.
     """
@@ -249,5 +270,11 @@ class SwinCanonizer(AtomicAttributeCanonizer):
                 "canonizer_post_norm": kind is types["block_v2"],
                 "canonizer_sum_attention": StreamSum(),
                 "canonizer_sum_mlp": StreamSum(),
+            }
+        if kind in (types["merging"], types["merging_v2"]):
+            return {
+                "forward": patch_merging_forward.__get__(module),
+                "canonizer_norm_first": kind is types["merging"],
+                "canonizer_pad": GridPad(),
             }
         return None

@@ -35,6 +35,7 @@ from zennit_ext.attention.modules import (
     AttentionScores,
     AttentionWeighting,
     EmbeddingSum,
+    GridPad,
     StreamSum,
     TokenConcat,
 )
@@ -450,7 +451,7 @@ def _transformer_rules() -> list[tuple[type | tuple[type, ...], Hook | None]]:
         (AttentionWeighting, NormalizedWeightingRule()),
         (StreamSum, AbsoluteShares()),
         (EmbeddingSum, StreamOnly()),
-        (TokenConcat, TokenRoute()),
+        ((TokenConcat, GridPad), TokenRoute()),
         ((*norms, Scale, HFActivation, CosineNormalize), Pass()),
     ]
 

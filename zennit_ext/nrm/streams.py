@@ -13,8 +13,9 @@ attention canonizers attach (:mod:`zennit_ext.attention.modules`):
   ``R_j = |x_j| / Σ_k |x_k| · R``;
 - :class:`StreamOnly` for an :class:`~zennit_ext.attention.modules.EmbeddingSum`: all
   relevance to the token stream, none to the position or token-type embeddings (biases);
-- :class:`TokenRoute` for a :class:`~zennit_ext.attention.modules.TokenConcat`: the stream's
-  rows pass their relevance on, the class token's rows stop (counted in NRM's report).
+- :class:`TokenRoute` for a :class:`~zennit_ext.attention.modules.TokenConcat` and a
+  :class:`~zennit_ext.attention.modules.GridPad`: the copied rows and entries pass their
+  relevance on, the class token's rows and the padding stop (counted in NRM's report).
 
 The attention weighting ``A @ v`` (``A`` held constant, as in CP-LRP) is
 :class:`~zennit_ext.nrm.products.NormalizedWeightingRule`.
@@ -109,11 +110,12 @@ class StreamOnly(_Routing):
 
 
 class TokenRoute(_Routing):
-    """Relevance routed through a concatenation: each output row to the input row it copies.
+    """Relevance routed through a copy: each output entry to the input entry it copies.
 
     For a :class:`~zennit_ext.attention.modules.TokenConcat` (``cat([token, x])``), the rows of
     ``x`` pass their relevance unchanged; the token's rows have no input row (column sum 0),
-    so NRM's report counts their relevance as stopped at this module.
+    so NRM's report counts their relevance as stopped at this module. Likewise the appended
+    zeros of a :class:`~zennit_ext.attention.modules.GridPad`.
     """
 
     def __init__(self) -> None:
