@@ -300,6 +300,22 @@ def test_neuron_synergy_in_float32_is_the_float64_formula():
 
 
 # ------------------------------------------------------------------------------- pruning
+def test_neuron_synergy_sums_float32_neurons_in_float64():
+    """A float32 neuron x_1 + x_2 + x_3 whose values are exact in float32 (integers plus
+    multiples of 2⁻¹⁰ below 2¹²): every difference is exact, so Δ_i is the exact mean of x_i.
+    Summed row after row in float32 (one row per chunk; up to ≈ 64000, where float32 keeps
+    2⁻⁸) the fractions would be lost; the sums run in float64 and Δ comes out exact."""
+    model = nn.Sequential(nn.Identity(), nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        model[1].weight.fill_(1.0)
+    rows = torch.arange(64)[:, None]
+    x = 1000.0 + ((rows + torch.arange(3)) % 2) * 2.0**-10  # (64, 3), exact in float32
+    result = NeuronSynergy(model, model[1]).compute(x, 0, rows_per_chunk=1)
+    expected = x.double().mean(0)  # exact: 64 values of 22 bits, divided by 2⁶
+    assert torch.equal(result.importance.double(), expected)
+    assert torch.equal(result.synergy.double(), torch.zeros(3, 3, dtype=torch.float64))
+
+
 def test_taylor_scores_in_float32_are_the_float64_formula():
     torch.manual_seed(19)
     model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 10)).eval()

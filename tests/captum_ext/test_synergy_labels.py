@@ -79,10 +79,24 @@ def test_and_or_pairs_get_their_class():
     assert result.label_counts() == {"synergistic": 1, "independent": 8, "redundant": 1}
 
 
-@pytest.mark.parametrize("bad", [{"rtol": -0.1}, {"atol": float("nan")}, {"rtol": True}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"rtol": -0.1}, {"atol": -1.0}, {"atol": float("nan")}, {"rtol": True}],
+)
 def test_bad_tolerances_are_named(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
         pair_labels(torch.zeros(2, 2), torch.zeros(2), **{"rtol": 0.05, "atol": 0.0, **bad})
+
+
+def test_the_default_band_is_five_percent_of_the_effects_and_no_absolute_width():
+    """Δ_i = Δ_j = 0.5: the default band is 0.05 · (0.5 + 0.5) = 0.05 (atol 0)."""
+    importance = torch.tensor([0.5, 0.5])
+    for value, label in ((0.06, 1), (-0.06, -1), (0.04, 0), (-0.04, 0)):
+        synergy = torch.tensor([[0.0, value], [value, 0.0]])
+        assert pair_labels(synergy, importance)[0, 1] == label, value
+    tiny = torch.tensor([[0.0, 1e-3], [1e-3, 0.0]])
+    assert pair_labels(tiny, torch.zeros(2))[0, 1] == 1  # no absolute width by default
 
 
 def test_shape_mismatch_is_named():
