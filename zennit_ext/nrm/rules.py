@@ -3,10 +3,11 @@
 A Zennit rule maps the relevance ``R`` at a layer's output to its input with a matrix that is
 linear in ``R``: ``R_in = M̃ R``. NRM (Xiong et al., arXiv:2606.00557, eq. 17) divides each column of
 ``M̃`` by its sum, so that no bias or ε absorbs relevance. :class:`NormalizedHook` does that
-for any Zennit ``BasicHook``: it obtains the column sums ``M̃ᵀ 1`` once per forward pass by
-differentiating the rule's own backward with respect to a probe of ones (exact, because the
-rule is linear in ``R``), and scales the incoming message by their inverse. A neuron whose
-column sum is 0 passes 0; a negative column sum at a neuron that carries relevance violates
+for any Zennit ``BasicHook``: it obtains the column sums ``M̃ᵀ 1`` once per forward pass as
+directional derivatives of the rule's own terms (forward-mode AD in the pass that recomputes
+them; exact, because the rule is linear in ``R``), and scales the incoming message by their
+inverse. A neuron whose column sum is 0 (or whose normalized scale does not fit the dtype)
+passes 0; a negative column sum at a neuron that carries relevance violates
 the positive-sum condition (eq. 15); NRM's engine checks it on the checked pass
 (:mod:`zennit_ext.nrm.engine`), so the hooks themselves hold no switches.
 """
