@@ -524,5 +524,10 @@ def test_nrm_holds_the_gate_constant_and_rejects_a_product_without_rule():
     bare = LayerMapComposite(
         [(Activation, Pass()), (AnyLinear, ZPlus())], canonizers=[AutoCanonizer()]
     )
-    with pytest.raises(ValueError, match=r"product modules \['gate.canonizer_multiply'\]"):
+    message = (
+        r"^product modules \['gate.canonizer_multiply'\] have no rule, so their gradient would "
+        r"scale the relevance by the other factor; give them zennit_ext.rules.ProductRule in "
+        r"the composite \(nrm_composite does for Multiply\)$"
+    )
+    with pytest.raises(ValueError, match=message):
         NRM(model, ["relu", "gate"], composite=bare).explain(x, 0)

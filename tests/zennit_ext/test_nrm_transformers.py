@@ -312,3 +312,24 @@ def test_a_non_finite_relevance_is_an_error_not_a_number():
     composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
     with pytest.raises(ConservationError, match=r"not finite \(NaN or ±inf\) in samples \[0\]"):
         NRM(model, ["1"], composite=composite).explain(x, 0)
+
+
+def test_nrm_composite_passes_rms_norm_and_names_a_bad_canonizers_string():
+    """RMSNorm (a parameter of its own, no bias) gets the pass rule: Σ = 1 through it; an
+    unknown canonizers string is refused with the accepted values."""
+    from zennit_ext.nrm.rules import nrm_composite
+
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Linear(6, 5), nn.RMSNorm(5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)
+    ).double()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    composite = nrm_composite(gamma=None)
+    with NRM(model, ["1", "3"], composite=composite).explain(x, 0) as e:
+        total = e.reached + sum(e.stopped.values())
+        torch.testing.assert_close(e.session.messages["1"].sum(1), e.layer_relevance()["1"].sum(1))
+    torch.testing.assert_close(total, torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^canonizers must be a list, 'auto' or None, got 'all'$"):
+        nrm_composite(canonizers="all")
