@@ -38,6 +38,16 @@ def _relevance_by_zennit(rule, module, x, message):
     return relevance
 
 
+def _module_and_input(module_name: str, rule_name: str, seed: int):
+    """A float64 module of :data:`MODULES` (seeded) and a signed input for it, clamped into the
+    box rule's bounds for ``'zbox'``."""
+    torch.manual_seed(seed)
+    build, shape = MODULES[module_name]
+    module = build().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    return module, x.clamp(-1, 1) if rule_name == "zbox" else x
+
+
 def _ours(rule, module, x):
     hook = mixin_hook(rule, NormalizedHook, layer_name="m")
     handles = hook.register(module)
@@ -49,12 +59,7 @@ def _ours(rule, module, x):
 @pytest.mark.parametrize("module_name", list(MODULES))
 @pytest.mark.parametrize("rule_name", list(RULES))
 def test_linearized_rule_equals_zennit_backward(rule_name, module_name):
-    torch.manual_seed(0)
-    build, shape = MODULES[module_name]
-    module = build().double()
-    x = torch.randn(shape, dtype=torch.float64)
-    if rule_name == "zbox":
-        x = x.clamp(-1, 1)
+    module, x = _module_and_input(module_name, rule_name, seed=0)
     rule = RULES[rule_name]()
     output_shape = module(x).shape
     messages = torch.randn(4, *output_shape, dtype=torch.float64)
@@ -253,12 +258,7 @@ def test_column_sums_equal_the_columns_of_zennits_matrix(rule_name, module_name)
     """The forward-mode column sums against Zennit's own backward, one unit message per
     output neuron (brute force): Σ_j M̃[j, k] for every k, with signed inputs, so that every
     term of γ, αβ and the box rule carries relevance."""
-    torch.manual_seed(3)
-    build, shape = MODULES[module_name]
-    module = build().double()
-    x = torch.randn(shape, dtype=torch.float64)
-    if rule_name == "zbox":
-        x = x.clamp(-1, 1)
+    module, x = _module_and_input(module_name, rule_name, seed=3)
     with torch.no_grad():
         output = module(x)
     expected = torch.zeros_like(output).flatten(1)

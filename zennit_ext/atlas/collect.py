@@ -54,9 +54,9 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
         the model, else from one more forward pass without them (a canonizer may change a
         layer's output, e.g. a Conv2d with a merged BatchNorm).
     """
-    activations: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
     handles = [
-        module.register_forward_hook(_summarizer(name, activations))
+        module.register_forward_hook(_recorder(name, outputs))
         for name, module in nrm.modules.items()
     ]
     try:
@@ -68,10 +68,9 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
             handle.remove()
     if canonized:
         outputs = layer_outputs(nrm.model, nrm.modules, x)
-        activations = {name: _spatial(output).to(torch.float64) for name, output in outputs.items()}
     found = {}
     for name in nrm.layers:
-        activation = activations[name]
+        activation = _spatial(outputs[name]).to(torch.float64)
         found[name] = {
             "actmax": activation.amax(2),
             "actmean": activation.mean(2),
@@ -82,16 +81,16 @@ def batch_statistics(nrm: NRM, x: torch.Tensor, y: torch.Tensor) -> dict[str, di
     return found
 
 
-def _summarizer(
-    name: str, activations: dict[str, torch.Tensor]
+def _recorder(
+    name: str, outputs: dict[str, torch.Tensor]
 ) -> Callable[[nn.Module, object, object], None]:
-    """A forward hook keeping the layer's output as (B, units, positions) float64, a copy taken
-    when it is made (an in-place rectifier after the layer cannot change it); the last call of
-    the layer wins, as in :func:`~zennit_ext.paths.views.layer_outputs`."""
+    """A forward hook keeping a copy of the layer's output taken when it is made (an in-place
+    rectifier after the layer cannot change it); the last call of the layer wins, as in
+    :func:`~zennit_ext.paths.views.layer_outputs`."""
 
     def record(module: nn.Module, args: object, output: object) -> None:
         if isinstance(output, torch.Tensor):
-            activations[name] = _spatial(output.detach()).to(torch.float64, copy=True)
+            outputs[name] = output.detach().clone()
 
     return record
 
