@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         EfficientNetLiteCanonizer,
         MBConvSkipCanonizer,
     )
+    from zennit_ext.gamma import FastGamma
     from zennit_ext.nrm.api import NRM, NRMExplanation
     from zennit_ext.paths.api import NeuronPaths
     from zennit_ext.plrp.composites import PLRPM, PLRPLambda
@@ -32,6 +33,7 @@ __all__ = [
     "PLRPM",
     "AttnLRP",
     "CPLRP",
+    "FastGamma",
     "AttributeMergeBatchNorm",
     "MBConvSkipCanonizer",
     "EfficientNetLiteCanonizer",
@@ -47,6 +49,7 @@ __getattr__, __dir__ = lazy_exports(
         "PLRPM": "zennit_ext.plrp.composites",
         "AttnLRP": "zennit_ext.attention.composites",
         "CPLRP": "zennit_ext.attention.composites",
+        "FastGamma": "zennit_ext.gamma",
         "AttributeMergeBatchNorm": "zennit_ext.canonizers",
         "MBConvSkipCanonizer": "zennit_ext.canonizers",
         "EfficientNetLiteCanonizer": "zennit_ext.canonizers",

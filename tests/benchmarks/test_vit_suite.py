@@ -114,6 +114,24 @@ def test_lxt_patch_is_undone():
     assert not lxt_patch_active()
 
 
+def test_against_lxt_alternates_and_patches_only_the_anchor():
+    pytest.importorskip("lxt.efficient")
+    from zennit_ext._lxt import lxt_patch_active
+
+    calls = []
+
+    def side(name):
+        return lambda: calls.append((name, lxt_patch_active()))
+
+    ours = {"attnlrp_vs_lxt": side("a"), "cp_lrp_vs_lxt": side("c")}
+    timings = transformer_speed._against_lxt(ours, side("lxt"), repeats=2)
+    assert calls == [("a", False), ("c", False), ("lxt", True)] * 3  # warm-up + 2 rounds
+    assert set(timings) == set(ours)
+    for t in timings.values():
+        assert t["ratio"] == pytest.approx(t["ours_s"] / t["anchor_s"])
+    assert not lxt_patch_active()
+
+
 def test_suite_report_structure(tmp_path, monkeypatch):
     """The whole suite on an untrained 32² ViT (real explainers), speed stubbed."""
     import benchmarks.models
