@@ -128,9 +128,17 @@ def test_conditional_times_marginal_is_joint_across_blocks(explained):
 
 
 def test_a_level_needs_its_rank():
-    with pytest.raises(ValueError, match=r"level 'head' needs a layer output of 4 dimensions"):
+    head = (
+        r"level 'head' needs a layer output of 4 dimensions \(batch, H, L, d: an attention's "
+        r"weighting\), but layer 'block' has shape \(2, 17, 16\)"
+    )
+    with pytest.raises(ValueError, match=head):
         sets.set_mask([0], torch.Size([2, 17, 16]), level="head", name="block")
-    with pytest.raises(ValueError, match=r"level 'token' needs a layer output of 3 dimensions"):
+    token = (
+        r"level 'token' needs a layer output of 3 dimensions \(batch, T, D\), but layer 'conv' "
+        r"has shape \(2, 8, 4, 4\)"
+    )
+    with pytest.raises(ValueError, match=token):
         sets.set_mask([0], torch.Size([2, 8, 4, 4]), level="token", name="conv")
 
 
@@ -310,8 +318,23 @@ def test_a_non_finite_relevance_is_an_error_not_a_number():
         model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
     x = torch.tensor([[1.0, -1.0], [2.0, 1.0]], dtype=torch.float64)  # sample 0: unit 0 is 0
     composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
-    with pytest.raises(ConservationError, match=r"not finite \(NaN or ±inf\) in samples \[0\]"):
+    message = (
+        r"not finite \(NaN or ±inf\) in samples \[0\]: a rule of the composite divides by "
+        r"zero or overflows \(e.g. an ε- or z-rule without stabilizer, or column sums beyond "
+        r"the dtype's range\); the layers' absolute relevance masses reach inf$"
+    )
+    with pytest.raises(ConservationError, match=message):
         NRM(model, ["1"], composite=composite).explain(x, 0)
+
+
+def test_a_one_output_model_needs_no_target():
+    """``target=None`` on a (batch, 1) output: all relevance starts at that output."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).double()
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with NRM(model, ["1"]).explain(x, None) as explained:
+        total = explained.reached + sum(explained.stopped.values())
+        assert explained.reached.sum() > 0
+    torch.testing.assert_close(total, torch.ones(2, dtype=torch.float64))
 
 
 def test_nrm_composite_passes_rms_norm_and_names_a_bad_canonizers_string():
