@@ -235,3 +235,26 @@ def test_class_targets_give_one_hot_relevance_in_the_output_dtype(dtype):
     assert relevance.dtype == dtype
     assert torch.equal(relevance, torch.eye(4, dtype=dtype)[[2, 0, 3]])
     assert torch.equal(engine.output_relevance(output, 1), torch.eye(4, dtype=dtype)[[1, 1, 1]])
+
+
+def test_each_rule_is_linearized_once_per_forward_pass(monkeypatch):
+    """The checked pass and every later query reuse a layer's linearized rule: its terms are
+    computed once per hooked layer, not once per backward pass."""
+    from zennit_ext import NRM
+    from zennit_ext.nrm import rules
+
+    calls: list[int] = []
+    terms = rules.NormalizedHook._terms
+
+    def counted(self, *args, **kwargs):
+        calls.append(id(self))
+        return terms(self, *args, **kwargs)
+
+    monkeypatch.setattr(rules.NormalizedHook, "_terms", counted)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
+    with NRM(model.double(), ["1", "3"]).explain(x.double(), 0) as explained:
+        explained.marginal("1", [0, 2])
+        explained.joint({"1": [1], "3": [0, 4]})
+        explained.heatmap({"3": [2]})
+    assert calls and len(calls) == len(set(calls))
