@@ -27,14 +27,10 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.efficientnet import EfficientNet, FusedMBConvConfig, MBConvConfig
-from torchvision.ops import SqueezeExcitation
 from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
-from zennit.composites import EpsilonPlusFlat, LayerMapComposite
+from zennit.composites import EpsilonPlusFlat
 from zennit.core import Composite
-from zennit.rules import Pass, ZPlus
-from zennit.types import Activation
-from zennit.types import Linear as AnyLinear
 
 from zennit_ext import NRM
 from zennit_ext.canonizers import (
@@ -491,43 +487,3 @@ def test_unsupported_modules_lists_layer_norm_not_canonized_attention():
     found = [(name, reason.split(";")[0]) for name, _, reason in unsupported_modules(Block())]
     assert [name for name, _ in found] == ["norm"]  # MultiheadAttention has a canonizer
     assert "no LRP rule" in found[0][1]
-
-
-class _Gated(nn.Module):
-    """A convolution, torchvision's squeeze-and-excitation gate and a linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)
-        self.relu = nn.ReLU()
-        self.gate = SqueezeExcitation(8, 4)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.gate(self.relu(self.conv(x)))
-        return self.head(self.pool(h).flatten(1))
-
-
-def test_nrm_holds_the_gate_constant_and_rejects_a_product_without_rule():
-    torch.manual_seed(0)
-    model = _Gated().double().eval()
-    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
-    nrm = NRM(model, ["relu", "gate"])  # 'auto': the gate becomes a Multiply
-    with nrm.explain(x, 0) as explanation:
-        total = explanation.reached + sum(explanation.stopped.values())
-        # the activation receives the gate's message unchanged, the gate's branch nothing
-        torch.testing.assert_close(
-            explanation.session.messages["relu"], explanation.session.messages["gate"]
-        )
-    torch.testing.assert_close(total, torch.ones_like(total), rtol=0, atol=1e-12)
-    bare = LayerMapComposite(
-        [(Activation, Pass()), (AnyLinear, ZPlus())], canonizers=[AutoCanonizer()]
-    )
-    message = (
-        r"^product modules \['gate.canonizer_multiply'\] have no rule, so their gradient would "
-        r"scale the relevance by the other factor; give them zennit_ext.rules.ProductRule in "
-        r"the composite \(nrm_composite does for Multiply\)$"
-    )
-    with pytest.raises(ValueError, match=message):
-        NRM(model, ["relu", "gate"], composite=bare).explain(x, 0)
