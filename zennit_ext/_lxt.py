@@ -10,7 +10,12 @@ by its input, silently. Composites that rely on Zennit's frame call
 
 from __future__ import annotations
 
-__all__ = ["lxt_patched_attributes", "lxt_patch_active", "check_no_lxt_patch"]
+__all__ = [
+    "lxt_patched_attributes",
+    "lxt_patch_active",
+    "basic_hook_backward_patched",
+    "check_no_lxt_patch",
+]
 
 
 def _is_foreign(function: object) -> bool:
@@ -39,6 +44,13 @@ def lxt_patched_attributes() -> list[str]:
             if _is_foreign(vars(value).get("forward")):
                 found.append(f"torch.nn.{name}.forward")
     return sorted(found)
+
+
+def basic_hook_backward_patched() -> bool:
+    """Whether LXT has replaced ``zennit.core.BasicHook.backward`` (a cheap check per call)."""
+    from zennit.core import BasicHook
+
+    return _is_foreign(vars(BasicHook).get("backward"))
 
 
 def lxt_patch_active() -> bool:

@@ -26,6 +26,8 @@ from torch import nn
 from zennit.core import Stabilizer
 from zennit.rules import Gamma
 
+from zennit_ext._lxt import basic_hook_backward_patched
+
 __all__ = ["FastGamma"]
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -48,7 +50,9 @@ class FastGamma(Gamma):
     ``forward``) the backward pass evaluates the layer twice and its transpose twice (see the
     module docstring) instead of five times each; on any other module, with
     ``zero_params`` other than ``['bias']``, extra forward arguments, or when a second-order
-    gradient is asked for, it is Zennit's ``Gamma.backward``. The relevance equals
+    gradient is asked for, it is Zennit's ``Gamma.backward`` (also while LXT's
+    ``monkey_patch_zennit`` has replaced ``BasicHook.backward``: then FastGamma is the patched
+    Gamma). The relevance equals
     Zennit's to rounding (tested in float64 to 1e-12).
 
     Parameters
@@ -86,6 +90,8 @@ class FastGamma(Gamma):
         """Relevance of the layer's input (Zennit's frame: returned as its gradient)."""
         (x, *extra) = self.stored_tensors["input"]
         if extra or self.stored_tensors.get("kwargs") or not self._fusable(module, grad_output):
+            return super().backward(module, grad_input, grad_output)
+        if basic_hook_backward_patched():  # LXT's frame: its patched backward
             return super().backward(module, grad_input, grad_output)
         relevance = self._relevance(cast(Layer, module), x.detach(), grad_output[0])
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)

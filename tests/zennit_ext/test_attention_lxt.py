@@ -117,6 +117,23 @@ def test_cp_lrp_agrees_with_lxts_vit_recipe(gamma, restore_lxt_patch):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
 
 
+def test_fast_gamma_is_the_patched_gamma_under_lxts_patch(restore_lxt_patch):
+    """LXT's patched ``BasicHook.backward`` (gradient × input frame) is what Gamma runs; FastGamma
+    must run the same, not its own Zennit-frame fast path."""
+    from zennit_ext import FastGamma
+
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    apply_lxt_patch()
+    results = []
+    for rule in (Gamma(0.25), FastGamma(0.25)):
+        inputs = x.clone().requires_grad_()
+        with LayerMapComposite([(nn.Linear, rule)]).context(model):
+            (gradient,) = torch.autograd.grad(model(inputs)[:, 0].sum(), inputs)
+        results.append(gradient)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("variant", ["PLRPLambda", "PLRPM"])
 @pytest.mark.parametrize("base", ["AttnLRP", "EpsilonPlusFlat"])
 def test_plrp_refuses_to_run_under_lxts_patch(variant, base, restore_lxt_patch):
