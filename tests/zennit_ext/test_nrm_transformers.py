@@ -215,8 +215,32 @@ def test_the_checked_tolerance_never_exceeds_five_percent():
         model[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
     x = torch.tensor([[1e9, 1e9 - 1.0]], dtype=torch.float64)
     composite = LayerMapComposite([(nn.Linear, Epsilon(1e-12))])
-    with pytest.raises(ConservationError, match=r"e\+09 × the output relevance"):
+    message = (
+        r"relevance conservation cannot be checked: the absolute relevance mass of a layer "
+        r"reaches [0-9.]+e\+09 × the output relevance in samples \[0\] \(shares of both signs "
+        r"cancel\), so rounding alone could move reached \+ Σ stopped by more than 5% and the "
+        r"numbers would mean nothing; the rules are ill-conditioned for this model: use rules "
+        r"whose shares are non-negative \(z⁺ on every linear layer, e.g. "
+        r"nrm_composite\(gamma=None\), NRM's default for transformers' blocks\)$"
+    )
+    with pytest.raises(ConservationError, match=message):
         NRM(model, ["0"], composite=composite).explain(x, 0)
+
+
+def test_an_imbalance_at_the_tolerance_is_within_it(monkeypatch):
+    """The check is ``|imbalance| <= tolerance``: a tolerance equal to the imbalance passes."""
+    from zennit_ext.nrm.engine import Session
+
+    monkeypatch.setattr(Session, "_tolerance", lambda self: self.imbalance.abs())
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with NRM(model, ["1"]).explain(x, 0) as explained:
+        assert explained.reached.shape == (2,)
+
+
+def test_unit_count_checks_the_levels_rank():
+    with pytest.raises(ValueError, match=r"level 'token' needs a layer output of 3 dimensions"):
+        sets.unit_count("token", torch.Size([2, 8, 4, 4]))
 
 
 # ---------------------------------------------------------------- Hugging Face
