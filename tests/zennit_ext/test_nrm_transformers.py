@@ -238,9 +238,26 @@ def test_an_imbalance_at_the_tolerance_is_within_it(monkeypatch):
         assert explained.reached.shape == (2,)
 
 
-def test_unit_count_checks_the_levels_rank():
-    with pytest.raises(ValueError, match=r"level 'token' needs a layer output of 3 dimensions"):
+def test_unit_count_and_per_sample_masks_check_the_levels_rank():
+    message = r"level 'token' needs a layer output of 3 dimensions"
+    with pytest.raises(ValueError, match=message):
         sets.unit_count("token", torch.Size([2, 8, 4, 4]))
+    with pytest.raises(ValueError, match=message):
+        sets.per_sample_mask(torch.ones(2, 8, dtype=torch.bool), "token", torch.Size([2, 8, 4, 4]))
+
+
+def test_every_non_finite_sample_reports_its_mass():
+    """Both samples give 0/0 at the first layer: both are named, with their masses."""
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    model = model.double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+        model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+    x = torch.tensor([[1.0, -1.0], [3.0, -3.0]], dtype=torch.float64)
+    composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
+    message = r"in samples \[0, 1\]: .* relevance masses reach inf, inf$"
+    with pytest.raises(ConservationError, match=message):
+        NRM(model, ["1"], composite=composite).explain(x, 0)
 
 
 # ---------------------------------------------------------------- Hugging Face
