@@ -89,9 +89,13 @@ class FastGamma(Gamma):
     def backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> Any:
         """Relevance of the layer's input (Zennit's frame: returned as its gradient)."""
         (x, *extra) = self.stored_tensors["input"]
-        if extra or self.stored_tensors.get("kwargs") or not self._fusable(module, grad_output):
-            return super().backward(module, grad_input, grad_output)
-        if basic_hook_backward_patched():  # LXT's frame: its patched backward
+        zennits = (  # other layers and options; LXT's frame: its patched backward
+            extra
+            or self.stored_tensors.get("kwargs")
+            or not self._fusable(module, grad_output)
+            or basic_hook_backward_patched()
+        )
+        if zennits:
             return super().backward(module, grad_input, grad_output)
         relevance = self._relevance(cast(Layer, module), x.detach(), grad_output[0])
         return tuple(relevance if g.shape == relevance.shape else None for g in grad_input)

@@ -33,6 +33,11 @@ def _seed_of(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
 def rule_relevance(rule, module: nn.Module, x: torch.Tensor, seed=None) -> torch.Tensor:
     """The layer's input relevance for an output relevance ``seed`` (random by default)."""
     composite = LayerMapComposite([((nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d), rule)])
+    return composite_relevance(composite, module, x, seed)
+
+
+def composite_relevance(composite, module: nn.Module, x: torch.Tensor, seed=None):
+    """The input relevance of ``module`` under ``composite`` for an output relevance ``seed``."""
     x = x.clone().requires_grad_()
     with composite.context(module):
         output = module(x)
@@ -153,15 +158,11 @@ def test_other_layers_and_options_are_zennits(make, shape, zero_params):
     module = _random_parameters(make(), seed=5).double()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     types = (nn.Linear, nn.ConvTranspose2d)
-    results = []
-    for rule in (Gamma(0.25, zero_params=zero_params), FastGamma(0.25, zero_params=zero_params)):
-        composite = LayerMapComposite([(types, rule)])
-        inputs = x.clone().requires_grad_()
-        with composite.context(module):
-            output = module(inputs)
-            (relevance,) = torch.autograd.grad(output, inputs, _seed_of(output.shape, x.dtype))
-        results.append(relevance)
-    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+    expected, got = (
+        composite_relevance(LayerMapComposite([(types, rule)]), module, x)
+        for rule in (Gamma(0.25, zero_params=zero_params), FastGamma(0.25, zero_params=zero_params))
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
 
 
 def test_a_second_order_gradient_goes_through_zennits_graph():
@@ -191,16 +192,13 @@ def test_copy_keeps_the_rules_settings():
 def test_plrp_over_fast_gamma_is_plrp_over_gamma(variant, tiny_cnn, tiny_images):
     model = _random_parameters(tiny_cnn, seed=10).double().eval()
     x = tiny_images.double()
-    results = []
-    for rule in (Gamma(0.25), FastGamma(0.25)):
-        base = LayerMapComposite([((nn.Conv2d, nn.Linear), rule)])
-        composite = variant(p=0.3, composite=base)
-        inputs = x.clone().requires_grad_()
-        with composite.context(model):
-            output = model(inputs)
-            (relevance,) = torch.autograd.grad(output, inputs, _seed_of(output.shape, x.dtype))
-        results.append(relevance)
-    torch.testing.assert_close(results[1], results[0], rtol=1e-10, atol=1e-12)
+    expected, got = (
+        composite_relevance(
+            variant(p=0.3, composite=LayerMapComposite([((nn.Conv2d, nn.Linear), rule)])), model, x
+        )
+        for rule in (Gamma(0.25), FastGamma(0.25))
+    )
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["after_relu", "signed"])

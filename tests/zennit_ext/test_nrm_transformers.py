@@ -246,20 +246,6 @@ def test_unit_count_and_per_sample_masks_check_the_levels_rank():
         sets.per_sample_mask(torch.ones(2, 8, dtype=torch.bool), "token", torch.Size([2, 8, 4, 4]))
 
 
-def test_every_non_finite_sample_reports_its_mass():
-    """Both samples give 0/0 at the first layer: both are named, with their masses."""
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
-    model = model.double()
-    with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
-        model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
-    x = torch.tensor([[1.0, -1.0], [3.0, -3.0]], dtype=torch.float64)
-    composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
-    message = r"in samples \[0, 1\]: .* relevance masses reach inf, inf$"
-    with pytest.raises(ConservationError, match=message):
-        NRM(model, ["1"], composite=composite).explain(x, 0)
-
-
 # ---------------------------------------------------------------- Hugging Face
 
 
@@ -349,23 +335,37 @@ def test_convnext_layer_scale_and_channels_last_norm_pass_relevance():
         assert kinds <= {"Conv2d", "Linear"}
 
 
-def test_a_non_finite_relevance_is_an_error_not_a_number():
-    """An ε-rule without stabilizer on an output that is exactly 0 gives 0/0: NaN relevance
-    must raise (NaN compares False with any tolerance), naming the samples."""
+def _explain_without_stabilizer(x: torch.Tensor) -> None:
+    """NRM with an ε-rule of ε = 0 on a ReLU net whose first unit is exactly 0 when
+    ``x[:, 0] == -x[:, 1]``: 0/0 there."""
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
     model = model.double()
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
         model[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
-    x = torch.tensor([[1.0, -1.0], [2.0, 1.0]], dtype=torch.float64)  # sample 0: unit 0 is 0
     composite = LayerMapComposite([(nn.Linear, Epsilon(0.0))])
+    NRM(model, ["1"], composite=composite).explain(x, 0)
+
+
+def test_a_non_finite_relevance_is_an_error_not_a_number():
+    """An ε-rule without stabilizer on an output that is exactly 0 gives 0/0: NaN relevance
+    must raise (NaN compares False with any tolerance), naming the samples."""
+    x = torch.tensor([[1.0, -1.0], [2.0, 1.0]], dtype=torch.float64)  # sample 0: unit 0 is 0
     message = (
         r"not finite \(NaN or ±inf\) in samples \[0\]: a rule of the composite divides by "
         r"zero or overflows \(e.g. an ε- or z-rule without stabilizer, or column sums beyond "
         r"the dtype's range\); the layers' absolute relevance masses reach inf$"
     )
     with pytest.raises(ConservationError, match=message):
-        NRM(model, ["1"], composite=composite).explain(x, 0)
+        _explain_without_stabilizer(x)
+
+
+def test_every_non_finite_sample_reports_its_mass():
+    """Both samples give 0/0 at the first layer: both are named, with their masses."""
+    x = torch.tensor([[1.0, -1.0], [3.0, -3.0]], dtype=torch.float64)
+    message = r"in samples \[0, 1\]: .* relevance masses reach inf, inf$"
+    with pytest.raises(ConservationError, match=message):
+        _explain_without_stabilizer(x)
 
 
 def test_a_one_output_model_needs_no_target():
